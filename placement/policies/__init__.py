@@ -1,0 +1,1 @@
+"""One module per policy; each registers itself with ``placement.registry``."""

@@ -1,0 +1,193 @@
+"""ClusterState: the mutable, vectorised view of a snapshot that policies score and the scheduler binds.
+
+One row per node; GPU columns padded to the widest node with ``free = -1`` (a padding GPU never fits).
+Every bind bumps the node's ``version`` so that policies can cache per-node results and recompute only
+nodes that changed since.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .model import GPU_MILLI, Demand, Snapshot
+
+UNTRACKED_MEM = np.int64(1) << 40  # GPU memory of a GPU whose memory is not tracked
+MAX_TAG = 9  # GpuClustering tags: 0 = sharing, k = whole k-GPU demand (k <= 8)
+
+
+class ClusterState:
+    def __init__(
+        self,
+        names: Sequence[str],
+        cpu: np.ndarray,
+        mem: np.ndarray,
+        gpu_count: np.ndarray,
+        models: Sequence[str],
+        *,
+        gpu_mem: np.ndarray | None = None,
+        rank: np.ndarray | None = None,
+    ) -> None:
+        self.names = list(names)
+        n = len(self.names)
+        self.n = n
+        self.cpu_cap = np.asarray(cpu, dtype=np.int64).copy()
+        self.mem_cap = np.asarray(mem, dtype=np.int64).copy()
+        self.cpu_left = self.cpu_cap.copy()
+        self.mem_left = self.mem_cap.copy()
+        self.gpu_count = np.asarray(gpu_count, dtype=np.int64).copy()
+        self.width = int(self.gpu_count.max()) if n else 0
+        cols = np.arange(max(self.width, 1))
+        real = cols[None, :] < self.gpu_count[:, None]
+        self.real = real
+        self.free = np.where(real, GPU_MILLI, -1).astype(np.int64)
+        if gpu_mem is None:
+            self.gmem_cap = np.where(real, UNTRACKED_MEM, 0).astype(np.int64)
+        else:
+            self.gmem_cap = np.where(real, np.asarray(gpu_mem, dtype=np.int64), 0)
+        self.gmem_free = self.gmem_cap.copy()
+        self.model_names = sorted(set(models))
+        mindex = {m: i for i, m in enumerate(self.model_names)}
+        self.model = np.array([mindex[m] for m in models], dtype=np.int64)
+        self.load = np.zeros(self.free.shape, dtype=np.float64)  # live utilisation 0..1 per GPU
+        self.external = np.zeros(self.free.shape, dtype=np.int64)  # processes outside fastgpu
+        self.alive = np.ones(n, dtype=bool)
+        self.pods = np.zeros(n, dtype=np.int64)
+        self.tags = np.zeros((n, MAX_TAG), dtype=np.int64)
+        self.version = np.zeros(n, dtype=np.int64)
+        self.rank = np.arange(n, dtype=np.int64) if rank is None else np.asarray(rank, dtype=np.int64)
+        self._type_masks: dict[tuple[str, ...], np.ndarray] = {}
+        self.F = np.zeros(n, dtype=np.int64)  # total free milli
+        self.max_free = np.zeros(n, dtype=np.int64)
+        self.nfull = np.zeros(n, dtype=np.int64)  # fully free GPUs
+        self._refresh(np.arange(n))
+
+    # ----------------------------------------------------------------------------------- building
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> "ClusterState":
+        nodes = snap.nodes
+        width = max((len(n.gpus) for n in nodes), default=0)
+        gmem = np.zeros((len(nodes), max(width, 1)), dtype=np.int64)
+        models = []
+        for i, n in enumerate(nodes):
+            kinds = {g.model for g in n.gpus}
+            models.append(n.gpus[0].model if len(kinds) == 1 else ("|".join(sorted(kinds)) or "none"))
+            for j, g in enumerate(n.gpus):
+                gmem[i, j] = g.memory_mib if g.memory_mib > 0 else UNTRACKED_MEM
+        st = cls(
+            [n.name for n in nodes],
+            np.array([n.cpu_milli for n in nodes]),
+            np.array([n.memory_mib for n in nodes]),
+            np.array([len(n.gpus) for n in nodes]),
+            models,
+            gpu_mem=gmem,
+            rank=None if snap.rank is None else np.array(snap.rank),
+        )
+        for i, n in enumerate(nodes):
+            st.cpu_left[i] -= n.cpu_used
+            st.mem_left[i] -= n.memory_used_mib
+            st.alive[i] = n.alive
+            for j, g in enumerate(n.gpus):
+                st.free[i, j] = GPU_MILLI - g.milli_used
+                st.gmem_free[i, j] = g.memory_free_mib if g.memory_mib > 0 else UNTRACKED_MEM
+                st.load[i, j] = g.util or 0.0
+                st.external[i, j] = g.external_processes
+        st._refresh(np.arange(st.n))
+        return st
+
+    def _refresh(self, rows: np.ndarray | int) -> None:
+        """Recompute the per-node summaries (total free, largest free, fully free count) of ``rows``."""
+        f = self.free[rows]
+        self.F[rows] = np.maximum(f, 0).sum(axis=-1)
+        self.max_free[rows] = f.max(axis=-1)
+        self.nfull[rows] = (f == GPU_MILLI).sum(axis=-1)
+
+    # -------------------------------------------------------------------------------- feasibility
+    def type_mask(self, types: tuple[str, ...]) -> np.ndarray:
+        m = self._type_masks.get(types)
+        if m is None:
+            ids = [i for i, name in enumerate(self.model_names) if name in types]
+            m = np.isin(self.model, ids)
+            self._type_masks[types] = m
+        return m
+
+    def gpu_fit(self, d: Demand, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Per-GPU fit for ``d`` on the given rows: share and memory both fit."""
+        fit = self.free[rows] >= max(d.gpu_share, 0)
+        fit &= self.free[rows] >= 0
+        if d.gpu_memory_mib:
+            fit &= self.gmem_free[rows] >= d.gpu_memory_mib
+        return fit
+
+    def feasible(self, d: Demand) -> np.ndarray:
+        """Boolean mask of nodes that can hold ``d`` now."""
+        ok = (self.cpu_left >= d.cpu_milli) & (self.mem_left >= d.memory_mib) & self.alive
+        if d.num_gpus:
+            if d.gpu_types:
+                ok &= self.type_mask(d.gpu_types)
+            if d.gpu_memory_mib or d.gpu_share == 0:
+                ok &= self.gpu_fit(d).sum(axis=1) >= d.num_gpus
+            elif d.num_gpus == 1:
+                ok &= self.max_free >= d.gpu_share
+            else:
+                ok &= (self.nfull if d.gpu_share == GPU_MILLI else (self.free >= d.gpu_share).sum(1)) >= d.num_gpus
+        return ok
+
+    def rejections(self, d: Demand) -> dict[str, int]:
+        """Why nodes fail ``d`` (first failing check per node), for explanations and error messages."""
+        out: dict[str, int] = {}
+        left = self.alive.copy()
+        out_dead = int((~self.alive).sum())
+        if out_dead:
+            out["node is down"] = out_dead
+        checks = [
+            (f"fewer than {d.cpu_milli} milli-CPU free", self.cpu_left >= d.cpu_milli),
+            (f"less than {d.memory_mib} MiB memory free", self.mem_left >= d.memory_mib),
+        ]
+        if d.num_gpus:
+            if d.gpu_types:
+                checks.append((f"GPU model not in {list(d.gpu_types)}", self.type_mask(d.gpu_types)))
+            checks.append((f"fewer than {d.num_gpus} GPU(s) with {d.gpu_share} milli"
+                           + (f" and {d.gpu_memory_mib} MiB" if d.gpu_memory_mib else "") + " free",
+                           self.gpu_fit(d).sum(axis=1) >= d.num_gpus))
+        for why, mask in checks:
+            bad = left & ~mask
+            if bad.any():
+                out[why] = int(bad.sum())
+            left &= mask
+        return out
+
+    def could_ever_fit(self, d: Demand) -> bool:
+        """Would ``d`` fit on some live node if that node were empty? False means: fail at once."""
+        ok = (self.cpu_cap >= d.cpu_milli) & (self.mem_cap >= d.memory_mib) & self.alive
+        if d.num_gpus:
+            if d.gpu_types:
+                ok &= self.type_mask(d.gpu_types)
+            fit = self.real & (self.gmem_cap >= d.gpu_memory_mib)
+            ok &= fit.sum(axis=1) >= d.num_gpus
+        return bool(ok.any())
+
+    # ----------------------------------------------------------------------------- reserve / bind
+    def bind(self, node: int, gpus: Sequence[int], d: Demand, sign: int = 1) -> None:
+        """Reserve (sign=+1) or release (sign=-1) ``d`` on ``node`` and GPU indices ``gpus``."""
+        self.cpu_left[node] -= sign * d.cpu_milli
+        self.mem_left[node] -= sign * d.memory_mib
+        self.pods[node] += sign
+        for g in gpus:
+            self.free[node, g] -= sign * d.gpu_share
+            self.gmem_free[node, g] -= sign * d.gpu_memory_mib
+        if d.num_gpus:
+            tag = 0 if d.gpu_share < GPU_MILLI else min(d.num_gpus, MAX_TAG - 1)
+            self.tags[node, tag] += sign
+        self.version[node] += 1
+        self._refresh(node)
+
+    def unbind(self, node: int, gpus: Sequence[int], d: Demand) -> None:
+        self.bind(node, gpus, d, sign=-1)
+
+    # ------------------------------------------------------------------------------------ metrics
+    def allocated_milli(self) -> int:
+        return int((self.gpu_count * GPU_MILLI).sum() - self.F.sum())
+
+    def capacity_milli(self) -> int:
+        return int(self.gpu_count.sum() * GPU_MILLI)
