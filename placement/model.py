@@ -28,6 +28,7 @@ class GpuSpec:
     memory_used_mib: int | None = None  # live, all processes, Ray or not
     external_processes: int = 0  # compute processes on this GPU that fastgpu did not start
     emulated: bool = False
+    busy_s: float = 0.0  # estimated seconds until work already queued/running here lets new work start
 
     @property
     def milli_free(self) -> int:

@@ -51,6 +51,8 @@ class ClusterState:
         self.model = np.array([mindex[m] for m in models], dtype=np.int64)
         self.load = np.zeros(self.free.shape, dtype=np.float64)  # live utilisation 0..1 per GPU
         self.external = np.zeros(self.free.shape, dtype=np.int64)  # processes outside fastgpu
+        self.busy = np.zeros(self.free.shape, dtype=np.float64)  # seconds until a GPU takes new work
+        self.has_live = False  # any live figure (load, busy) present: the live terms matter
         self.alive = np.ones(n, dtype=bool)
         self.pods = np.zeros(n, dtype=np.int64)
         self.tags = np.zeros((n, MAX_TAG), dtype=np.int64)
@@ -92,6 +94,8 @@ class ClusterState:
                 st.gmem_free[i, j] = g.memory_free_mib if g.memory_mib > 0 else UNTRACKED_MEM
                 st.load[i, j] = g.util or 0.0
                 st.external[i, j] = g.external_processes
+                st.busy[i, j] = g.busy_s
+        st.has_live = bool(st.load.any() or st.busy.any())
         st._refresh(np.arange(st.n))
         return st
 
