@@ -1,0 +1,1 @@
+"""fastgpu-ray: GPU placement for Ray (runtime API being built)."""

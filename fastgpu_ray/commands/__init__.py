@@ -1,0 +1,1 @@
+"""Subcommands of the ``fastgpu`` CLI, one module each."""

@@ -1,0 +1,1 @@
+"""fastgpu-ray transfer optimiser (being built)."""
