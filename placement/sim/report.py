@@ -75,7 +75,8 @@ def table(summ: dict[str, PolicySummary], paper: dict[str, np.ndarray] | None = 
         f"   {'failed <90% (share/1/2/4/8)':>28s} {'s/replay':>9s}"
     lines = [head, "-" * len(head)]
     for name, s in summ.items():
-        cells = "".join(f"{s.mean(c):9.2f} ±{s.std(c):4.2f}" for c in COLUMNS)
+        cells = "".join(f"{s.mean(c):9.2f} ±{s.std(c):4.2f}" if np.isfinite(s.mean(c)) else f"{'-':>15s}"
+                        for c in COLUMNS)
         fails = "/".join(str(int(np.sum(s.failed_early[k]))) for k in KINDS)
         lines.append(f"{name:16s}{cells}   {fails:>28s} {np.mean(s.seconds):9.2f}")
         if paper and name in paper:
@@ -92,16 +93,21 @@ def to_json(summ: dict[str, PolicySummary], paper: dict[str, np.ndarray] | None,
     for name, s in summ.items():
         entry = {
             "seeds": s.seeds,
-            "mean": {str(c): round(s.mean(c), 3) for c in COLUMNS},
-            "std": {str(c): round(s.std(c), 3) for c in COLUMNS},
+            "mean": {str(c): _num(s.mean(c)) for c in COLUMNS},
+            "std": {str(c): _num(s.std(c)) for c in COLUMNS},
             "failed_before_90": {k: int(np.sum(v)) for k, v in s.failed_early.items()},
             "seconds_per_replay": round(float(np.mean(s.seconds)), 3),
-            "curve_mean": [round(float(x), 3) for x in s.curves.mean(axis=0)],
+            "curve_mean": [_num(x) for x in s.curves.mean(axis=0)],
         }
         if paper and name in paper:
             entry["paper_mean"] = {str(c): round(float(paper[name][:, c].mean()), 3) for c in COLUMNS}
         out["policies"][name] = entry
     return out
+
+
+def _num(x) -> float | None:
+    """JSON has no NaN: an empty bucket (no event near it) is null."""
+    return round(float(x), 3) if np.isfinite(x) else None
 
 
 def write_json(path: str | Path, data: dict) -> None:
@@ -128,8 +134,8 @@ def plot(path: str | Path, summ: dict[str, PolicySummary], title: str,
         a.set_ylabel("GPU allocation %")
         a.grid(alpha=0.3)
     zoom.set_xlim(80, 130)
-    lo = min(s.curves[:, 80:].mean(axis=0).min() for s in summ.values())
-    zoom.set_ylim(lo - 1, None)
+    lo = min(np.nanmin(s.curves[:, 80:].mean(axis=0), initial=100) for s in summ.values())
+    zoom.set_ylim(max(lo - 1, 0), None)
     zoom.legend(fontsize=8, loc="lower right")
     ax.set_title(title)
     zoom.set_title("saturation (80-130 %)")
