@@ -42,12 +42,14 @@ class Scheduler:
         self.state = state
         self.policy = policy
 
-    def place(self, d: Demand, explain: bool = False, bind: bool = True) -> Decision:
+    def place(self, d: Demand, explain: bool = False, bind: bool = True, reasons: bool = True) -> Decision:
+        """Place one demand. ``reasons=False`` skips wording why a demand is unplaced (the simulator's
+        hot loop drops failed pods without reading why)."""
         st, pol = self.state, self.policy
         nodes = filter_nodes(st, d)
         if len(nodes) == 0:
-            never = not st.could_ever_fit(d)
-            reason = self._why_not(d, never)
+            never = not st.could_ever_fit(d) if reasons or explain else False
+            reason = self._why_not(d, never) if reasons or explain else "does not fit"
             expl = Explanation(d.id, pol.name, (), st.rejections(d), None, reason) if explain else None
             return Decision(d, -1, (), Unplaced(d.id, reason, never), expl)
         if len(nodes) == 1 and not explain:

@@ -97,7 +97,7 @@ def replay(nodes: Nodes, pods: Pods, policy: str, seed: int, tune: float = 1.3) 
     t0 = time.perf_counter()
     for i, d in enumerate(order):
         arrived += d.total_gpu_milli
-        dec = sched.place(d)
+        dec = sched.place(d, reasons=False)
         if dec.node >= 0:
             alloc += d.total_gpu_milli
         else:
