@@ -1,0 +1,23 @@
+"""The one place a subtask's ``placement.Demand`` is built from its options.
+
+The transfer helper adds the input-location fields (``input_bytes``, ``input_total``) here.
+"""
+from __future__ import annotations
+
+from placement import Demand
+
+from .options import TaskOptions
+
+
+def build_demand(subtask_id: str, opts: TaskOptions, *, min_gpu_memory_mib: int = 0) -> Demand:
+    """The Demand for one subtask. ``min_gpu_memory_mib`` raises the memory asked for (an out-of-memory
+    retry asks for more free memory than the GPU it failed on had)."""
+    return Demand(
+        id=subtask_id,
+        num_gpus=opts.gpu_count,
+        gpu_milli=opts.gpu_milli,
+        gpu_memory_mib=max(opts.gpu_memory_mib, min_gpu_memory_mib),
+        gpu_types=tuple(opts.gpu_types),
+        priority=opts.priority,
+        work_s=float(opts.work_s),
+    )

@@ -1,0 +1,112 @@
+"""Live cluster view: Ray's nodes and GPUs + per-node monitor readings + what fastgpu holds -> Snapshot.
+
+``cluster_snapshot()`` is the call other parts of fastgpu-ray use (after ``fastgpu.init``): it asks the
+session's dispatcher, which keeps the telemetry (monitors are polled about once a second).
+``build_snapshot`` is the pure function behind it (unit-tested without Ray).
+
+Rules (docs/design-runtime.md): a GPU fastgpu holds (a worker actor owns it in Ray) carries fastgpu's
+reservations; of the GPUs fastgpu does not hold, as many as Ray shows taken by other Ray work are marked
+fully used (``milli_used=1000``) so placement never picks them. Free GPU memory = total - memory used by
+processes outside fastgpu - fastgpu's reservations (not fastgpu's own live usage, which can grow).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from placement import GPU_MILLI, GpuSpec, NodeSpec, Snapshot
+
+from .gpu_sources import GpuReading
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Ray's view of one node: logical resources (total and available right now)."""
+
+    node_id: str
+    alive: bool
+    cpu_total: float
+    cpu_available: float
+    memory_bytes: float
+    gpu_total: int
+    gpu_available: float
+    address: str = ""
+
+
+@dataclass
+class GpuHold:
+    """One GPU fastgpu holds: its reservations and running subtasks (count)."""
+
+    milli_used: int = 0
+    memory_reserved_mib: int = 0
+    running: int = 0
+    claiming: bool = False  # a worker for it is being created
+
+
+@dataclass(frozen=True)
+class NodeTelemetry:
+    node_id: str
+    emulated: bool
+    gpus: tuple[GpuReading, ...]
+    fastgpu_pids: frozenset[int] = field(default_factory=frozenset)
+    time: float = 0.0
+
+
+def taken_by_others(node: NodeInfo, held: int, claiming: int = 0) -> int:
+    """How many of the GPUs fastgpu does not hold Ray shows as taken by other Ray work."""
+    unheld = node.gpu_total - held - claiming
+    return max(0, min(unheld, unheld - int(node.gpu_available + 1e-9)))
+
+
+def gpu_spec(reading: GpuReading | None, hold: GpuHold | None, pids: frozenset[int]) -> GpuSpec:
+    milli = hold.milli_used if hold else 0
+    reserved = hold.memory_reserved_mib if hold else 0
+    if reading is None:
+        return GpuSpec(milli_used=milli, memory_reserved_mib=reserved)
+    if reading.emulated:
+        external_mem, external_procs = reading.external_memory_mib, reading.external_processes
+        own_mem = 0
+    else:
+        own_mem = sum(m for p, m in zip(reading.processes, reading.process_memory_mib) if p in pids)
+        external_mem = max(0, reading.memory_used_mib - own_mem)
+        external_procs = sum(1 for p in reading.processes if p not in pids)
+    return GpuSpec(
+        model=reading.model, memory_mib=reading.memory_total_mib, milli_used=milli,
+        memory_reserved_mib=reserved, util=reading.util,
+        memory_used_mib=external_mem + max(own_mem, reserved), external_processes=external_procs,
+        emulated=reading.emulated)
+
+
+def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry],
+                   holds: Mapping[tuple[str, int], GpuHold]) -> Snapshot:
+    """The placement Snapshot of the live cluster (nodes in the given order; dead nodes kept, not alive)."""
+    out = []
+    for n in nodes:
+        tel = telemetry.get(n.node_id)
+        readings = {r.index: r for r in tel.gpus} if tel else {}
+        pids = tel.fastgpu_pids if tel else frozenset()
+        mine = {g: h for (node, g), h in holds.items() if node == n.node_id}
+        held = sum(1 for h in mine.values() if not h.claiming)
+        claiming = sum(1 for h in mine.values() if h.claiming)
+        others = taken_by_others(n, held, claiming)
+        unheld = [g for g in range(n.gpu_total) if g not in mine]
+        taken = set(unheld[len(unheld) - others:]) if others else set()
+        gpus = []
+        for g in range(n.gpu_total):
+            spec = gpu_spec(readings.get(g), mine.get(g), pids)
+            if g in taken or (g in mine and mine[g].claiming):
+                spec = GpuSpec(**{**spec.__dict__, "milli_used": GPU_MILLI})
+            gpus.append(spec)
+        out.append(NodeSpec(
+            name=n.node_id, cpu_milli=int(n.cpu_total * 1000), memory_mib=int(n.memory_bytes // (1 << 20)),
+            gpus=tuple(gpus), cpu_used=int((n.cpu_total - n.cpu_available) * 1000), alive=n.alive))
+    return Snapshot(tuple(out))
+
+
+def cluster_snapshot() -> Snapshot:
+    """The live cluster as a placement Snapshot (needs ``fastgpu.init()``; readings are <= ~1 s old)."""
+    import ray
+
+    from .session import dispatcher
+
+    return ray.get(dispatcher().snapshot.remote())
