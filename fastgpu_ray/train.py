@@ -106,9 +106,10 @@ class TrainContext:
 @dataclass(frozen=True)
 class WorkerInfo:
     rank: int
-    node_id: str
+    node_id: str  # where the rank runs (reported by the rank itself)
     node_ip: str
     local_rank: int
+    planned_node: str  # where placement put it; equal to node_id (the bundle is pinned by label)
     planned_gpus: tuple[int, ...]  # what placement chose (advisory inside the node; see module doc)
     gpu_ids: tuple[int, ...]  # what Ray assigned to the rank (CUDA_VISIBLE_DEVICES)
 
@@ -331,7 +332,7 @@ def train(train_fn: Callable[[Any], Any], num_workers: int, gpus_per_worker: int
         deadline = None if timeout_s is None else t0 + timeout_s
         where = _collect([a.where.remote() for a in actors], ranks, None, deadline, "start")
         timings["start_s"] = time.perf_counter() - t0
-        workers = [WorkerInfo(r, w[0], w[1], ranks[r][2], ranks[r][1], w[2]) for r, w in enumerate(where)]
+        workers = [WorkerInfo(r, w[0], w[1], ranks[r][2], ranks[r][0], ranks[r][1], w[2]) for r, w in enumerate(where)]
         chosen = _resolve_backend(backend, actors[0], workers, deadline)
         port = ray.get(actors[0].free_port.remote())
         local_sizes = {n: sum(1 for x in ranks if x[0] == n) for n, _, _ in ranks}
