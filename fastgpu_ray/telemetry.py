@@ -40,7 +40,7 @@ class GpuHold:
     milli_used: int = 0
     memory_reserved_mib: int = 0
     running: int = 0
-    claiming: bool = False  # a worker for it is being created
+    claiming: bool = False  # a worker for it is being created (Ray may or may not count it taken yet)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry]
         gpus = []
         for g in range(n.gpu_total):
             spec = gpu_spec(readings.get(g), mine.get(g), pids)
-            if g in taken or (g in mine and mine[g].claiming):
+            if g in taken:  # (a GPU being claimed shows free: the subtasks that chose it wait for it)
                 spec = GpuSpec(**{**spec.__dict__, "milli_used": GPU_MILLI})
             gpus.append(spec)
         out.append(NodeSpec(

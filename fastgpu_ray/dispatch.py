@@ -1,0 +1,535 @@
+"""The dispatcher's logic, without Ray: queue -> place on a live snapshot -> run on a GPU worker -> retry.
+
+``DispatchCore`` runs inside the dispatcher actor (``fastgpu_ray.dispatcher``) on an asyncio loop; all Ray
+calls go through a small ``Backend`` (``fastgpu_ray.ray_backend``), so unit tests drive it with a fake.
+
+Contract:
+* ``submit(subtask)`` enqueues and resolves to the subtask's ``Outcome`` (value or error), exactly once.
+* The queue is ordered by priority (higher first), then age. A subtask that fits nowhere now waits; one
+  that no GPU could ever hold (``Unplaced.never``) fails at once with placement's reason (names the
+  largest GPU).
+* Placement uses ``placement.Scheduler`` with the configured policy on ``telemetry.build_snapshot``.
+  Choosing a GPU fastgpu does not hold yet claims that node's available GPUs (one worker per GPU);
+  the subtask is placed again once the workers exist.
+* Small subtasks with the same shape are sent to one worker in one call (a batch); the batch shares one
+  placement decision.
+* A worker or node that dies: its subtasks are re-placed (``retries`` + 1, up to ``max_retries``), its GPU
+  reservations are dropped. A GPU out-of-memory error: re-placed asking for more free memory than the GPU
+  it failed on had. Any other error is the subtask's result.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from placement import ClusterState, Demand, Explanation, Scheduler, Snapshot, registry
+
+from .demand import build_demand
+from .options import TaskOptions
+from .telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot
+
+log = logging.getLogger("fastgpu.dispatch")
+
+MAX_BATCH = 32
+BATCH_MAX_WORK_S = 0.05  # subtasks declaring more work than this are not batched (they benefit from placement)
+UNPLACED_SCAN_LIMIT = 256  # per round, stop scanning after this many queued subtasks that do not fit
+
+
+class WorkerLost(Exception):
+    """The worker (or its node) died during a call; the batch did not produce results."""
+
+
+class BatchRejected(Exception):
+    """The worker call failed before running anything (e.g. an argument's producer failed)."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    value: Any = None  # the result, or the error object to hand to the caller
+    oom: bool = False
+
+
+@dataclass
+class WorkerInfo:
+    handle: Any
+    node_id: str
+    gpu_index: int
+    pid: int = 0
+    fns: set = field(default_factory=set)  # function keys this worker has loaded
+    alive: bool = True
+    idle_since: float = 0.0
+
+
+class Backend(Protocol):
+    def nodes(self) -> list[NodeInfo]: ...
+    async def read(self, node: NodeInfo) -> NodeTelemetry | None: ...
+    async def claim(self, node: NodeInfo, count: int) -> list[WorkerInfo]: ...
+    async def run(self, worker: WorkerInfo, batch: list["Subtask"], new_fns: dict) -> list[Outcome]: ...
+    async def release(self, worker: WorkerInfo) -> None: ...
+    def fail(self, message: str, exc: BaseException) -> Any: ...
+
+
+@dataclass
+class Record:
+    """What ``fastgpu.explain(ref)`` returns for one subtask."""
+
+    id: str
+    state: str = "queued"  # queued -> running -> finished | failed (back to queued on a retry)
+    node: str | None = None
+    gpus: tuple[int, ...] = ()
+    policy: str = ""
+    explanation: Explanation | None = None
+    submitted: float = 0.0
+    queued_s: float = 0.0
+    run_s: float = 0.0
+    retries: int = 0
+    batch_size: int = 1
+    history: list[str] = field(default_factory=list)
+    error: str | None = None
+    emulated: bool = False
+
+    def format(self) -> str:
+        where = f"node {self.node} GPU {list(self.gpus)}" if self.node else "not placed"
+        lines = [f"subtask {self.id}: {self.state}, {where}" + (" (EMULATED GPU)" if self.emulated else ""),
+                 f"  policy={self.policy} queued {self.queued_s:.3f}s, ran {self.run_s:.3f}s, "
+                 f"retries={self.retries}, batch of {self.batch_size}"]
+        lines += [f"  history: {h}" for h in self.history]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        if self.explanation:
+            lines.append("  " + self.explanation.format().replace("\n", "\n  "))
+        return "\n".join(lines)
+
+
+@dataclass
+class Subtask:
+    id: str
+    opts: TaskOptions
+    fn_key: str
+    fn_ref: Any  # forwarded to a worker that has not loaded fn_key yet
+    payload: Any  # opaque to the core: what the worker needs to run it
+    seq: int = 0
+    enqueued: float = 0.0
+    retries: int = 0
+    min_memory_mib: int = 0
+    future: asyncio.Future | None = None
+    record: Record | None = None
+
+    def demand(self) -> Demand:
+        return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib)
+
+    def batch_key(self) -> tuple:
+        return (self.fn_key, self.opts.priority, self.min_memory_mib, self.opts.gpu_milli,
+                self.opts.gpu_memory_mib, self.opts.gpu_count, self.opts.gpu_types)
+
+
+class Metrics(Protocol):
+    def queued(self, n: int) -> None: ...
+    def placed(self, n: int, latency_s: float) -> None: ...
+    def finished(self, ok: bool, n: int = 1) -> None: ...
+    def gpu_util(self, node: str, gpu: int, util: float) -> None: ...
+
+
+class NoMetrics:
+    def queued(self, n): pass
+    def placed(self, n, latency_s): pass
+    def finished(self, ok, n=1): pass
+    def gpu_util(self, node, gpu, util): pass
+
+
+class DispatchCore:
+    def __init__(self, backend: Backend, *, policy: str = registry.DEFAULT_POLICY, idle_timeout_s: float = 60.0,
+                 telemetry_period_s: float = 1.0, max_batch: int = MAX_BATCH, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic, keep_records: int = 200_000) -> None:
+        registry.policy_class(policy)  # unknown names fail here, at init
+        self.backend = backend
+        self.policy = policy
+        self.idle_timeout_s = idle_timeout_s
+        self.period = telemetry_period_s
+        self.max_batch = max_batch
+        self.metrics = metrics or NoMetrics()
+        self.clock = clock
+        self.keep_records = keep_records
+        self.nodes: list[NodeInfo] = []
+        self.telemetry: dict[str, NodeTelemetry] = {}
+        self.holds: dict[tuple[str, int], GpuHold] = {}
+        self.workers: dict[tuple[str, int], WorkerInfo] = {}
+        self.claiming: dict[str, int] = {}  # node -> GPUs being claimed there (workers starting)
+        self.queue: list[tuple[int, int, Subtask]] = []
+        self.records: dict[str, Record] = {}
+        self.running: dict[str, Subtask] = {}
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._inflight: set[asyncio.Task] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self.refresh()
+        self._tasks = [asyncio.ensure_future(self._schedule_loop()), asyncio.ensure_future(self._refresh_loop())]
+
+    async def shutdown(self) -> int:
+        """Fail queued subtasks, release every worker; returns how many GPUs were held."""
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        while self.queue:
+            _, _, st = heapq.heappop(self.queue)
+            self._resolve(st, Outcome(False, self.backend.fail("fastgpu was shut down", RuntimeError(
+                "fastgpu.shutdown() was called while this subtask was queued"))))
+        held = list(self.workers.values())
+        self.workers.clear()
+        self.holds.clear()
+        await asyncio.gather(*(self.backend.release(w) for w in held), return_exceptions=True)
+        return len(held)
+
+    # --------------------------------------------------------------------------------------- submit
+    async def submit(self, st: Subtask) -> Outcome:
+        if self._closed:
+            return Outcome(False, self.backend.fail("fastgpu is shut down", RuntimeError("fastgpu is shut down")))
+        st.future = asyncio.get_running_loop().create_future()
+        now = self.clock()
+        st.enqueued = now
+        st.record = Record(st.id, submitted=now, policy=self.policy)
+        self._remember(st.record)
+        self._enqueue(st)
+        return await st.future
+
+    def _enqueue(self, st: Subtask) -> None:
+        st.seq = next(self._seq)
+        st.record.state = "queued"
+        heapq.heappush(self.queue, (-st.opts.priority, st.seq, st))
+        self.metrics.queued(len(self.queue))
+        self._wake.set()
+
+    def _remember(self, rec: Record) -> None:
+        self.records[rec.id] = rec
+        if len(self.records) > self.keep_records:  # drop the oldest (dicts keep insertion order)
+            for k in list(itertools.islice(self.records, len(self.records) - self.keep_records)):
+                del self.records[k]
+
+    def _resolve(self, st: Subtask, out: Outcome) -> None:
+        rec = st.record
+        rec.state = "finished" if out.ok else "failed"
+        if not out.ok and rec.error is None:
+            rec.error = _short(out.value)
+        self.metrics.finished(out.ok)
+        if st.future is not None and not st.future.done():
+            st.future.set_result(out)
+
+    # ------------------------------------------------------------------------------------- telemetry
+    async def refresh(self) -> None:
+        """Re-read Ray's nodes and every node's monitor; notice dead nodes and workers."""
+        nodes = await asyncio.to_thread(self.backend.nodes)
+        self.nodes = sorted(nodes, key=lambda n: n.node_id)
+        alive = {n.node_id for n in self.nodes if n.alive}
+        for key, w in list(self.workers.items()):
+            if key[0] not in alive:
+                self._drop_worker(w)
+        reads = await asyncio.gather(*(self.backend.read(n) for n in self.nodes if n.alive and n.gpu_total),
+                                     return_exceptions=True)
+        tel = {}
+        for r in reads:
+            if isinstance(r, NodeTelemetry):
+                tel[r.node_id] = r
+                for g in r.gpus:
+                    self.metrics.gpu_util(r.node_id, g.index, g.util)
+        self.telemetry = tel
+        self._release_idle()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            try:
+                await self.refresh()
+            except Exception:  # a transient GCS/monitor error must not stop the loop
+                log.exception("telemetry refresh failed")
+            self._wake.set()
+
+    def snapshot(self) -> Snapshot:
+        """The live cluster as placement sees it. A node whose GPUs are being claimed keeps showing them
+        free, so the subtasks that chose it keep choosing it (and wait) instead of claiming more nodes."""
+        holds = self.holds
+        if self.claiming:
+            holds = dict(holds)
+            for node, count in self.claiming.items():
+                n = next((x for x in self.nodes if x.node_id == node), None)
+                free = [g for g in range(n.gpu_total) if (node, g) not in holds] if n else []
+                for g in free[:count]:
+                    holds[(node, g)] = GpuHold(claiming=True)
+        return build_snapshot(self.nodes, self.telemetry, holds)
+
+    # ------------------------------------------------------------------------------------ scheduling
+    async def _schedule_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self.schedule_round()
+            except Exception:
+                log.exception("scheduling round failed")
+            await asyncio.sleep(0)  # let submissions and completions in between rounds
+
+    def schedule_round(self) -> int:
+        """Place as much of the queue as fits now; returns the number of subtasks started."""
+        if not self.queue:
+            return 0
+        t0 = time.perf_counter()
+        state = ClusterState.from_snapshot(self.snapshot())
+        pol = registry.create(self.policy)
+        pol.prepare(state, [st.demand() for _, _, st in self.queue[:64]])
+        sched = Scheduler(state, pol)
+        slots = max(1, len(self.workers))
+        keep: list[tuple[int, int, Subtask]] = []
+        failed_shapes: set[tuple] = set()
+        started = misses = 0
+        while self.queue and misses < UNPLACED_SCAN_LIMIT:
+            item = heapq.heappop(self.queue)
+            st = item[2]
+            if st.future is not None and st.future.done():
+                continue
+            d = st.demand()
+            if d.shape in failed_shapes:
+                keep.append(item)
+                misses += 1
+                continue
+            dec = sched.place(d, explain=True)
+            if dec.unplaced is not None:
+                st.record.explanation = dec.explanation
+                if dec.unplaced.never:
+                    st.record.history.append("never fits: " + dec.unplaced.reason)
+                    self._resolve(st, Outcome(False, self.backend.fail(dec.unplaced.reason,
+                                                                       _never(dec.unplaced.reason))))
+                else:
+                    failed_shapes.add(d.shape)
+                    keep.append(item)
+                    misses += 1
+                continue
+            node = state.names[dec.node]
+            workers = [self.workers.get((node, g)) for g in dec.gpus]
+            if not all(w is not None and w.alive for w in workers):
+                keep.append(item)  # stays bound in this round's state: no second claim for the same GPUs
+                self._claim(node)
+                continue
+            batch = [st]
+            if st.opts.batch and st.opts.work_s <= BATCH_MAX_WORK_S:
+                size = min(self.max_batch, max(1, (len(self.queue) + 1) // (2 * slots)))
+                key = st.batch_key()
+                while len(batch) < size and self.queue and self.queue[0][2].batch_key() == key:
+                    batch.append(heapq.heappop(self.queue)[2])
+            self._start(batch, node, dec.gpus, d, dec.explanation, workers)
+            started += len(batch)
+        for item in keep:
+            heapq.heappush(self.queue, item)
+        if started:
+            self.metrics.placed(started, time.perf_counter() - t0)
+        self.metrics.queued(len(self.queue))
+        return started
+
+    def _start(self, batch: list[Subtask], node: str, gpus: tuple[int, ...], d: Demand,
+               expl: Explanation | None, workers: list[WorkerInfo]) -> None:
+        now = self.clock()
+        emulated = any(r.emulated for r in self.telemetry.get(node, NodeTelemetry(node, False, ())).gpus)
+        for st in batch:
+            rec = st.record
+            rec.state, rec.node, rec.gpus, rec.explanation = "running", node, gpus, expl
+            rec.queued_s += now - st.enqueued
+            rec.batch_size = len(batch)
+            rec.emulated = emulated
+            rec.history.append(f"placed on {node[:12]} GPU {list(gpus)} after {now - st.enqueued:.3f}s queued"
+                               + (f" (batch of {len(batch)})" if len(batch) > 1 else ""))
+            self.running[st.id] = st
+        for g in gpus:  # a batch runs its subtasks one after another: it reserves one subtask's share
+            h = self.holds.setdefault((node, g), GpuHold())
+            h.milli_used += d.gpu_share
+            h.memory_reserved_mib += d.gpu_memory_mib
+            h.running += len(batch)
+        free_mib = self._free_memory(node, gpus)
+        task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    def _free_memory(self, node: str, gpus: tuple[int, ...]) -> int:
+        snap = self.snapshot()
+        try:
+            n = snap.nodes[snap.node_index(node)]
+        except KeyError:
+            return 0
+        return min((n.gpus[g].memory_free_mib for g in gpus if g < len(n.gpus)), default=0)
+
+    async def _execute(self, batch, node, gpus, d, workers: list[WorkerInfo], free_mib: int) -> None:
+        worker = workers[0]  # a multi-GPU subtask runs in its first GPU's worker; the others are held
+        new_fns = {st.fn_key: st.fn_ref for st in batch if st.fn_key not in worker.fns}
+        t0 = self.clock()
+        try:
+            outs = await self.backend.run(worker, batch, new_fns)
+            worker.fns.update(new_fns)
+        except WorkerLost as e:
+            self._unreserve(node, gpus, d, batch, workers)
+            self._drop_worker(worker)
+            for st in batch:
+                self._retry(st, f"worker {node[:12]} GPU {list(gpus)} lost: {e}")
+            return
+        except BatchRejected as e:
+            self._unreserve(node, gpus, d, batch, workers)
+            if len(batch) > 1:  # one subtask's argument failed: run them one by one (nothing ran yet)
+                for st in batch:
+                    st.record.history.append("batch rejected before running; placed again alone")
+                    st.opts = _no_batch(st.opts)
+                    self._enqueue(st)
+            else:
+                self._resolve(batch[0], Outcome(False, e.error))
+            return
+        except Exception as e:  # a bug on our side: fail the batch with the reason rather than hang
+            log.exception("worker call failed")
+            self._unreserve(node, gpus, d, batch, workers)
+            for st in batch:
+                self._resolve(st, Outcome(False, self.backend.fail(f"fastgpu worker call failed: {e!r}", e)))
+            return
+        self._unreserve(node, gpus, d, batch, workers)
+        dt = self.clock() - t0
+        for st, out in zip(batch, outs):
+            st.record.run_s += dt / len(batch)
+            if not out.ok and out.oom:
+                st.min_memory_mib = max(st.min_memory_mib, free_mib + 1)
+                self._retry(st, f"out of GPU memory on {node[:12]} GPU {list(gpus)} ({free_mib} MiB free); "
+                                f"asking for more than {free_mib} MiB", out.value)
+            else:
+                self.running.pop(st.id, None)
+                self._resolve(st, out)
+
+    def _retry(self, st: Subtask, why: str, error: Any = None) -> None:
+        self.running.pop(st.id, None)
+        st.record.history.append(why)
+        if st.retries >= st.opts.max_retries:
+            msg = f"subtask {st.id} gave up after {st.retries} retries: {why}"
+            err = error if error is not None else self.backend.fail(msg, _exhausted(msg))
+            st.record.error = msg
+            self._resolve(st, Outcome(False, err))
+            return
+        st.retries += 1
+        st.record.retries = st.retries
+        st.enqueued = self.clock()
+        self._enqueue(st)
+
+    def _unreserve(self, node, gpus, d: Demand, batch, workers: list[WorkerInfo]) -> None:
+        for g, w in zip(gpus, workers):
+            h = self.holds.get((node, g))
+            if h is None or self.workers.get((node, g)) is not w:
+                continue  # that worker was dropped: its reservations went with it
+            h.milli_used = max(0, h.milli_used - d.gpu_share)
+            h.memory_reserved_mib = max(0, h.memory_reserved_mib - d.gpu_memory_mib)
+            h.running = max(0, h.running - len(batch))
+            if h.running == 0:
+                w.idle_since = self.clock()
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------ workers (GPUs)
+    def _claim(self, node_id: str) -> None:
+        if node_id in self.claiming or self._closed:
+            return
+        n = next((x for x in self.nodes if x.node_id == node_id and x.alive), None)
+        if n is None:
+            return
+        held = sum(1 for (nd, _) in self.workers if nd == node_id)
+        count = n.gpu_total - held - taken_count(n, held)
+        if count <= 0:
+            return
+        self.claiming[node_id] = count
+        task = asyncio.ensure_future(self._do_claim(n, count))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _do_claim(self, n: NodeInfo, count: int) -> None:
+        try:  # Ray's view of available GPUs right now, not as of the last refresh
+            fresh = {x.node_id: x for x in await asyncio.to_thread(self.backend.nodes)}
+            n = fresh.get(n.node_id, n)
+            held = sum(1 for (nd, _) in self.workers if nd == n.node_id)
+            count = min(count, n.gpu_total - held - taken_count(n, held)) if n.alive else 0
+            got = await self.backend.claim(n, count) if count > 0 else []
+        except Exception:
+            log.exception("claiming GPUs on %s failed", n.node_id)
+            got = []
+        for w in got:
+            key = (w.node_id, w.gpu_index)
+            if self._closed:
+                await self.backend.release(w)
+                continue
+            if key in self.workers and self.workers[key].alive:  # Ray never gives one GPU twice
+                log.error("GPU %s already held; releasing the new worker", key)
+                await self.backend.release(w)
+                continue
+            w.idle_since = self.clock()
+            self.workers[key] = w
+            self.holds[key] = GpuHold()
+        try:
+            self.nodes = sorted(await asyncio.to_thread(self.backend.nodes), key=lambda x: x.node_id)
+        finally:
+            if got:
+                self.claiming.pop(n.node_id, None)
+            else:  # nothing to claim after all (Ray's view was stale): back off before trying again
+                await asyncio.sleep(1.0)
+                self.claiming.pop(n.node_id, None)
+            self._wake.set()
+
+    def _drop_worker(self, w: WorkerInfo) -> None:
+        key = (w.node_id, w.gpu_index)
+        w.alive = False
+        if self.workers.get(key) is w:
+            del self.workers[key]
+            self.holds.pop(key, None)
+            asyncio.ensure_future(self.backend.release(w))
+
+    def _release_idle(self) -> None:
+        now = self.clock()
+        for key, w in list(self.workers.items()):
+            h = self.holds.get(key)
+            if h is not None and h.running == 0 and not self.queue and now - w.idle_since > self.idle_timeout_s:
+                del self.workers[key]
+                self.holds.pop(key, None)
+                w.alive = False
+                asyncio.ensure_future(self.backend.release(w))
+
+    # ---------------------------------------------------------------------------------- inspection
+    def explain(self, sid: str) -> Record | None:
+        return self.records.get(sid)
+
+    def queue_length(self) -> int:
+        return len(self.queue)
+
+
+def taken_count(n: NodeInfo, held: int) -> int:
+    from .telemetry import taken_by_others
+    return taken_by_others(n, held)
+
+
+def _no_batch(o: TaskOptions) -> TaskOptions:
+    import dataclasses
+    return dataclasses.replace(o, batch=False)
+
+
+def _never(reason: str) -> BaseException:
+    from .errors import NeverFitsError
+    return NeverFitsError(reason)
+
+
+def _exhausted(msg: str) -> BaseException:
+    from .errors import RetriesExhaustedError
+    return RetriesExhaustedError(msg)
+
+
+def _short(err: Any) -> str:
+    text = str(getattr(err, "cause", None) or err)
+    return text if len(text) < 500 else text[:500] + "..."

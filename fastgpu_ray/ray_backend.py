@@ -1,0 +1,146 @@
+"""The dispatcher's window on Ray: nodes and resources, monitors, GPU worker actors, worker calls."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+
+import ray
+from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError, NodeDiedError,
+                            ObjectLostError, OwnerDiedError, RayActorError, RayTaskError, WorkerCrashedError)
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .dispatch import BatchRejected, Outcome, WorkerInfo, WorkerLost
+from .monitor import NAMESPACE, MonitorActor, monitor_name
+from .telemetry import NodeInfo, NodeTelemetry
+from .worker import GpuWorker, Item
+
+log = logging.getLogger("fastgpu.ray")
+
+CLAIM_TIMEOUT_S = 60.0  # a worker process may take a while to start on a loaded machine
+CLAIM_GRACE_S = 10.0
+READ_TIMEOUT_S = 5.0
+_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, NodeDiedError, WorkerCrashedError,
+         ObjectLostError, OwnerDiedError)
+
+
+def ray_nodes() -> list[NodeInfo]:
+    avail = ray._private.state.available_resources_per_node()
+    out = []
+    for n in ray.nodes():
+        nid = n["NodeID"]
+        tot = n.get("Resources", {})
+        av = avail.get(nid, {})
+        out.append(NodeInfo(
+            node_id=nid, alive=bool(n.get("Alive")), cpu_total=float(tot.get("CPU", 0)),
+            cpu_available=float(av.get("CPU", 0)), memory_bytes=float(tot.get("memory", 0)),
+            gpu_total=int(math.floor(tot.get("GPU", 0) + 1e-9)), gpu_available=float(av.get("GPU", 0)),
+            address=n.get("NodeManagerAddress", "")))
+    return out
+
+
+class RayBackend:
+    def __init__(self, emulated_memory_mib: int, force_emulation: bool) -> None:
+        self.emulated_memory_mib = emulated_memory_mib
+        self.force_emulation = force_emulation
+        self.monitors: dict[str, object] = {}
+        self.created: dict[bytes, object] = {}  # every worker handle not yet released, started or not
+
+    def nodes(self) -> list[NodeInfo]:
+        return ray_nodes()
+
+    def monitor(self, node: NodeInfo):
+        m = self.monitors.get(node.node_id)
+        if m is None:
+            m = MonitorActor.options(
+                name=monitor_name(node.node_id), namespace=NAMESPACE, get_if_exists=True, lifetime=None,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            ).remote(node.node_id, node.gpu_total, self.emulated_memory_mib, self.force_emulation)
+            self.monitors[node.node_id] = m
+        return m
+
+    async def read(self, node: NodeInfo) -> NodeTelemetry | None:
+        try:
+            return await asyncio.wait_for(self.monitor(node).read.remote(), READ_TIMEOUT_S)
+        except (asyncio.TimeoutError, GetTimeoutError):
+            return None
+        except _LOST:
+            self.monitors.pop(node.node_id, None)
+            return None
+
+    async def claim(self, node: NodeInfo, count: int) -> list[WorkerInfo]:
+        mon = self.monitor(node)
+        handles = [GpuWorker.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+        ).remote(node.node_id, monitor_name(node.node_id), NAMESPACE) for _ in range(count)]
+        for h in handles:
+            self.created[h._actor_id.binary()] = h
+        futs = [asyncio.ensure_future(_await(h.info.remote())) for h in handles]
+        done, pending = await asyncio.wait(futs, timeout=CLAIM_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        if pending:  # the workers start together: once one is up, the others get a short grace period
+            await asyncio.wait(pending, timeout=CLAIM_GRACE_S)
+        got = []
+        for h, fut in zip(handles, futs):
+            res = fut.result() if fut.done() and not fut.cancelled() and fut.exception() is None else None
+            if not fut.done():
+                fut.cancel()
+            if res is None:
+                self._kill(h)  # never started (no GPU left after all, or too slow)
+                continue
+            nid, gpus, pid = res
+            got.append(WorkerInfo(h, nid, int(gpus[0]), pid))
+        if got:
+            mon.register_pids.remote([w.pid for w in got])
+        return got
+
+    async def run(self, worker: WorkerInfo, batch, new_fns: dict) -> list[Outcome]:
+        keys = list(new_fns)
+        items, flat = [], [new_fns[k] for k in keys]
+        for st in batch:
+            p = st.payload
+            items.append(Item(st.id, st.fn_key, p.blob, len(p.refs), st.opts.work_s, tuple(st.record.gpus)))
+            flat.extend(p.refs)
+        try:
+            res = await worker.handle.run_batch.remote(keys, items, *flat)
+        except _LOST as e:
+            raise WorkerLost(type(e).__name__) from e
+        except RayTaskError as e:
+            raise BatchRejected(e) from e
+        return [Outcome(True, r[1]) if r[0] == "ok" else Outcome(False, r[1], bool(r[2])) for r in res]
+
+    def _kill(self, handle) -> None:
+        self.created.pop(handle._actor_id.binary(), None)
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:
+            pass
+
+    def kill_all(self) -> list:
+        """Kill every worker this backend created (also those whose claim is still starting)."""
+        hs = list(self.created.values())
+        for h in hs:
+            self._kill(h)
+        return hs
+
+    async def release(self, worker: WorkerInfo) -> None:
+        self._kill(worker.handle)
+        m = self.monitors.get(worker.node_id)
+        if m is not None:
+            m.register_pids.remote([worker.pid], False)
+
+    async def wait_dead(self, handle, timeout: float = 10.0) -> None:
+        """Return once Ray reports the worker dead (so its GPU is back in Ray's pool)."""
+        try:
+            await asyncio.wait_for(handle.info.remote(), timeout)
+        except Exception:
+            pass
+
+    def fail(self, message: str, exc: BaseException):
+        return RayTaskError("fastgpu", message, exc)
+
+    async def set_emulated(self, node: NodeInfo, index: int, **kw) -> None:
+        await self.monitor(node).set_emulated.remote(index, **kw)
+
+
+async def _await(ref):
+    return await ref

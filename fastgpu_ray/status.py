@@ -1,0 +1,57 @@
+"""``fastgpu.status()``: one row per node and GPU, and the table ``fastgpu status`` prints."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    node: str
+    gpu: int
+    model: str
+    emulated: bool
+    util: float | None
+    memory_used_mib: int | None
+    memory_total_mib: int
+    memory_reserved_mib: int
+    external_processes: int
+    fastgpu_running: int
+    held: bool  # a fastgpu worker holds this GPU in Ray
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    gpus: tuple[GpuStatus, ...]
+    queue_length: int
+    nodes_alive: int
+    placed: int = 0
+    finished: int = 0
+    failed: int = 0
+
+    @property
+    def emulated(self) -> bool:
+        return any(g.emulated for g in self.gpus)
+
+    def format(self) -> str:
+        head = (f"{'node':<14}{'gpu':>4}  {'model':<14}{'util':>6}  {'memory used/total':>20}  {'reserved':>9}"
+                f"{'ext.proc':>9}{'fastgpu':>8}{'held':>6}{'temp':>6}{'power':>7}")
+        lines = [head, "-" * len(head)]
+        for g in self.gpus:
+            util = "-" if g.util is None else f"{g.util * 100:.0f}%"
+            used = "-" if g.memory_used_mib is None else f"{g.memory_used_mib}"
+            total = f"{g.memory_total_mib}" if g.memory_total_mib else "?"
+            model = (g.model + "*") if g.emulated else g.model
+            lines.append(
+                f"{g.node[:12]:<14}{g.gpu:>4}  {model[:13]:<14}{util:>6}  {used + ' / ' + total + ' MiB':>20}  "
+                f"{g.memory_reserved_mib:>5} MiB{g.external_processes:>9}{g.fastgpu_running:>8}"
+                f"{'yes' if g.held else 'no':>6}"
+                f"{'-' if g.temperature_c is None else f'{g.temperature_c:.0f}C':>6}"
+                f"{'-' if g.power_w is None else f'{g.power_w:.0f}W':>7}")
+        lines.append(f"queue: {self.queue_length} subtask(s) waiting; {self.nodes_alive} node(s) alive; "
+                     f"placed {self.placed}, finished {self.finished}, failed {self.failed}")
+        if self.emulated:
+            lines.append("* EMULATED GPU (no NVML on that node): memory size and load are set by fastgpu, "
+                         "not measured")
+        return "\n".join(lines)
