@@ -196,9 +196,13 @@ def live_snapshot() -> Snapshot:
 
 def snapshot_and_source() -> tuple[Snapshot, str]:
     try:
+        from fastgpu_ray.errors import NotInitializedError
         from fastgpu_ray.telemetry import cluster_snapshot  # the runtime's live view (issue 3)
+    except ImportError as e:
+        return ray_snapshot(), f"ray logical resources (no live telemetry: {_first_line(e)})"
+    try:
         snap = cluster_snapshot()
-    except (ImportError, RuntimeError, ValueError) as e:  # no fastgpu session: Ray's view is all there is
+    except NotInitializedError as e:  # no fastgpu session in this process: Ray's view is all there is
         return ray_snapshot(), f"ray logical resources (no live telemetry: {_first_line(e)})"
     avail = ray._private.state.available_resources_per_node()
     return restrict_to_ray(snap, avail), "fastgpu live telemetry"
