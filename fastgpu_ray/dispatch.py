@@ -31,6 +31,7 @@ from typing import Any, Callable, Protocol
 from placement import ClusterState, Demand, Explanation, Scheduler, Snapshot, registry
 
 from .demand import build_demand
+from .live_select import LiveGpuChoice
 from .options import TaskOptions
 from .telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot
 
@@ -288,7 +289,7 @@ class DispatchCore:
             return 0
         t0 = time.perf_counter()
         state = ClusterState.from_snapshot(self.snapshot())
-        pol = registry.create(self.policy)
+        pol = LiveGpuChoice(registry.create(self.policy))
         pol.prepare(state, [st.demand() for _, _, st in self.queue[:64]])
         sched = Scheduler(state, pol)
         slots = max(1, len(self.workers))
@@ -351,12 +352,12 @@ class DispatchCore:
             rec.history.append(f"placed on {node[:12]} GPU {list(gpus)} after {now - st.enqueued:.3f}s queued"
                                + (f" (batch of {len(batch)})" if len(batch) > 1 else ""))
             self.running[st.id] = st
+        free_mib = self._free_memory(node, gpus)  # before this reservation: an OOM retry asks for more
         for g in gpus:  # a batch runs its subtasks one after another: it reserves one subtask's share
             h = self.holds.setdefault((node, g), GpuHold())
             h.milli_used += d.gpu_share
             h.memory_reserved_mib += d.gpu_memory_mib
             h.running += len(batch)
-        free_mib = self._free_memory(node, gpus)
         task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)

@@ -1,0 +1,278 @@
+"""DispatchCore with a fake backend (no Ray): queue order, waiting vs failing fast, packing by memory,
+batching, retries after worker loss and out-of-memory, load-aware placement, explanations."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from fastgpu_ray.dispatch import DispatchCore, Outcome, Subtask, WorkerInfo, WorkerLost
+from fastgpu_ray.errors import GpuOutOfMemoryError, NeverFitsError, RetriesExhaustedError, is_gpu_oom
+from fastgpu_ray.gpu_sources import EmulatedSource
+from fastgpu_ray.options import make_options
+from fastgpu_ray.telemetry import NodeInfo, NodeTelemetry
+
+
+@dataclass
+class Run:
+    sid: str
+    node: str
+    gpu: int
+    start: float
+    end: float = 0.0
+
+
+@dataclass
+class FakeBackend:
+    """Nodes with emulated GPUs; a payload is ``fn(worker) -> value`` (may raise, may await)."""
+
+    gpus: dict[str, list[int]]  # node -> memory MiB per GPU
+    runs: list[Run] = field(default_factory=list)
+    calls: int = 0
+    claims: int = 0
+    released: list = field(default_factory=list)
+    dead: set = field(default_factory=set)  # (node, gpu) whose worker dies on its next call
+
+    def __post_init__(self):
+        self.sources = {n: EmulatedSource(len(m), m) for n, m in self.gpus.items()}
+
+    def nodes(self):
+        return [NodeInfo(n, True, 4, 4, 8 << 30, len(m), len(m) - sum(1 for (x, _) in self._held if x == n))
+                for n, m in self.gpus.items()]
+
+    _held: set = field(default_factory=set)
+
+    async def read(self, node):
+        src = self.sources[node.node_id]
+        return NodeTelemetry(node.node_id, True, tuple(src.read()))
+
+    async def claim(self, node, count):
+        self.claims += 1
+        await asyncio.sleep(0.01)
+        free = [g for g in range(len(self.gpus[node.node_id])) if (node.node_id, g) not in self._held][:count]
+        out = []
+        for g in free:
+            self._held.add((node.node_id, g))
+            out.append(WorkerInfo(handle=None, node_id=node.node_id, gpu_index=g, pid=1000 + g))
+        return out
+
+    async def run(self, worker, batch, new_fns):
+        self.calls += 1
+        key = (worker.node_id, worker.gpu_index)
+        outs = []
+        for st in batch:
+            r = Run(st.id, worker.node_id, worker.gpu_index, time.monotonic())
+            self.runs.append(r)
+            if key in self.dead:
+                self.dead.discard(key)
+                raise WorkerLost("killed by the test")
+            try:
+                v = st.payload(worker)
+                if asyncio.iscoroutine(v):
+                    v = await v
+                outs.append(Outcome(True, v))
+            except Exception as e:
+                outs.append(Outcome(False, e, is_gpu_oom(e)))
+            r.end = time.monotonic()
+        return outs
+
+    async def release(self, worker):
+        self.released.append((worker.node_id, worker.gpu_index))
+        self._held.discard((worker.node_id, worker.gpu_index))
+
+    def fail(self, message, exc):
+        return exc
+
+
+def sub(sid, payload, **opts) -> Subtask:
+    return Subtask(sid, make_options(**opts), "fn", None, payload)
+
+
+async def started(backend, **kw) -> DispatchCore:
+    core = DispatchCore(backend, telemetry_period_s=0.05, **kw)
+    await core.start()
+    return core
+
+
+def value(v):
+    return lambda w: v
+
+
+def sleeper(s, v=None):
+    async def run(w):
+        await asyncio.sleep(s)
+        return v
+    return lambda w: run(w)
+
+
+def test_results_come_back_and_small_subtasks_are_batched():
+    async def main():
+        b = FakeBackend({"n1": [16384, 16384]})
+        core = await started(b)
+        outs = await asyncio.gather(*(core.submit(sub(f"s{i}", value(i * i))) for i in range(200)))
+        await core.shutdown()
+        return b, outs
+    b, outs = asyncio.run(main())
+    assert [o.value for o in outs] == [i * i for i in range(200)]
+    assert all(o.ok for o in outs)
+    assert b.calls < 100, f"{b.calls} worker calls for 200 tiny subtasks: batching is not happening"
+    assert b.claims == 1  # one claim took both GPUs of the node
+
+
+def test_queue_orders_by_priority_then_age():
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        gate = asyncio.Event()
+
+        async def blocker(w):
+            await gate.wait()
+
+        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), work_s=1.0)))
+        await asyncio.sleep(0.2)  # the GPU is now busy; the rest queue up
+        order = ["low0", "low1", "high0", "mid0", "high1"]
+        prio = {"low": 0, "mid": 3, "high": 9}
+        futs = [asyncio.ensure_future(core.submit(sub(s, value(s), priority=prio[s[:-1]], batch=False)))
+                for s in order]
+        await asyncio.sleep(0.2)
+        gate.set()
+        await asyncio.gather(first, *futs)
+        await core.shutdown()
+        return [r.sid for r in b.runs]
+    ran = asyncio.run(main())
+    assert ran == ["block", "high0", "high1", "mid0", "low0", "low1"]
+
+
+def test_never_fits_fails_at_once_naming_the_largest_gpu():
+    async def main():
+        b = FakeBackend({"n1": [8192, 24576], "n2": [16384]})
+        core = await started(b)
+        t0 = time.monotonic()
+        out = await asyncio.wait_for(core.submit(sub("huge", value(1), gpu_memory="40GiB")), 5)
+        await core.shutdown()
+        return out, time.monotonic() - t0
+    out, dt = asyncio.run(main())
+    assert not out.ok and isinstance(out.value, NeverFitsError)
+    msg = str(out.value)
+    assert "24576 MiB" in msg and "GPU 1 on n1" in msg, msg
+    assert dt < 2
+
+
+def test_subtask_that_does_not_fit_now_waits_for_memory():
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        outs = await asyncio.gather(*(core.submit(sub(f"m{i}", sleeper(0.2, i), gpu_memory="10GiB", work_s=0.2))
+                                      for i in range(2)))
+        await core.shutdown()
+        return b, outs
+    b, outs = asyncio.run(main())
+    assert [o.value for o in outs] == [0, 1]
+    r0, r1 = sorted(b.runs, key=lambda r: r.start)
+    assert r1.start >= r0.end - 1e-3, "two 10 GiB subtasks ran together on a 16 GiB GPU"
+
+
+def test_memory_declaring_subtasks_share_a_gpu_and_whole_gpu_ones_do_not():
+    async def main(**opts):
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        await asyncio.gather(*(core.submit(sub(f"p{i}", sleeper(0.3, i), work_s=0.3, **opts)) for i in range(4)))
+        await core.shutdown()
+        return b.runs
+    packed = asyncio.run(main(gpu_memory="2GiB"))
+    assert max(r.start for r in packed) < min(r.end for r in packed), "4 x 2 GiB did not run together"
+    whole = sorted(asyncio.run(main()), key=lambda r: r.start)
+    assert all(b.start >= a.end - 1e-3 for a, b in zip(whole, whole[1:])), "whole-GPU subtasks overlapped"
+
+
+def test_worker_lost_replaces_subtask_then_gives_up_after_max_retries():
+    async def main(retries, deaths):
+        b = FakeBackend({"n1": [16384, 16384]})
+        core = await started(b)
+        await core.submit(sub("warm", value(0)))  # claim the GPUs
+        b.dead = {("n1", 0), ("n1", 1)}
+        outs = [await core.submit(sub("x", value(42), max_retries=retries, batch=False))]
+        if deaths > 2:
+            b.dead = {("n1", 0), ("n1", 1)}
+        rec = core.explain("x")
+        await core.shutdown()
+        return b, outs[0], rec
+    b, out, rec = asyncio.run(main(3, 2))
+    assert out.ok and out.value == 42
+    assert rec.retries >= 1 and any("lost" in h for h in rec.history)
+    assert b.released, "the dead worker's GPU was not given back"
+    b, out, rec = asyncio.run(main(0, 2))
+    assert not out.ok and isinstance(out.value, RetriesExhaustedError)
+
+
+def test_out_of_memory_is_retried_on_a_gpu_with_more_free_memory():
+    def needs_big(w):
+        if w.gpu_index == 0:  # GPU 0 has 4 GiB
+            raise GpuOutOfMemoryError("CUDA out of memory (emulated)")
+        return w.gpu_index
+
+    async def main():
+        b = FakeBackend({"n1": [4096, 16384]})
+        b.sources["n1"].set_gpu(1, util=0.9)  # the big GPU is busy: placement tries the small one first
+        core = await started(b)
+        out = await core.submit(sub("oom", needs_big, gpu_memory="1GiB", work_s=1.0))
+        rec = core.explain("oom")
+        await core.shutdown()
+        return b, out, rec
+    b, out, rec = asyncio.run(main())
+    assert [r.gpu for r in b.runs] == [0, 1]
+    assert out.ok and out.value == 1
+    assert rec.retries == 1 and "out of GPU memory" in " ".join(rec.history)
+
+
+def test_user_error_is_the_result_not_retried():
+    def boom(w):
+        raise ValueError("bad input 7")
+
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        out = await core.submit(sub("e", boom))
+        await core.shutdown()
+        return b, out
+    b, out = asyncio.run(main())
+    assert not out.ok and "bad input 7" in str(out.value)
+    assert len(b.runs) == 1
+
+
+def test_loaded_gpu_is_avoided_and_explained():
+    async def main():
+        b = FakeBackend({"a": [16384], "b": [16384]})
+        b.sources["a"].set_gpu(0, util=0.8, processes=2)
+        core = await started(b)
+        out = await core.submit(sub("w", lambda w: w.node_id, work_s=2.0))
+        rec = core.explain("w")
+        await core.shutdown()
+        return out, rec
+    out, rec = asyncio.run(main())
+    assert out.value == "b"
+    ex = rec.explanation
+    assert ex.winner == "b" and ex.policy == "fastgpu"
+    terms = {c.node: c.terms for c in ex.candidates}
+    assert terms["a"]["compute_s"] == pytest.approx(10.0) and terms["b"]["compute_s"] == pytest.approx(2.0)
+    assert "policy=fastgpu" in rec.format()
+
+
+def test_idle_workers_are_released():
+    async def main():
+        b = FakeBackend({"n1": [16384, 16384]})
+        core = await started(b, idle_timeout_s=0.2)
+        await core.submit(sub("x", value(1)))
+        await asyncio.sleep(0.6)
+        held = dict(core.workers)
+        await core.shutdown()
+        return b, held
+    b, held = asyncio.run(main())
+    assert held == {} and sorted(b.released) == [("n1", 0), ("n1", 1)]
+
+
+def test_unknown_policy_fails_at_construction():
+    with pytest.raises(ValueError, match="valid policies"):
+        DispatchCore(FakeBackend({"n": [1]}), policy="nope")
