@@ -75,7 +75,7 @@ def shutdown(timeout_s: float = 30.0) -> None:
     try:
         before = ray.available_resources().get("GPU", 0.0)
         held = ray.get(s.dispatcher.shutdown.remote(), timeout=timeout_s)
-        total = ray.cluster_resources().get("GPU", 0.0)
+        total = alive_gpu_total()
         target = min(total, before + held)
         deadline = time.monotonic() + min(timeout_s, 10.0)
         while ray.available_resources().get("GPU", 0.0) < target - 1e-6 and time.monotonic() < deadline:
@@ -87,6 +87,11 @@ def shutdown(timeout_s: float = 30.0) -> None:
             pass
         if s.started_ray:
             ray.shutdown()
+
+
+def alive_gpu_total() -> float:
+    """GPUs of the live nodes (``ray.cluster_resources`` still counts a node that just died)."""
+    return sum(n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive"))
 
 
 def current() -> Session:

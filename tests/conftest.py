@@ -27,6 +27,9 @@ class LocalCluster:
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 1, "num_gpus": 0, "include_dashboard": False, "object_store_memory": 80 * 2**20,
             "gcs_server_port": _free_port(), "dashboard_agent_listen_port": _free_port(),
+            # a killed node is declared dead within ~3 s (default: ~30 s)
+            "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000,
+                               "health_check_failure_threshold": 3},
         })
         self.nodes = []
         for _ in range(gpu_nodes):
