@@ -4,14 +4,21 @@ The transfer helper adds the input-location fields (``input_bytes``, ``input_tot
 """
 from __future__ import annotations
 
+from typing import Any
+
 from placement import Demand
 
 from .options import TaskOptions
 
 
-def build_demand(subtask_id: str, opts: TaskOptions, *, min_gpu_memory_mib: int = 0) -> Demand:
+def build_demand(subtask_id: str, opts: TaskOptions, *, min_gpu_memory_mib: int = 0, payload: Any = None) -> Demand:
     """The Demand for one subtask. ``min_gpu_memory_mib`` raises the memory asked for (an out-of-memory
-    retry asks for more free memory than the GPU it failed on had)."""
+    retry asks for more free memory than the GPU it failed on had). ``payload``: the subtask's arguments
+    as the dispatcher holds them; the transfer optimiser locates their large inputs (``input_bytes`` /
+    ``input_total``). Without a payload, or with only small by-value arguments, there is no lookup."""
+    from transfer.runtime_hooks import demand_inputs  # {} without refs or large values: no lookup
+
+    inputs = demand_inputs(payload)
     return Demand(
         id=subtask_id,
         num_gpus=opts.gpu_count,
@@ -20,4 +27,5 @@ def build_demand(subtask_id: str, opts: TaskOptions, *, min_gpu_memory_mib: int 
         gpu_types=tuple(opts.gpu_types),
         priority=opts.priority,
         work_s=float(opts.work_s),
+        **inputs,
     )

@@ -1,0 +1,392 @@
+"""Data locality: fastgpu vs plain Ray GPU tasks vs a Ray ActorPool, side by side on one cluster.
+
+    sudo python benchmarks/locality.py                 # netns hosts on 1 Gbit/s links (needs root)
+    python benchmarks/locality.py --local              # one machine, link_bandwidth="1Gbit" configured
+    options: --regimes data-heavy,balanced,broadcast  --systems ray_tasks,ray_reuse,actor_pool,fastgpu
+             --json OUT.json  --rate 1gbit (netns)
+
+Cluster: a head without GPUs (the driver) and three worker nodes with 2 logical GPUs each. An upstream
+stage leaves the shards 60/30/10 % on the three workers (tasks pinned there); then one GPU subtask per
+shard reads its shard and "computes" for a fixed time (sleep). Every system gets freshly produced shards.
+
+Per system and regime: makespan (first submit to last result), bytes moved across nodes (copies of the
+input objects beyond the producer's, counted with ``ray.experimental.get_object_locations`` after the
+run) and, on netns hosts, the bytes each host's link carried (veth counters). Targets (issue 4):
+- data-heavy (12 x 32 MiB, 20 ms): fastgpu moves <= 0.10 of the data, makespan <= 0.5x ActorPool;
+- balanced (24 x 16 MiB, 50 ms): fastgpu makespan <= 0.8x the better of Ray tasks and ActorPool, and it
+  moves <= half the bytes Ray tasks move;
+- broadcast (one 64 MiB object, 24 subtasks, 50 ms): the object enters each node at most once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MiB = 2**20
+SPLIT = (0.6, 0.3, 0.1)
+SYSTEMS = ("ray_tasks", "ray_reuse", "actor_pool", "fastgpu")
+GET_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    shards: int
+    shard_mib: int
+    work_s: float
+    broadcast: bool = False
+
+
+REGIMES = {
+    "data-heavy": Regime("data-heavy", 12, 32, 0.020),
+    "balanced": Regime("balanced", 24, 16, 0.050),
+    "broadcast": Regime("broadcast", 24, 64, 0.050, broadcast=True),
+}
+
+
+def split_counts(n: int, split=SPLIT) -> list[int]:
+    """Largest remainder: 12 -> [7, 4, 1], 24 -> [14, 7, 3]."""
+    raw = [n * s for s in split]
+    out = [int(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: (-(raw[i] - out[i]), -i))[: n - sum(out)]:
+        out[i] += 1
+    return out
+
+
+@dataclass
+class Result:
+    regime: str
+    system: str
+    makespan_s: float
+    input_bytes: int
+    moved_bytes: int
+    copies_per_node: dict = field(default_factory=dict)
+    link_mib: dict = field(default_factory=dict)  # host -> {"up": MiB, "down": MiB} (netns only)
+    placement: dict = field(default_factory=dict)  # node -> subtasks run there
+    correct: bool = True
+
+    @property
+    def moved_frac(self) -> float:
+        return self.moved_bytes / self.input_bytes if self.input_bytes else 0.0
+
+
+# ----------------------------------------------------------------------------------------- the work
+def subtask(x, tag: int, work_s: float):
+    """Read the input (touch every page), 'compute' for work_s, return (checksum, tag, node)."""
+    import ray as _ray
+
+    t0 = time.perf_counter()
+    checksum = int(np.asarray(x)[::4096].astype(np.int64).sum())
+    left = work_s - (time.perf_counter() - t0)
+    if left > 0:
+        time.sleep(left)
+    return checksum, tag, _ray.get_runtime_context().get_node_id()
+
+
+def expected(fill: int, nbytes: int) -> int:
+    return fill * len(range(0, nbytes, 4096))
+
+
+# ------------------------------------------------------------------------------------------- driver
+def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = None) -> list[Result]:
+    import ray
+    from ray.util import ActorPool
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    workers = sorted((n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")),
+                     key=lambda n: n["NodeManagerAddress"] + n["NodeID"])
+    if len(workers) < 3:
+        raise RuntimeError(f"need 3 worker nodes with GPUs, found {len(workers)}")
+    wids = [n["NodeID"] for n in workers[:3]]
+    pin = lambda nid: NodeAffinitySchedulingStrategy(nid, soft=False)  # noqa: E731
+
+    @ray.remote(num_cpus=0)
+    def produce(fill: int, nbytes: int):
+        return np.full(nbytes, fill % 251, dtype=np.uint8)
+
+    task = ray.remote(num_gpus=1)(subtask)  # as users write it: max_calls=1, a fresh worker per GPU task
+    task_reuse = ray.remote(num_gpus=1, max_calls=0)(subtask)  # worker reuse
+
+    @ray.remote(num_gpus=1)
+    class GpuActor:
+        def run(self, x, tag, work_s):
+            return subtask(x, tag, work_s)
+
+    n_gpus = int(sum(n["Resources"]["GPU"] for n in workers[:3]))
+    runners = {}
+    pool_actors = []
+
+    def make_shards(reg: Regime):
+        if reg.broadcast:
+            obj = produce.options(scheduling_strategy=pin(wids[0])).remote(7, reg.shard_mib * MiB)
+            inputs = [obj] * reg.shards
+            fills = [7] * reg.shards
+            objs = [obj]
+        else:
+            inputs, fills = [], []
+            for w, count in zip(wids, split_counts(reg.shards)):
+                for _ in range(count):
+                    f = len(inputs) + 1
+                    inputs.append(produce.options(scheduling_strategy=pin(w)).remote(f, reg.shard_mib * MiB))
+                    fills.append(f % 251)
+            objs = list(inputs)
+        ray.wait(objs, num_returns=len(objs), fetch_local=False)
+        return inputs, fills, objs
+
+    def run_ray_tasks(inputs, reg, reuse: bool):
+        t = task_reuse if reuse else task
+        return ray.get([t.remote(x, i, reg.work_s) for i, x in enumerate(inputs)], timeout=GET_TIMEOUT_S)
+
+    def run_pool(inputs, reg):
+        pool = ActorPool(pool_actors)
+        return list(pool.map(lambda a, v: a.run.remote(v[1], v[0], reg.work_s), list(enumerate(inputs))))
+
+    fg = None
+    if "fastgpu" in systems:
+        import fastgpu_ray as fg
+
+        if link_bandwidth:
+            os.environ["FASTGPU_LINK_BANDWIDTH"] = link_bandwidth
+        fg_task = fg.task(num_gpus=1, work_s=0.05)(subtask)
+
+    def run_fastgpu(inputs, reg):
+        f = fg_task.options(work_s=reg.work_s)
+        return ray.get([f.remote(x, i, reg.work_s) for i, x in enumerate(inputs)], timeout=GET_TIMEOUT_S)
+
+    runners = {"ray_tasks": lambda i, r: run_ray_tasks(i, r, False),
+               "ray_reuse": lambda i, r: run_ray_tasks(i, r, True),
+               "actor_pool": run_pool, "fastgpu": run_fastgpu}
+    tiny = [np.zeros(8)] * n_gpus
+    warm = Regime("warm", n_gpus, 0, 0.2)
+
+    def setup(s):
+        """Outside the clock: actors exist, reusable workers and fastgpu's GPU workers are started."""
+        if s == "actor_pool":
+            pool_actors[:] = [GpuActor.remote() for _ in range(n_gpus)]
+            ray.get([a.run.remote(np.zeros(8), 0, 0.0) for a in pool_actors], timeout=GET_TIMEOUT_S)
+        if s == "fastgpu":
+            fg.init()
+        if s in ("ray_reuse", "fastgpu"):
+            runners[s](tiny, warm)
+
+    def teardown(s):
+        """Whatever holds GPUs (the pool's actors, fastgpu's workers) gives them back before the next."""
+        if s == "actor_pool":
+            for a in pool_actors:
+                ray.kill(a)
+            pool_actors.clear()
+        if s == "fastgpu":
+            fg.shutdown()
+        deadline = time.time() + 60
+        while ray.available_resources().get("GPU", 0) < n_gpus and time.time() < deadline:
+            time.sleep(0.2)
+
+    results = []
+    for reg in regimes:
+        for s in systems:
+            inputs, fills, objs = make_shards(reg)
+            setup(s)
+            before = link_counter() if link_counter else None
+            t0 = time.perf_counter()
+            try:
+                out = runners[s](inputs, reg)
+                dt = time.perf_counter() - t0
+            finally:
+                after = link_counter() if link_counter else None
+                teardown(s)
+            locs = ray.experimental.get_object_locations(objs)
+            sizes = [locs[o]["object_size"] or 0 for o in objs]
+            copies = {}
+            for o in objs:
+                for nid in locs[o]["node_ids"]:
+                    copies[nid[:8]] = copies.get(nid[:8], 0) + 1
+            moved = sum(sz * max(0, len(locs[o]["node_ids"]) - 1) for o, sz in zip(objs, sizes))
+            ok = all(c == expected(fills[tag], reg.shard_mib * MiB) and tag == i
+                     for i, (c, tag, _) in enumerate(out))
+            where = {}
+            for _, _, nid in out:
+                where[nid[:8]] = where.get(nid[:8], 0) + 1
+            links = {}
+            if before is not None:
+                links = {h: {k: round((after[h][k] - before[h][k]) / MiB, 1) for k in ("up", "down")} for h in after}
+            res = Result(reg.name, s, dt, sum(sizes), moved, copies, links, where, ok)
+            results.append(res)
+            print(f"  {reg.name:10s} {s:10s} {dt:7.2f} s  moved {res.moved_frac:5.2f} of {sum(sizes) / MiB:.0f} MiB"
+                  f"  ran on {where}" + ("" if ok else "  WRONG RESULTS"), flush=True)
+            del inputs, objs, out
+            time.sleep(0.5)  # let Ray free the copies before the next system produces its shards
+    return results
+
+
+# ------------------------------------------------------------------------------------------ verdicts
+def verdicts(results: list[Result], n_worker_nodes: int = 3) -> list[tuple[str, str, bool]]:
+    by = {(r.regime, r.system): r for r in results}
+    out = []
+
+    def get(reg, sys_):
+        return by.get((reg, sys_))
+
+    fg, pool, tasks = get("data-heavy", "fastgpu"), get("data-heavy", "actor_pool"), get("data-heavy", "ray_tasks")
+    if fg:
+        out.append(("data-heavy", f"fastgpu moves {fg.moved_frac:.2f} of the data (target <= 0.10)", fg.moved_frac <= 0.10))
+        if pool:
+            r = fg.makespan_s / pool.makespan_s
+            out.append(("data-heavy", f"fastgpu makespan {r:.2f}x ActorPool (target <= 0.5)", r <= 0.5))
+    fg, pool, tasks = get("balanced", "fastgpu"), get("balanced", "actor_pool"), get("balanced", "ray_tasks")
+    if fg:
+        base = [b for b in (tasks, pool) if b]
+        if base:
+            best = min(base, key=lambda b: b.makespan_s)
+            r = fg.makespan_s / best.makespan_s
+            out.append(("balanced", f"fastgpu makespan {r:.2f}x the better Ray baseline ({best.system}) "
+                                    "(target <= 0.8)", r <= 0.8))
+        if tasks:
+            ok = fg.moved_bytes <= 0.5 * tasks.moved_bytes
+            out.append(("balanced", f"fastgpu moves {fg.moved_frac:.2f} vs Ray tasks {tasks.moved_frac:.2f} "
+                                    "(target <= half)", ok))
+    fg = get("broadcast", "fastgpu")
+    if fg:
+        size = fg.input_bytes
+        if fg.link_mib:
+            worst = max(v["down"] for v in fg.link_mib.values()) * MiB / size
+            out.append(("broadcast", f"the object entered a node's link at most {worst:.2f} times (target <= 1)",
+                        worst <= 1.1))
+        else:
+            worst = max(fg.copies_per_node.values())
+            out.append(("broadcast", f"at most {worst} copy per node (target 1)", worst <= 1))
+    return out
+
+
+def print_table(results: list[Result]) -> None:
+    print(f"\n{'regime':10s} {'system':10s} {'makespan s':>10s} {'moved':>6s} {'vs fastgpu':>10s}  link MiB down (per host)")
+    fg = {r.regime: r for r in results if r.system == "fastgpu"}
+    for r in results:
+        f = fg.get(r.regime)
+        ratio = f"{f.makespan_s / r.makespan_s:.2f}x" if f and r.system != "fastgpu" else ""
+        links = " ".join(f"{v['down']:.0f}" for v in r.link_mib.values()) if r.link_mib else "-"
+        print(f"{r.regime:10s} {r.system:10s} {r.makespan_s:10.2f} {r.moved_frac:6.2f} {ratio:>10s}  {links}")
+    print("\n(vs fastgpu = fastgpu makespan / this system's makespan; moved = bytes copied across nodes / input bytes)")
+
+
+# ------------------------------------------------------------------------------------------- modes
+def local_mode(args) -> list[Result]:
+    """One machine: a ray.cluster_utils.Cluster; the links are free, so the configured 1 Gbit/s is what
+    placement believes -- the decisions must be the ones the netns run makes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["FASTGPU_LINK_BANDWIDTH"] = args.link_bandwidth or "1Gbit"
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False,
+                                                      "object_store_memory": 512 * MiB})
+    try:
+        for _ in range(3):
+            c.add_node(num_cpus=4, num_gpus=2, object_store_memory=768 * MiB)
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False)
+        return run_all(args.regimes, args.systems, link_bandwidth=os.environ["FASTGPU_LINK_BANDWIDTH"])
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def netns_mode(args) -> list[Result]:
+    from benchmarks.netns.hosts import NetnsHosts
+    from benchmarks.netns.ray_hosts import ray_env, start_ray
+
+    out = Path(f"/tmp/fastgpu-locality-{os.getpid()}.json")
+    with NetnsHosts(4, rate=args.rate) as hosts:
+        address = start_ray(hosts, worker_gpus=2, worker_cpus=4)
+        print(f"netns hosts {hosts.addrs} up, links {args.rate}; Ray at {address}", flush=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--inside", address, "--node-ip", hosts.addrs[0],
+               "--veths", ",".join(f"{h}={v}" for h, v in zip(hosts.hosts, hosts.veths)),
+               "--regimes", ",".join(r.name for r in args.regimes), "--systems", ",".join(args.systems),
+               "--json", str(out)]
+        if args.link_bandwidth:
+            cmd += ["--link-bandwidth", args.link_bandwidth]
+        env = ray_env()
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        res = hosts.run(0, cmd, env=env, timeout=args.timeout)
+        if res.returncode != 0:
+            raise SystemExit(f"the driver inside the head namespace failed ({res.returncode})")
+    data = json.loads(out.read_text())
+    out.unlink()
+    return [Result(**r) for r in data]
+
+
+def inside_mode(args) -> None:
+    """The driver, inside the head host's namespace (started by ``netns_mode``)."""
+    import ray
+
+    veths = dict(kv.split("=") for kv in args.veths.split(","))
+
+    def counters():
+        # /proc/1/net/dev: the root namespace's devices (PID 1 lives there), where the veths are.
+        stats = {}
+        for line in Path("/proc/1/net/dev").read_text().splitlines()[2:]:
+            name, data = line.split(":", 1)
+            f = data.split()
+            stats[name.strip()] = (int(f[0]), int(f[8]))
+        return {h: {"up": stats[v][0], "down": stats[v][1]} for h, v in veths.items()}
+
+    ray.init(address=args.inside, _node_ip_address=args.node_ip, log_to_driver=False)
+    results = run_all(args.regimes, args.systems, counters, args.link_bandwidth)
+    Path(args.json).write_text(json.dumps([asdict(r) for r in results]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--local", action="store_true", help="one-machine cluster (no netns, no root)")
+    ap.add_argument("--regimes", default=",".join(REGIMES))
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--rate", default="1gbit", help="netns link rate (tc syntax)")
+    ap.add_argument("--link-bandwidth", default=None, help="configure fastgpu's link bandwidth (default: "
+                    "1Gbit with --local, FASTGPU_LINK_BANDWIDTH / measured on netns hosts)")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--timeout", type=float, default=1200)
+    ap.add_argument("--inside", help=argparse.SUPPRESS)
+    ap.add_argument("--node-ip", help=argparse.SUPPRESS)
+    ap.add_argument("--veths", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    try:
+        args.regimes = [REGIMES[r] for r in args.regimes.split(",") if r]
+    except KeyError as e:
+        ap.error(f"unknown regime {e}; choose from {', '.join(REGIMES)}")
+    args.systems = [s for s in args.systems.split(",") if s]
+    bad = set(args.systems) - set(SYSTEMS)
+    if bad:
+        ap.error(f"unknown systems {sorted(bad)}; choose from {', '.join(SYSTEMS)}")
+    if args.inside:
+        inside_mode(args)
+        return 0
+    if not args.local and os.geteuid() != 0:
+        ap.error("netns hosts need root; run as root or pass --local")
+    print(f"locality benchmark: {'one machine (link_bandwidth configured)' if args.local else 'netns hosts'}; "
+          f"regimes {[r.name for r in args.regimes]}; systems {args.systems}", flush=True)
+    results = local_mode(args) if args.local else netns_mode(args)
+    print_table(results)
+    vs = verdicts(results)
+    for reg, text, ok in vs:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {reg}: {text}")
+    if not all(r.correct for r in results):
+        print("  [FAIL] some system returned wrong results")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": [asdict(r) for r in results],
+                                               "verdicts": vs, "mode": "local" if args.local else f"netns {args.rate}"},
+                                              indent=1))
+    return 0 if all(ok for _, _, ok in vs) and all(r.correct for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

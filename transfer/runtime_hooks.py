@@ -1,0 +1,148 @@
+"""The transfer optimiser inside fastgpu's dispatcher: hooks, one instance per process.
+
+* ``inputs(payload)`` -> ``TransferEstimate`` (called by ``fastgpu_ray.demand.build_demand``): the
+  payload's ObjectRefs located with ``get_object_locations``, plus a large pickled-arguments blob, which
+  starts on the dispatcher's node. Subtasks without refs or large values cost no lookup at all.
+* ``placed(payloads, node)``: the subtasks were sent to ``node``: their large inputs count as arriving
+  there from now on (dedup), and the node starts pulling them at once (prefetch), while its GPU may
+  still be finishing earlier work.
+* ``after_place(...)``: the dispatcher's one call after each placement decision: explanation line,
+  ``placed`` (above). Waiting for a busy node that holds the data is not decided here: the dispatcher
+  shows busy GPUs with their expected wait (``busy_s``) and the policy's finish time weighs it.
+
+The link bandwidth is resolved once per process (``transfer.bandwidth`` precedence; the cluster probe
+runs in a background thread and the fallback is used until it answers) and installed as
+``placement.cost``'s default, so every policy the dispatcher creates prices transfers alike.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Iterable
+
+from placement import cost as cost_mod
+
+from .args import INLINE_THRESHOLD
+from .bandwidth import LinkBandwidth, resolve_link_bandwidth
+from .model import TransferEstimate, build_estimate
+
+log = logging.getLogger("fastgpu.transfer")
+
+CACHE_S = 0.2  # one estimate serves a scheduling round (prepare + place call build_demand twice)
+
+
+class RuntimeTransfer:
+    def __init__(self, probe: bool = True) -> None:
+        from . import ray_hooks
+
+        self._ray = ray_hooks
+        self.opt = ray_hooks.make_optimizer(cost_mod.CostModel())
+        self.prefetcher = ray_hooks.Prefetcher()
+        self.bandwidth: LinkBandwidth = resolve_link_bandwidth(None, measured=None)
+        cost_mod.set_default_link_bandwidth(self.bandwidth.bytes_per_s)
+        self._cache: dict[int, tuple[float, list]] = {}
+        self._probe_started = not probe or self.bandwidth.source != "fallback"
+
+    # --------------------------------------------------------------------------------- bandwidth
+    def _start_probe(self) -> None:
+        """Measure a link once, in the background, the first time a subtask moves data."""
+        if self._probe_started:
+            return
+        self._probe_started = True
+
+        def run():
+            bw = self._ray.cluster_link_bandwidth(probe=True)
+            self.bandwidth = bw
+            cost_mod.set_default_link_bandwidth(bw.bytes_per_s)
+            log.info("link bandwidth: %s", bw)
+
+        threading.Thread(target=run, name="fastgpu-link-probe", daemon=True).start()
+
+    # -------------------------------------------------------------------------------------- hooks
+    def inputs(self, payload: Any) -> TransferEstimate | None:
+        refs = list(getattr(payload, "refs", ()) or ()) + list(getattr(payload, "nested_refs", ()) or ())
+        blob = getattr(payload, "blob", b"") or b""
+        if not refs and len(blob) <= INLINE_THRESHOLD:
+            return None
+        now = time.monotonic()
+        hit = self._cache.get(id(payload))
+        if hit and now - hit[0] < CACHE_S:
+            located = hit[1]
+        else:  # where the objects are: one lookup per subtask and round
+            refs = [r for r in refs if self._ray.is_object_ref(r)]
+            locs = self.opt.locator.locate(refs) if refs else []
+            located = [(r.hex(), loc.size, loc.nodes) for r, loc in zip(refs, locs)]
+            if len(blob) > INLINE_THRESHOLD:  # Ray puts it in the dispatcher node's store for the worker call
+                located.append((f"value:{id(payload)}", len(blob), [self.opt.origin]))
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[id(payload)] = (now, located)
+        est = build_estimate(located, self.opt.ledger)  # the ledger changes within a round: never cached
+        if est.total:
+            self._start_probe()
+        return est
+
+    def placed(self, payloads: Iterable[Any], node: str) -> None:
+        for p in payloads:
+            est = self.inputs(p)
+            if est is None or not est.total:
+                continue
+            fetch = self.opt.placed(est, node)
+            refs = [r for r in getattr(p, "refs", ()) if self._ray.is_object_ref(r)]
+            wanted = {o.key for o in fetch}
+            try:
+                self.prefetcher.prefetch(node, [r for r in refs if r.hex() in wanted])
+            except Exception:  # prefetch is an optimisation: the worker call pulls the data anyway
+                log.exception("prefetch to %s failed", node)
+
+    def node_lost(self, node: str) -> None:
+        self.opt.node_lost(node)
+        self.prefetcher.forget(node)
+
+
+def has_inputs(payload: Any) -> bool:
+    """Cheap: does this payload carry anything worth locating (refs, or a blob over the threshold)?"""
+    return bool(getattr(payload, "refs", None) or getattr(payload, "nested_refs", None)
+                or len(getattr(payload, "blob", b"") or b"") > INLINE_THRESHOLD)
+
+
+def demand_inputs(payload: Any) -> dict:
+    """``Demand`` fields (``input_bytes``, ``input_total``) for a subtask's payload; {} when it has none."""
+    if payload is None or not has_inputs(payload):
+        return {}
+    est = runtime().inputs(payload)
+    return est.demand_fields() if est is not None else {}
+
+
+def after_place(state: Any, pol: Any, st: Any, d: Any, dec: Any) -> None:
+    """The dispatcher's one call after placement chose ``dec`` for subtask ``st``.
+
+    Records the transfer term in the subtask's history (``fastgpu.explain``: bytes local, bytes to move,
+    from which nodes), counts its large inputs as arriving at the chosen node (dedup) and starts pulling
+    them there (prefetch: the subtask may still wait for that node's GPU). Whether to wait for a busy GPU
+    is the policy's finish-time decision on the dispatcher's snapshot, not made here. Subtasks without
+    large inputs return at once.
+    """
+    if not d.input_total:
+        return
+    rt = runtime()
+    node = state.names[dec.node]
+    est = rt.inputs(st.payload)
+    if est is not None and est.total:
+        cost = getattr(pol, "cost", None) or cost_mod.CostModel()
+        st.record.history.append(f"transfer to {node[:12]}: " + est.for_node(node, cost).describe())
+        rt.placed([st.payload], node)
+
+
+_instance: RuntimeTransfer | None = None
+_lock = threading.Lock()
+
+
+def runtime() -> RuntimeTransfer:
+    """This process's transfer hooks (created on first use, in the dispatcher)."""
+    global _instance
+    with _lock:
+        if _instance is None:
+            _instance = RuntimeTransfer()
+        return _instance
