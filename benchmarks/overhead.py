@@ -18,9 +18,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _cluster  # noqa: E402
-
 
 def tiny(x):
     return x + 1
@@ -43,7 +40,9 @@ def main(argv=None) -> int:
 
     import fastgpu_ray as fastgpu
 
-    c = _cluster.start(nodes=3, gpus_per_node=2)
+    from fastgpu_ray.local_cluster import LocalCluster
+
+    c = LocalCluster(nodes=3, gpus_per_node=2).start()
     n = a.n
     res = {}
     try:
@@ -83,7 +82,7 @@ def main(argv=None) -> int:
         fg = rate(n, lambda: ray.get(ftiny.map(range(n))))
         fastgpu.shutdown()
     finally:
-        _cluster.stop(c)
+        c.stop()
     print(f"\n{n} tiny subtasks on 6 emulated GPUs (3 nodes), {os.cpu_count()} CPU cores")
     print(f"{'way':<42}{'subtasks/s':>12}{'fastgpu ratio':>15}")
     for name, r in res.items():

@@ -123,7 +123,7 @@ def task(fn: Callable[P, R], /) -> RemoteFunction[P, R]: ...
 
 @overload
 def task(*, num_gpus: float = 1, gpu_memory: Any = None, priority: int = 0, max_retries: int = 3,
-         work_s: float = 0.0, gpu_types: tuple[str, ...] = (), split: Callable | None = None,
+         work_s: float = 0.0, gpu_util: float = 0.0, gpu_types: tuple[str, ...] = (), split: Callable | None = None,
          combine: Callable | None = None, batch: bool = True) -> Callable[[Callable[P, R]], RemoteFunction[P, R]]: ...
 
 

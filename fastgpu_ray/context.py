@@ -16,6 +16,7 @@ class SubtaskContext:
     gpu_ids: tuple[int, ...]
     work_s: float = 0.0
     monitor: Any = None  # the node's monitor actor handle
+    gpu_util: float = 0.0  # the task's declared gpu_util
 
 
 def current() -> SubtaskContext | None:
@@ -36,11 +37,11 @@ def gpu_ids() -> list[int]:
     return [int(g) for g in ray.get_gpu_ids()]
 
 
-def emulate_work(seconds: float | None = None, *, util: float = 0.05) -> float:
+def emulate_work(seconds: float | None = None, *, util: float | None = None) -> float:
     """Stand-in for GPU work: sleeps ``seconds`` (default: the task's ``work_s``) times
     ``placement.cost.slowdown(u)``, where ``u`` is the GPU's utilisation by everything else (its
     external load plus the other emulated work running on it) when the work starts. While it runs, this
-    work adds ``util`` to the GPU's utilisation. Works in fastgpu subtasks and in plain Ray tasks that hold
+    work adds ``util`` (default: the task's ``gpu_util``, else 0.05) to the GPU's utilisation. Works in fastgpu subtasks and in plain Ray tasks that hold
     a GPU (for side-by-side comparisons). Returns the seconds slept."""
     import ray
 
@@ -49,6 +50,8 @@ def emulate_work(seconds: float | None = None, *, util: float = 0.05) -> float:
     ctx = current()
     if seconds is None:
         seconds = ctx.work_s if ctx is not None else 0.0
+    if util is None:
+        util = ctx.gpu_util if ctx is not None and ctx.gpu_util > 0 else 0.05
     if seconds < 0:
         raise ValueError(f"emulate_work(seconds={seconds!r}): must be >= 0")
     if ctx is not None:

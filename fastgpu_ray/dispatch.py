@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from placement import ClusterState, Demand, Explanation, Scheduler, Snapshot, registry
+from placement import GPU_MILLI, ClusterState, Demand, Explanation, Scheduler, Snapshot, registry
+from placement.cost import slowdown
 
 from .demand import build_demand
 from .live_select import LiveGpuChoice
@@ -128,10 +129,10 @@ class Subtask:
     record: Record | None = None
 
     def demand(self) -> Demand:
-        return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib)
+        return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib, payload=self.payload)
 
     def batch_key(self) -> tuple:
-        return (self.fn_key, self.opts.priority, self.min_memory_mib, self.opts.gpu_milli,
+        return (self.fn_key, self.opts.priority, self.min_memory_mib, self.opts.gpu_milli, self.opts.gpu_util,
                 self.opts.gpu_memory_mib, self.opts.gpu_count, self.opts.gpu_types)
 
 
@@ -170,6 +171,8 @@ class DispatchCore:
         self.queue: list[tuple[int, int, Subtask]] = []
         self.records: dict[str, Record] = {}
         self.running: dict[str, Subtask] = {}
+        # per GPU: batch id -> (estimated end, estimated duration); end None = work unknown
+        self.ends: dict[tuple[str, int], dict[int, tuple[float | None, float]]] = {}
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -262,15 +265,42 @@ class DispatchCore:
     def snapshot(self) -> Snapshot:
         """The live cluster as placement sees it. A node whose GPUs are being claimed keeps showing them
         free, so the subtasks that chose it keep choosing it (and wait) instead of claiming more nodes."""
-        holds = self.holds
-        if self.claiming:
-            holds = dict(holds)
-            for node, count in self.claiming.items():
-                n = next((x for x in self.nodes if x.node_id == node), None)
-                free = [g for g in range(n.gpu_total) if (node, g) not in holds] if n else []
-                for g in free[:count]:
-                    holds[(node, g)] = GpuHold(claiming=True)
+        holds = {**self._claim_holds(), **self.holds} if self.claiming else self.holds
         return build_snapshot(self.nodes, self.telemetry, holds)
+
+    def placement_snapshot(self) -> Snapshot:
+        """``snapshot()`` plus, for GPUs held whole by running work with a known estimated end, that GPU
+        as it will be then (``busy_s`` = seconds left): a subtask may choose to wait for it."""
+        now = self.clock()
+        busy = {}
+        for key, ends in self.ends.items():
+            h = self.holds.get(key)
+            if h is None or h.milli_used < GPU_MILLI or not ends or any(e is None for e, _ in ends.values()):
+                continue
+            left = max(e - now for e, _ in ends.values())
+            dur = max(d for _, d in ends.values())
+            if left > -max(1.0, 0.5 * dur):  # far overdue: the estimate is wrong, do not count on it
+                busy[key] = max(0.0, left)
+        if not busy:
+            return self.snapshot()
+        return build_snapshot(self.nodes, self.telemetry, {**self._claim_holds(), **self.holds}, busy)
+
+    def _claim_holds(self) -> dict:
+        out = {}
+        for node, count in self.claiming.items():
+            n = next((x for x in self.nodes if x.node_id == node), None)
+            free = [g for g in range(n.gpu_total) if (node, g) not in self.holds] if n else []
+            for g in free[:count]:
+                out[(node, g)] = GpuHold(claiming=True)
+        return out
+
+    def fits_now(self, node: str, gpus: tuple[int, ...], d: Demand) -> bool:
+        """Whether ``d`` fits the chosen GPUs as they are (not as they will be after running work)."""
+        for g in gpus:
+            h = self.holds.get((node, g))
+            if h is not None and h.milli_used + d.gpu_share > GPU_MILLI:
+                return False
+        return True
 
     # ------------------------------------------------------------------------------------ scheduling
     async def _schedule_loop(self) -> None:
@@ -288,7 +318,7 @@ class DispatchCore:
         if not self.queue:
             return 0
         t0 = time.perf_counter()
-        state = ClusterState.from_snapshot(self.snapshot())
+        state = ClusterState.from_snapshot(self.placement_snapshot())
         pol = LiveGpuChoice(registry.create(self.policy))
         pol.prepare(state, [st.demand() for _, _, st in self.queue[:64]])
         sched = Scheduler(state, pol)
@@ -318,20 +348,32 @@ class DispatchCore:
                     keep.append(item)
                     misses += 1
                 continue
+            transfer_after_place(state, pol, st, d, dec)  # transfer (issue 4): explain line, dedup, prefetch
             node = state.names[dec.node]
             workers = [self.workers.get((node, g)) for g in dec.gpus]
             if not all(w is not None and w.alive for w in workers):
                 keep.append(item)  # stays bound in this round's state: no second claim for the same GPUs
                 self._claim(node)
                 continue
+            if not self.fits_now(node, dec.gpus, d):  # it chose to wait for a busy GPU (earliest finish)
+                st.record.explanation = dec.explanation
+                keep.append(item)
+                misses += 1
+                queue_behind(state, dec.node, dec.gpus, d)
+                continue
             batch = [st]
-            if st.opts.batch and st.opts.work_s <= BATCH_MAX_WORK_S:
+            if st.opts.batch and st.opts.work_s <= BATCH_MAX_WORK_S and not d.input_total:  # data: placed alone
                 size = min(self.max_batch, max(1, (len(self.queue) + 1) // (2 * slots)))
                 key = st.batch_key()
                 while len(batch) < size and self.queue and self.queue[0][2].batch_key() == key:
                     batch.append(heapq.heappop(self.queue)[2])
             self._start(batch, node, dec.gpus, d, dec.explanation, workers)
             started += len(batch)
+            if d.work_s > 0 and self.queue:
+                # The next subtask must see this GPU as busy until an estimated end (so it can weigh
+                # waiting for it against a loaded GPU); this round's state only knows it is taken.
+                self._wake.set()
+                break
         for item in keep:
             heapq.heappush(self.queue, item)
         if started:
@@ -353,14 +395,26 @@ class DispatchCore:
                                + (f" (batch of {len(batch)})" if len(batch) > 1 else ""))
             self.running[st.id] = st
         free_mib = self._free_memory(node, gpus)  # before this reservation: an OOM retry asks for more
+        work = sum(st.opts.work_s for st in batch) if all(st.opts.work_s > 0 for st in batch) else None
+        for g in gpus:
+            dur = None if work is None else work * slowdown(self._external_util(node, g))
+            self.ends.setdefault((node, g), {})[id(batch)] = (None if dur is None else now + dur, dur or 0.0)
         for g in gpus:  # a batch runs its subtasks one after another: it reserves one subtask's share
             h = self.holds.setdefault((node, g), GpuHold())
             h.milli_used += d.gpu_share
             h.memory_reserved_mib += d.gpu_memory_mib
             h.running += len(batch)
+            h.util_declared += batch[0].opts.gpu_util
         task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    def _external_util(self, node: str, gpu: int) -> float:
+        tel = self.telemetry.get(node)
+        r = next((x for x in tel.gpus if x.index == gpu), None) if tel else None
+        if r is None:
+            return 0.0
+        return r.external_util if r.emulated else r.util
 
     def _free_memory(self, node: str, gpus: tuple[int, ...]) -> int:
         snap = self.snapshot()
@@ -426,6 +480,8 @@ class DispatchCore:
         self._enqueue(st)
 
     def _unreserve(self, node, gpus, d: Demand, batch, workers: list[WorkerInfo]) -> None:
+        for g in gpus:
+            self.ends.get((node, g), {}).pop(id(batch), None)
         for g, w in zip(gpus, workers):
             h = self.holds.get((node, g))
             if h is None or self.workers.get((node, g)) is not w:
@@ -433,6 +489,7 @@ class DispatchCore:
             h.milli_used = max(0, h.milli_used - d.gpu_share)
             h.memory_reserved_mib = max(0, h.memory_reserved_mib - d.gpu_memory_mib)
             h.running = max(0, h.running - len(batch))
+            h.util_declared = max(0.0, h.util_declared - batch[0].opts.gpu_util)
             if h.running == 0:
                 w.idle_since = self.clock()
         self._wake.set()
@@ -491,6 +548,7 @@ class DispatchCore:
         if self.workers.get(key) is w:
             del self.workers[key]
             self.holds.pop(key, None)
+            self.ends.pop(key, None)
             asyncio.ensure_future(self.backend.release(w))
 
     def _release_idle(self) -> None:
@@ -509,6 +567,20 @@ class DispatchCore:
 
     def queue_length(self) -> int:
         return len(self.queue)
+
+
+def transfer_after_place(state, pol, st, d, dec) -> None:
+    from transfer.runtime_hooks import after_place  # issue 4's hook; imports Ray's side lazily
+    after_place(state, pol, st, d, dec)
+
+
+def queue_behind(state: ClusterState, node: int, gpus: tuple[int, ...], d: Demand) -> None:
+    """In this round's state, a subtask that waits for busy GPUs is queued behind their running work: the
+    GPUs stay free for the next subtask's choice, but busy for this one's compute time longer."""
+    state.unbind(node, gpus, d)
+    for g in gpus:
+        state.busy[node, g] += d.work_s * slowdown(state.load[node, g])
+    state.has_live = True
 
 
 def taken_count(n: NodeInfo, held: int) -> int:

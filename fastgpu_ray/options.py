@@ -49,7 +49,9 @@ class TaskOptions:
     subtask that declares memory *shares* its GPU with other subtasks while the memory fits.
     ``priority``: higher runs first. ``max_retries``: re-placements after a worker/node death or an
     out-of-memory error. ``work_s``: estimated seconds on an idle GPU (placement's compute term and
-    ``fastgpu.emulate_work()``'s default). ``split``/``combine``: decomposition for ``f.run(x)``.
+    ``fastgpu.emulate_work()``'s default). ``gpu_util``: the utilisation (0..1) it puts on its GPU while
+    it runs, where known: placement counts it against GPUs it shares before the next live reading, and
+    emulated work uses it. ``split``/``combine``: decomposition for ``f.run(x)``.
     """
 
     num_gpus: float = 1
@@ -57,6 +59,7 @@ class TaskOptions:
     priority: int = 0
     max_retries: int = 3
     work_s: float = 0.0
+    gpu_util: float = 0.0
     gpu_types: tuple[str, ...] = ()
     split: Callable[[Any], Any] | None = None
     combine: Callable[[list], Any] | None = None
@@ -113,6 +116,8 @@ def _validate(o: TaskOptions) -> None:
     if isinstance(o.work_s, bool) or not isinstance(o.work_s, (int, float)) or not (o.work_s >= 0) \
             or not math.isfinite(o.work_s):
         raise ValueError(f"work_s={o.work_s!r}: must be a number of seconds >= 0")
+    if isinstance(o.gpu_util, bool) or not isinstance(o.gpu_util, (int, float)) or not 0 <= o.gpu_util <= 1:
+        raise ValueError(f"gpu_util={o.gpu_util!r}: must be a utilisation between 0 and 1")
     if isinstance(o.gpu_types, str) or not all(isinstance(t, str) for t in o.gpu_types):
         raise ValueError(f"gpu_types={o.gpu_types!r}: must be a tuple of GPU model names")
     for name in ("split", "combine"):

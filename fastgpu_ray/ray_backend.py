@@ -98,7 +98,8 @@ class RayBackend:
         items, flat = [], [new_fns[k] for k in keys]
         for st in batch:
             p = st.payload
-            items.append(Item(st.id, st.fn_key, p.blob, len(p.refs), st.opts.work_s, tuple(st.record.gpus)))
+            items.append(Item(st.id, st.fn_key, p.blob, len(p.refs), st.opts.work_s, st.opts.gpu_util,
+                              tuple(st.record.gpus)))
             flat.extend(p.refs)
         try:
             res = await worker.handle.run_batch.remote(keys, items, *flat)

@@ -40,6 +40,7 @@ class GpuHold:
     milli_used: int = 0
     memory_reserved_mib: int = 0
     running: int = 0
+    util_declared: float = 0.0  # sum of the running subtasks' declared gpu_util
     claiming: bool = False  # a worker for it is being created (Ray may or may not count it taken yet)
 
 
@@ -70,16 +71,26 @@ def gpu_spec(reading: GpuReading | None, hold: GpuHold | None, pids: frozenset[i
         own_mem = sum(m for p, m in zip(reading.processes, reading.process_memory_mib) if p in pids)
         external_mem = max(0, reading.memory_used_mib - own_mem)
         external_procs = sum(1 for p in reading.processes if p not in pids)
+    # Declared load of fastgpu's running subtasks counts until a live reading shows it (never twice).
+    base = reading.external_util if reading.emulated else 0.0
+    util = min(1.0, max(reading.util, base + (hold.util_declared if hold else 0.0)))
     return GpuSpec(
         model=reading.model, memory_mib=reading.memory_total_mib, milli_used=milli,
-        memory_reserved_mib=reserved, util=reading.util,
+        memory_reserved_mib=reserved, util=util,
         memory_used_mib=external_mem + max(own_mem, reserved), external_processes=external_procs,
         emulated=reading.emulated)
 
 
 def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry],
-                   holds: Mapping[tuple[str, int], GpuHold]) -> Snapshot:
-    """The placement Snapshot of the live cluster (nodes in the given order; dead nodes kept, not alive)."""
+                   holds: Mapping[tuple[str, int], GpuHold],
+                   busy: Mapping[tuple[str, int], float] | None = None) -> Snapshot:
+    """The placement Snapshot of the live cluster (nodes in the given order; dead nodes kept, not alive).
+
+    ``busy``: GPUs whose running work has a known estimated end, with the seconds left. Such a GPU is
+    shown as it will be then (free, at its external load, ``busy_s`` = seconds left), so the policy's
+    finish time (wait + compute at load) can prefer waiting for it over starting on a loaded GPU now.
+    """
+    busy = busy or {}
     out = []
     for n in nodes:
         tel = telemetry.get(n.node_id)
@@ -93,7 +104,14 @@ def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry]
         taken = set(unheld[len(unheld) - others:]) if others else set()
         gpus = []
         for g in range(n.gpu_total):
-            spec = gpu_spec(readings.get(g), mine.get(g), pids)
+            r = readings.get(g)
+            if (n.node_id, g) in busy:
+                after = GpuHold()  # as it will be once its running work is done
+                spec = gpu_spec(r, after, pids)
+                ext = r.external_util if r is not None and r.emulated else spec.util
+                spec = GpuSpec(**{**spec.__dict__, "busy_s": busy[(n.node_id, g)], "util": ext})
+            else:
+                spec = gpu_spec(r, mine.get(g), pids)
             if g in taken:  # (a GPU being claimed shows free: the subtasks that chose it wait for it)
                 spec = GpuSpec(**{**spec.__dict__, "milli_used": GPU_MILLI})
             gpus.append(spec)

@@ -39,6 +39,7 @@ class Item:
     blob: bytes
     nrefs: int
     work_s: float = 0.0
+    gpu_util: float = 0.0
     gpus: tuple[int, ...] = ()  # every GPU the subtask holds (a multi-GPU subtask runs in the first's worker)
 
 
@@ -92,6 +93,6 @@ class GpuWorker:
         gpus = self.gpu_ids
 
         def make_ctx(it: Item):
-            return context.SubtaskContext(it.sid, self.node_id, it.gpus or gpus, it.work_s, self.monitor)
+            return context.SubtaskContext(it.sid, self.node_id, it.gpus or gpus, it.work_s, self.monitor, it.gpu_util)
 
         return run_items(self.fns, items, values, make_ctx)

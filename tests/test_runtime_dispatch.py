@@ -276,3 +276,23 @@ def test_idle_workers_are_released():
 def test_unknown_policy_fails_at_construction():
     with pytest.raises(ValueError, match="valid policies"):
         DispatchCore(FakeBackend({"n": [1]}), policy="nope")
+
+
+def test_waits_for_an_idle_gpu_rather_than_starting_on_a_loaded_one():
+    async def main():
+        b = FakeBackend({"a": [16384], "b": [16384]})
+        b.sources["b"].set_gpu(0, util=0.8)  # 5x slower there
+        core = await started(b)
+        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), batch=False)) for i in range(2)))
+        assert len(core.workers) == 2  # both GPUs claimed
+        b.runs.clear()
+        outs = await asyncio.gather(*(core.submit(sub(f"w{i}", sleeper(0.15, i), work_s=0.15, batch=False))
+                                      for i in range(4)))
+        recs = [core.explain(f"w{i}") for i in range(4)]
+        await core.shutdown()
+        return b, outs, recs
+    b, outs, recs = asyncio.run(main())
+    assert [o.value for o in outs] == [0, 1, 2, 3]
+    # finish on a: wait <= 0.45 s + 0.15 s; on b: 0.75 s -> all four queue for a
+    assert {r.node for r in b.runs} == {"a"}, [(r.sid, r.node) for r in b.runs]
+    assert recs[-1].explanation.winner == "a"
