@@ -82,13 +82,20 @@ class RemoteFunction(Generic[P, R]):
         s.sids[ref.hex()] = sid
         return ref
 
-    def map(self, items: Iterable[Any], *, chunk_size: int = MAP_CHUNK) -> "list[ObjectRef[R]]":
-        """One subtask per item (``f(item)``); the refs come back in the items' order."""
+    def map(self, items: Iterable[Any], *, chunk_size: int | None = None) -> "list[ObjectRef[R]]":
+        """One subtask per item (``f(item)``); the refs come back in the items' order.
+
+        Items go to the dispatcher in chunks (one call each; a chunk's refs become ready together).
+        Default: one by one for subtasks that declare ``work_s`` (they are worth placing one by one),
+        else chunks of up to 64, at least ~32 chunks per map so results still stream back.
+        """
+        items = list(items)
+        if chunk_size is None:
+            chunk_size = 1 if self._opts.work_s > 0.05 else max(1, min(MAP_CHUNK, len(items) // 32))
         if chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size!r}: must be >= 1")
         s = session.current()
         box = self._fnbox(s)
-        items = list(items)
         refs: list = []
         for i in range(0, len(items), chunk_size):
             chunk = items[i:i + chunk_size]

@@ -76,7 +76,7 @@ class WorkerInfo:
 class Backend(Protocol):
     def nodes(self) -> list[NodeInfo]: ...
     async def read(self, node: NodeInfo) -> NodeTelemetry | None: ...
-    async def claim(self, node: NodeInfo, count: int) -> list[WorkerInfo]: ...
+    async def claim(self, node: NodeInfo, count: int, ready: Callable[[WorkerInfo], None]) -> None: ...
     async def run(self, worker: WorkerInfo, batch: list["Subtask"], new_fns: dict) -> list[Outcome]: ...
     async def release(self, worker: WorkerInfo) -> None: ...
     def fail(self, message: str, exc: BaseException) -> Any: ...
@@ -511,35 +511,41 @@ class DispatchCore:
         task.add_done_callback(self._inflight.discard)
 
     async def _do_claim(self, n: NodeInfo, count: int) -> None:
+        got: list[WorkerInfo] = []
+
+        def ready(w: WorkerInfo) -> None:
+            """A worker is up: use it at once (its siblings may still be starting)."""
+            got.append(w)
+            key = (w.node_id, w.gpu_index)
+            if self._closed or (key in self.workers and self.workers[key].alive):
+                if not self._closed:  # Ray never gives one GPU twice; never keep two workers for one
+                    log.error("GPU %s already held; releasing the new worker", key)
+                asyncio.ensure_future(self.backend.release(w))
+                return
+            w.idle_since = self.clock()
+            self.workers[key] = w
+            self.holds[key] = GpuHold()
+            self.claiming[n.node_id] = max(0, self.claiming.get(n.node_id, 1) - 1)
+            self._wake.set()
+
         try:  # Ray's view of available GPUs right now, not as of the last refresh
             fresh = {x.node_id: x for x in await asyncio.to_thread(self.backend.nodes)}
             n = fresh.get(n.node_id, n)
             held = sum(1 for (nd, _) in self.workers if nd == n.node_id)
             count = min(count, n.gpu_total - held - taken_count(n, held)) if n.alive else 0
-            got = await self.backend.claim(n, count) if count > 0 else []
+            self.claiming[n.node_id] = max(count, 0)
+            t0 = self.clock()
+            if count > 0:
+                await self.backend.claim(n, count, ready)
+            log.info("claimed %d of %d GPU(s) on %s in %.1fs", len(got), count, n.node_id[:12], self.clock() - t0)
         except Exception:
             log.exception("claiming GPUs on %s failed", n.node_id)
-            got = []
-        for w in got:
-            key = (w.node_id, w.gpu_index)
-            if self._closed:
-                await self.backend.release(w)
-                continue
-            if key in self.workers and self.workers[key].alive:  # Ray never gives one GPU twice
-                log.error("GPU %s already held; releasing the new worker", key)
-                await self.backend.release(w)
-                continue
-            w.idle_since = self.clock()
-            self.workers[key] = w
-            self.holds[key] = GpuHold()
         try:
             self.nodes = sorted(await asyncio.to_thread(self.backend.nodes), key=lambda x: x.node_id)
         finally:
-            if got:
-                self.claiming.pop(n.node_id, None)
-            else:  # nothing to claim after all (Ray's view was stale): back off before trying again
+            if not got:  # nothing to claim after all (Ray's view was stale): back off before trying again
                 await asyncio.sleep(1.0)
-                self.claiming.pop(n.node_id, None)
+            self.claiming.pop(n.node_id, None)
             self._wake.set()
 
     def _drop_worker(self, w: WorkerInfo) -> None:

@@ -33,7 +33,8 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        self._draw(time.monotonic())
+        if self._last < 0 or self.done < self.total or self.tty:
+            self._draw(time.monotonic())
         if self.tty:
             self.stream.write("\n")
         self.stream.flush()

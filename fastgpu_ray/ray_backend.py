@@ -18,7 +18,6 @@ from .worker import GpuWorker, Item
 log = logging.getLogger("fastgpu.ray")
 
 CLAIM_TIMEOUT_S = 60.0  # a worker process may take a while to start on a loaded machine
-CLAIM_GRACE_S = 10.0
 READ_TIMEOUT_S = 5.0
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, NodeDiedError, WorkerCrashedError,
          ObjectLostError, OwnerDiedError)
@@ -68,30 +67,27 @@ class RayBackend:
             self.monitors.pop(node.node_id, None)
             return None
 
-    async def claim(self, node: NodeInfo, count: int) -> list[WorkerInfo]:
+    async def claim(self, node: NodeInfo, count: int, ready) -> None:
+        """Start ``count`` GPU workers on ``node``; ``ready(worker)`` as each comes up. Workers not up
+        within ``CLAIM_TIMEOUT_S`` are killed (Ray had no GPU for them after all, or the node died)."""
         mon = self.monitor(node)
         handles = [GpuWorker.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
         ).remote(node.node_id, monitor_name(node.node_id), NAMESPACE) for _ in range(count)]
         for h in handles:
             self.created[h._actor_id.binary()] = h
-        futs = [asyncio.ensure_future(_await(h.info.remote())) for h in handles]
-        done, pending = await asyncio.wait(futs, timeout=CLAIM_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-        if pending:  # the workers start together: once one is up, the others get a short grace period
-            await asyncio.wait(pending, timeout=CLAIM_GRACE_S)
-        got = []
-        for h, fut in zip(handles, futs):
-            res = fut.result() if fut.done() and not fut.cancelled() and fut.exception() is None else None
-            if not fut.done():
-                fut.cancel()
-            if res is None:
-                self._kill(h)  # never started (no GPU left after all, or too slow)
-                continue
-            nid, gpus, pid = res
-            got.append(WorkerInfo(h, nid, int(gpus[0]), pid))
-        if got:
-            mon.register_pids.remote([w.pid for w in got])
-        return got
+
+        async def start(h):
+            try:
+                nid, gpus, pid = await asyncio.wait_for(_await(h.info.remote()), CLAIM_TIMEOUT_S)
+            except Exception:
+                self._kill(h)
+                return
+            w = WorkerInfo(h, nid, int(gpus[0]), pid)
+            mon.register_pids.remote([pid])
+            ready(w)
+
+        await asyncio.gather(*(start(h) for h in handles))
 
     async def run(self, worker: WorkerInfo, batch, new_fns: dict) -> list[Outcome]:
         keys = list(new_fns)

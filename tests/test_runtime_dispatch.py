@@ -48,15 +48,13 @@ class FakeBackend:
         src = self.sources[node.node_id]
         return NodeTelemetry(node.node_id, True, tuple(src.read()))
 
-    async def claim(self, node, count):
+    async def claim(self, node, count, ready):
         self.claims += 1
-        await asyncio.sleep(0.01)
         free = [g for g in range(len(self.gpus[node.node_id])) if (node.node_id, g) not in self._held][:count]
-        out = []
         for g in free:
+            await asyncio.sleep(0.01)
             self._held.add((node.node_id, g))
-            out.append(WorkerInfo(handle=None, node_id=node.node_id, gpu_index=g, pid=1000 + g))
-        return out
+            ready(WorkerInfo(handle=None, node_id=node.node_id, gpu_index=g, pid=1000 + g))
 
     async def run(self, worker, batch, new_fns):
         self.calls += 1
