@@ -167,8 +167,13 @@ def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = No
     runners = {"ray_tasks": lambda i, r: run_ray_tasks(i, r, False),
                "ray_reuse": lambda i, r: run_ray_tasks(i, r, True),
                "actor_pool": run_pool, "fastgpu": run_fastgpu}
-    tiny = [np.zeros(8)] * n_gpus
-    warm = Regime("warm", n_gpus, 0, 0.2)
+    warm = Regime("warm", n_gpus, 1, 0.3)
+
+    def warm_inputs():
+        """1 MiB on each worker node per GPU: fastgpu's data-driven placement claims every node's GPUs."""
+        refs = [produce.options(scheduling_strategy=pin(w)).remote(0, MiB) for w in wids for _ in range(2)]
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        return refs
 
     def setup(s):
         """Outside the clock: actors exist, reusable workers and fastgpu's GPU workers are started."""
@@ -178,7 +183,7 @@ def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = No
         if s == "fastgpu":
             fg.init()
         if s in ("ray_reuse", "fastgpu"):
-            runners[s](tiny, warm)
+            runners[s](warm_inputs(), warm)
 
     def teardown(s):
         """Whatever holds GPUs (the pool's actors, fastgpu's workers) gives them back before the next."""

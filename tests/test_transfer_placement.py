@@ -99,3 +99,34 @@ def test_schedule_request_carries_the_fields(opt):
     d2, _ = demand(opt, Ref("w"), id="two")
     plan = schedule(PlacementRequest(snap(), (d1, d2)), policy=create("fastgpu", cost=opt.cost))
     assert {a.demand_id: a.node for a in plan.assignments} == {"one": "B", "two": "C"}
+
+
+def test_waiting_subtasks_queue_behind_a_busy_gpu_then_data_moves(opt):
+    """B (the data's node) is busy for 0.05 s on both GPUs. Subtasks queue there while the queue is
+    shorter than moving 32 MiB (0.27 s); after that, the next one moves its data to a free node."""
+    from transfer.runtime_hooks import queue_behind
+
+    st = ClusterState.from_snapshot(snap(busy_b=0.05))
+    sched = Scheduler(st, create("fastgpu", cost=opt.cost))
+    chosen = []
+    for i in range(14):
+        d, _ = demand(opt, Ref("shard"), work_s=0.05, id=f"s{i}")
+        dec = sched.place(d)
+        chosen.append(st.names[dec.node])
+        queue_behind(st, d, dec.node, dec.gpus)
+    # finish on B: wait 0.05, 0.05, 0.10, 0.10, ... + 0.05 s of work; elsewhere: 0.27 s move + 0.05 s
+    assert chosen[:8] == ["B"] * 8
+    assert chosen[-1] in ("A", "C")
+    first_move = next(i for i, n in enumerate(chosen) if n != "B")
+    wait_then = 0.05 * (1 + first_move // 2)
+    assert wait_then + 0.05 >= opt.cost.transfer_s(32 * MiB) + 0.05 - 0.02  # moved only once waiting cost more
+
+
+def test_queue_behind_leaves_a_free_gpu_bound():
+    from transfer.runtime_hooks import queue_behind
+
+    st = ClusterState.from_snapshot(snap())
+    d = Demand("x", num_gpus=1, gpu_milli=1000, work_s=0.1, input_bytes={"A": 1 << 20}, input_total=1 << 20)
+    dec = Scheduler(st, create("fastgpu")).place(d)
+    assert not queue_behind(st, d, dec.node, dec.gpus)
+    assert st.free[dec.node, dec.gpus[0]] == 0  # still bound: it starts now

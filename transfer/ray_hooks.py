@@ -22,6 +22,10 @@ def is_object_ref(o: Any) -> bool:
     return isinstance(o, ray.ObjectRef)
 
 
+def gpu_node_ids() -> list[str]:
+    return [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
+
+
 def make_optimizer(cost: CostModel, origin: str | None = None, unwrap=None) -> TransferOptimizer:
     """A ``TransferOptimizer`` over the live cluster; ``origin`` defaults to this process's node."""
     if origin is None:
@@ -50,18 +54,27 @@ class Prefetcher:
     def __init__(self, timeout_s: float = 600.0) -> None:
         self.timeout_s = timeout_s
         self._pullers: dict[str, Any] = {}
-        self.pending: list = []  # refs of pull calls, for tests and for waiting at shutdown
+        self.calls = 0
 
-    def prefetch(self, node: str, refs: Sequence[Any]) -> None:
+    def _puller(self, node: str):
+        p = self._pullers.get(node)
+        if p is None:
+            p = _Puller.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+            self._pullers[node] = p
+        return p
+
+    def start(self, nodes: Sequence[str]) -> None:
+        """Create the pullers of ``nodes`` now (their worker processes start in the background)."""
+        for n in nodes:
+            self._puller(n)
+
+    def prefetch(self, node: str, refs: Sequence[Any]) -> Any:
+        """Start pulling ``refs`` to ``node``; returns the pull call's ref (nobody needs to wait on it)."""
         refs = [r for r in refs if is_object_ref(r)]
         if not refs:
-            return
-        puller = self._pullers.get(node)
-        if puller is None:
-            puller = _Puller.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-            self._pullers[node] = puller
-        self.pending = [p for p in self.pending if not _done(p)] + [puller.pull.remote(list(refs), self.timeout_s)]
+            return None
+        self.calls += 1
+        return self._puller(node).pull.remote(list(refs), self.timeout_s)
 
     def forget(self, node: str) -> None:
         self._pullers.pop(node, None)
@@ -70,10 +83,6 @@ class Prefetcher:
         for a in self._pullers.values():
             ray.kill(a)
         self._pullers.clear()
-
-
-def _done(ref) -> bool:
-    return bool(ray.wait([ref], timeout=0, fetch_local=False)[0])
 
 
 @ray.remote(num_cpus=0)
@@ -113,7 +122,7 @@ def cluster_link_bandwidth(explicit=None, probe: bool = True, environ=None) -> L
     env = os.environ if environ is None else environ
     measured = None
     if probe and explicit is None and not (env.get(ENV_VAR) or "").strip():
-        nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
+        nodes = gpu_node_ids()
         if len(nodes) >= 2:
             try:
                 measured = measure_link_bandwidth(nodes[0], nodes[1])

@@ -29,7 +29,11 @@ from .model import TransferEstimate, build_estimate
 
 log = logging.getLogger("fastgpu.transfer")
 
-CACHE_S = 0.2  # one estimate serves a scheduling round (prepare + place call build_demand twice)
+# Where a subtask's inputs are, re-asked at most this often: a copy only appears where some task pulled
+# it (ours are in the ledger at once), so a second-old answer is good; an input still being produced
+# is asked again sooner, to learn where it landed.
+CACHE_S = 1.0
+CACHE_PENDING_S = 0.1
 
 
 class RuntimeTransfer:
@@ -42,6 +46,7 @@ class RuntimeTransfer:
         self.bandwidth: LinkBandwidth = resolve_link_bandwidth(None, measured=None)
         cost_mod.set_default_link_bandwidth(self.bandwidth.bytes_per_s)
         self._cache: dict[int, tuple[float, list]] = {}
+        self._pullers_started = False
         self._probe_started = not probe or self.bandwidth.source != "fallback"
 
     # --------------------------------------------------------------------------------- bandwidth
@@ -67,7 +72,7 @@ class RuntimeTransfer:
             return None
         now = time.monotonic()
         hit = self._cache.get(id(payload))
-        if hit and now - hit[0] < CACHE_S:
+        if hit and now - hit[0] < (CACHE_PENDING_S if any(sz is None for _, sz, _ in hit[1]) else CACHE_S):
             located = hit[1]
         else:  # where the objects are: one lookup per subtask and round
             refs = [r for r in refs if self._ray.is_object_ref(r)]
@@ -81,7 +86,19 @@ class RuntimeTransfer:
         est = build_estimate(located, self.opt.ledger)  # the ledger changes within a round: never cached
         if est.total:
             self._start_probe()
+            self._start_pullers()
         return est
+
+    def _start_pullers(self) -> None:
+        """Once a subtask moves data, every GPU node gets its (idle, 0-CPU) puller, so that a prefetch
+        does not wait for a worker process to start."""
+        if self._pullers_started:
+            return
+        self._pullers_started = True
+        try:
+            self.prefetcher.start(self._ray.gpu_node_ids())
+        except Exception:
+            log.exception("starting prefetch actors failed")
 
     def placed(self, payloads: Iterable[Any], node: str) -> None:
         for p in payloads:
@@ -128,11 +145,29 @@ def after_place(state: Any, pol: Any, st: Any, d: Any, dec: Any) -> None:
         return
     rt = runtime()
     node = state.names[dec.node]
+    queue_behind(state, d, dec.node, dec.gpus)
     est = rt.inputs(st.payload)
     if est is not None and est.total:
         cost = getattr(pol, "cost", None) or cost_mod.CostModel()
         st.record.history.append(f"transfer to {node[:12]}: " + est.for_node(node, cost).describe())
         rt.placed([st.payload], node)
+
+
+def queue_behind(state: Any, d: Any, node: int, gpus: tuple[int, ...]) -> bool:
+    """If ``d`` chose to wait for busy GPUs (``state.busy`` > 0; the dispatcher keeps it queued), count
+    it as queued there instead of holding them: unbind it and push those GPUs' wait back by its work.
+
+    Why: a held GPU is infeasible for the rest of the round, so the next subtask whose data is on that
+    node would move its data away although a short wait there is cheaper; with the wait extended it
+    weighs the true wait (the queue) against the move. Returns True when it did so.
+    """
+    g = list(gpus)
+    if not g or d.work_s <= 0 or not (state.busy[node, g] > 0).any():
+        return False
+    state.unbind(node, gpus, d)
+    util = float(state.load[node, g].max())
+    state.busy[node, g] = state.busy[node, g].max() + d.work_s * cost_mod.slowdown(util)
+    return True
 
 
 _instance: RuntimeTransfer | None = None

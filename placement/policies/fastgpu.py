@@ -63,6 +63,20 @@ class FastGpuPolicy(FgdPolicy):
         bucket = np.floor((finish - best) / tol)
         return -bucket * 1000.0 + pack
 
+    def select_gpus(self, state, node, d):
+        """The packing choice, unless a fitting GPU frees up sooner: a single-GPU demand takes the GPU
+        ``finish_terms`` priced (earliest free, then least loaded), so a queue of waiting subtasks
+        spreads over a node's GPUs instead of piling onto the first."""
+        pick = super().select_gpus(state, node, d)
+        if d.num_gpus != 1 or not state.busy[node].any():
+            return pick
+        fit = np.flatnonzero(state.gpu_fit(d, node))
+        key = list(zip(state.busy[node, fit], state.load[node, fit]))
+        best = min(key)
+        if key[list(fit).index(pick[0])] <= best:
+            return pick
+        return (int(fit[key.index(best)]),)
+
     def terms(self, state, d, nodes):
         out = super().terms(state, d, nodes)
         if self._live(state, d):
