@@ -110,11 +110,17 @@ def on_loaded(placed: list[tuple[str, tuple[int, ...]]], loaded_node: str) -> in
     return sum(1 for node, _ in placed if node == loaded_node)
 
 
-def wait_released(timeout_s: float = 30.0) -> None:
+def wait_released(timeout_s: float = 60.0) -> None:
+    """Until every CPU and GPU is free again: Ray Train tears its controller and workers down
+    asynchronously after fit() returns, and the next run must start from the same empty cluster."""
     total = ray.cluster_resources()
     end = time.monotonic() + timeout_s
-    while time.monotonic() < end and ray.available_resources().get("GPU", 0) < total.get("GPU", 0):
+    while time.monotonic() < end:
+        avail = ray.available_resources()
+        if all(avail.get(k, 0) >= total.get(k, 0) for k in ("CPU", "GPU")):
+            return
         time.sleep(0.2)
+    print(f"  warning: resources still held after {timeout_s:g} s: {ray.available_resources()}", flush=True)
 
 
 def main() -> int:

@@ -7,7 +7,8 @@ Contract:
 1. **Placement.** One ``placement.Demand`` per rank (``gpus_per_worker`` whole GPUs, ``cpus_per_worker``
    CPUs) goes to ``placement.schedule`` with the chosen policy over a *live* snapshot (load, external
    processes, memory in use), so busy GPUs and nodes are avoided. If any rank is unplaced the call fails
-   at once with :class:`TrainPlacementError` carrying placement's reason; it never waits for capacity.
+   with :class:`TrainPlacementError` carrying placement's reason: at once when a rank can never fit,
+   after ``place_timeout_s`` (default 5 s) of re-planning on fresh snapshots when it does not fit now.
 2. **Gang, all or none.** A Ray placement group is created with one bundle per rank, each bundle pinned to
    the node placement chose by a bundle label selector on ``ray.io/node-id``. Ray reserves the group
    atomically; if it is not ready within ``ready_timeout_s`` (capacity taken in the meantime) it is
@@ -168,7 +169,8 @@ def snapshot_from_ray(nodes: Sequence[Mapping[str, Any]], avail: Mapping[str, Ma
 def restrict_to_ray(snap: Snapshot, avail: Mapping[str, Mapping[str, float]]) -> Snapshot:
     """Mark as used the GPUs a live snapshot shows free but Ray cannot hand out (held by other Ray work,
     e.g. idle fastgpu task workers): a placement group can only get what Ray has available. The most
-    loaded of a node's free GPUs are the ones marked, so the live preference survives. CPU likewise."""
+    loaded of a node's free GPUs are the ones marked, so the live preference survives. CPU in use is
+    Ray's figure (read just now; the telemetry's may be a second old)."""
     nodes = []
     for n in snap.nodes:
         free = avail.get(n.name, {})
@@ -177,7 +179,7 @@ def restrict_to_ray(snap: Snapshot, avail: Mapping[str, Mapping[str, float]]) ->
         extra = max(0, len(free_idx) - can)
         mark = set(sorted(free_idx, key=lambda i: -(n.gpus[i].util or 0.0))[:extra])
         gpus = tuple(_replace_gpu(g, 1000) if i in mark else g for i, g in enumerate(n.gpus))
-        cpu_used = max(n.cpu_used, n.cpu_milli - int(round(free.get("CPU", 0) * 1000)))
+        cpu_used = n.cpu_milli - int(round(free.get("CPU", 0) * 1000))  # Ray's figure is the fresher one
         nodes.append(NodeSpec(n.name, n.cpu_milli, n.memory_mib, gpus, cpu_used, n.memory_used_mib, n.alive))
     return Snapshot(tuple(nodes), snap.rank)
 
@@ -255,17 +257,17 @@ class _Rank:
         ctx = ray.get_runtime_context()
         return ctx.get_node_id(), ray.util.get_node_ip_address(), tuple(int(g) for g in ray.get_gpu_ids())
 
-    def free_port(self) -> int:
+    def master(self) -> tuple[int, bool]:
+        """Rank 0: a free port for the process group's rendezvous, and whether CUDA sees this rank's GPUs
+        (for backend="auto"). The port is free when checked; init follows within a second."""
         with socket.socket() as s:
             s.bind(("", 0))
-            return s.getsockname()[1]
-
-    def cuda_visible(self) -> bool:
+            port = s.getsockname()[1]
         try:
             import torch
         except ImportError:
-            return False
-        return bool(torch.cuda.is_available())
+            return port, False
+        return port, bool(torch.cuda.is_available())
 
     def setup(self, ctx: TrainContext, timeout_s: float) -> None:
         _set_context(ctx)
@@ -283,47 +285,43 @@ class _Rank:
 
     def run(self, fn: Callable[[Any], Any], config: Any) -> Any:
         return fn(config)
-
-    def teardown(self) -> None:
-        ctx = _set_context(None)
-        if ctx is not None and ctx.backend is not None:
-            import torch.distributed as dist
-            if dist.is_initialized():
-                dist.destroy_process_group()
+    # No teardown: the driver kills every rank's process when the run ends, which also ends its group.
 
 
-def _set_context(ctx: TrainContext | None) -> TrainContext | None:
-    """Set this process's context, returning the old one. A module-level function on purpose: Ray ships
-    the actor class by value (its globals are a copy), this function by reference (the real module)."""
+def _set_context(ctx: TrainContext) -> None:
+    """Set this process's context. A module-level function on purpose: Ray ships the actor class by value
+    (its globals are a copy), this function by reference (so get_context() in train_fn sees it)."""
     global _CONTEXT
-    old, _CONTEXT = _CONTEXT, ctx
-    return old
+    _CONTEXT = ctx
 
 
 # ------------------------------------------------------------------------------------------- driver
 def train(train_fn: Callable[[Any], Any], num_workers: int, gpus_per_worker: int = 1,
           config: Any = None, backend: str | None = "auto", *, cpus_per_worker: float = 1.0,
-          policy: str = DEFAULT_POLICY, ready_timeout_s: float = 60.0, timeout_s: float | None = None,
-          snapshot_fn: Callable[[], Snapshot] | None = None) -> TrainResults:
+          policy: str = DEFAULT_POLICY, place_timeout_s: float = 5.0, ready_timeout_s: float = 60.0,
+          timeout_s: float | None = None, snapshot_fn: Callable[[], Snapshot] | None = None) -> TrainResults:
     """Run ``train_fn(config)`` on ``num_workers`` ranks gang-placed by live load; see the module doc.
 
     ``backend``: ``"auto"`` (nccl if the ranks hold CUDA-visible GPUs, else gloo), ``"gloo"``, ``"nccl"``
-    or ``None`` (no torch.distributed; torch not needed). ``ready_timeout_s`` bounds the wait for the
-    placement group; ``timeout_s`` bounds the whole run (None: no limit). ``snapshot_fn`` replaces the
+    or ``None`` (no torch.distributed; torch not needed). A gang that does not fit *now* is re-planned
+    from fresh snapshots for up to ``place_timeout_s`` (default 5 s: it absorbs a snapshot a second or two
+    old, e.g. right after another job released its GPUs; 0 = fail at once); one that can never fit fails
+    at once. ``ready_timeout_s`` bounds the wait for the placement group; ``timeout_s`` bounds the whole run (None: no limit). ``snapshot_fn`` replaces the
     live snapshot (tests, or a caller with its own view).
     """
-    _check_args(train_fn, num_workers, gpus_per_worker, cpus_per_worker, backend, ready_timeout_s, timeout_s)
+    _check_args(train_fn, num_workers, gpus_per_worker, cpus_per_worker, backend, place_timeout_s, ready_timeout_s,
+                timeout_s)
     if not ray.is_initialized():
         raise TrainError("fastgpu.train: Ray is not connected; call fastgpu.init() (or ray.init()) first")
     if backend is not None:
         _require_torch()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    snap, source = (snapshot_fn(), "snapshot_fn") if snapshot_fn else snapshot_and_source()
-    plan = plan_gang(snap, num_workers, gpus_per_worker, cpus_per_worker, policy)
+    plan, source = _plan_within(lambda: (snapshot_fn(), "snapshot_fn") if snapshot_fn else snapshot_and_source(),
+                                num_workers, gpus_per_worker, cpus_per_worker, policy, place_timeout_s)
     ranks = order_ranks(plan, num_workers)
     timings["place_s"] = time.perf_counter() - t0
-    bundle = {"CPU": float(cpus_per_worker)} | ({"GPU": float(gpus_per_worker)} if gpus_per_worker else {})
+    bundle = {k: float(v) for k, v in (("CPU", cpus_per_worker), ("GPU", gpus_per_worker)) if v}
     pg = placement_group([dict(bundle) for _ in ranks], strategy="PACK",
                          bundle_label_selector=[{NODE_ID_LABEL: node} for node, _, _ in ranks])
     actors: list = []
@@ -337,8 +335,8 @@ def train(train_fn: Callable[[Any], Any], num_workers: int, gpus_per_worker: int
         where = _collect([a.where.remote() for a in actors], ranks, None, deadline, "start")
         timings["start_s"] = time.perf_counter() - t0
         workers = [WorkerInfo(r, w[0], w[1], ranks[r][2], ranks[r][0], ranks[r][1], w[2]) for r, w in enumerate(where)]
-        chosen = _resolve_backend(backend, actors[0], workers, deadline)
-        port = ray.get(actors[0].free_port.remote())
+        port, cuda = _collect([actors[0].master.remote()], ranks, workers, deadline, "start")[0]
+        chosen = resolve_backend(backend, any(w.gpu_ids for w in workers), cuda)
         local_sizes = {n: sum(1 for x in ranks if x[0] == n) for n, _, _ in ranks}
         ctxs = [TrainContext(w.rank, len(workers), w.local_rank, local_sizes[ranks[w.rank][0]], w.node_id,
                              workers[0].node_ip, port, chosen, w.gpu_ids) for w in workers]
@@ -351,6 +349,20 @@ def train(train_fn: Callable[[Any], Any], num_workers: int, gpus_per_worker: int
         return TrainResults(values, workers, chosen, plan, timings, source)
     finally:
         _release(pg, actors)
+
+
+def _plan_within(snapshot: Callable[[], tuple[Snapshot, str]], num_workers: int, gpus_per_worker: int,
+                 cpus_per_worker: float, policy: str, wait_s: float) -> tuple[Plan, str]:
+    """``plan_gang`` on fresh snapshots until it fits or ``wait_s`` passes; never-fits raises at once."""
+    end = time.monotonic() + wait_s
+    while True:
+        snap, source = snapshot()
+        try:
+            return plan_gang(snap, num_workers, gpus_per_worker, cpus_per_worker, policy), source
+        except TrainPlacementError as e:
+            if any(u.never for u in e.plan.unplaced) or time.monotonic() >= end:
+                raise
+        time.sleep(0.5)
 
 
 def _release(pg, actors, wait_s: float = 10.0) -> None:
@@ -366,7 +378,8 @@ def _release(pg, actors, wait_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _check_args(train_fn, num_workers, gpus_per_worker, cpus_per_worker, backend, ready_timeout_s, timeout_s) -> None:
+def _check_args(train_fn, num_workers, gpus_per_worker, cpus_per_worker, backend, place_timeout_s, ready_timeout_s,
+                timeout_s) -> None:
     if not callable(train_fn):
         raise TypeError(f"fastgpu.train: train_fn must be callable, got {type(train_fn).__name__}")
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
@@ -378,9 +391,9 @@ def _check_args(train_fn, num_workers, gpus_per_worker, cpus_per_worker, backend
         raise ValueError(f"fastgpu.train: cpus_per_worker must be > 0 (or 0 with GPUs), got {cpus_per_worker!r}")
     if backend not in BACKENDS:
         raise ValueError(f"fastgpu.train: backend must be one of {BACKENDS}, got {backend!r}")
-    if ready_timeout_s <= 0 or (timeout_s is not None and timeout_s <= 0):
-        raise ValueError(f"fastgpu.train: timeouts must be > 0, got ready_timeout_s={ready_timeout_s!r}, "
-                         f"timeout_s={timeout_s!r}")
+    if place_timeout_s < 0 or ready_timeout_s <= 0 or (timeout_s is not None and timeout_s <= 0):
+        raise ValueError(f"fastgpu.train: timeouts must be > 0 (place_timeout_s >= 0), got place_timeout_s="
+                         f"{place_timeout_s!r}, ready_timeout_s={ready_timeout_s!r}, timeout_s={timeout_s!r}")
 
 
 def _require_torch() -> None:
@@ -401,12 +414,11 @@ def _wait_ready(pg, ranks, timeout_s: float) -> None:
             "in the meantime, or is held by other Ray work. Nothing was kept; retry, or raise ready_timeout_s.")
 
 
-def _resolve_backend(backend, rank0, workers, deadline) -> str | None:
+def resolve_backend(backend: str | None, holds_gpus: bool, cuda_visible: bool) -> str | None:
+    """``auto``: nccl for ranks holding GPUs that CUDA sees; gloo otherwise (CPU, or emulated GPUs)."""
     if backend != "auto":
         return backend
-    if not any(w.gpu_ids for w in workers):
-        return "gloo"
-    return "nccl" if ray.get(rank0.cuda_visible.remote()) else "gloo"  # emulated GPUs: no CUDA -> gloo
+    return "nccl" if holds_gpus and cuda_visible else "gloo"
 
 
 def _collect(refs: list, ranks, workers, deadline: float | None, phase: str) -> list:

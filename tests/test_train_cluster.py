@@ -6,6 +6,7 @@ resources are back to the totals afterwards: a run leaves nothing allocated, whe
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 import time
 from dataclasses import replace
@@ -156,7 +157,7 @@ def test_train_fn_error_names_rank_and_keeps_the_cause(cluster):
 def test_gang_larger_than_the_cluster_fails_at_once(cluster):
     t0 = time.monotonic()
     with pytest.raises(TrainPlacementError, match=r"only 4 of 5 ranks fit now"):
-        train(rank_report, num_workers=5, gpus_per_worker=1, config={"scale": 1}, backend=None)
+        train(rank_report, num_workers=5, gpus_per_worker=1, config={"scale": 1}, backend=None, place_timeout_s=0)
     with pytest.raises(TrainPlacementError, match=r"no node could ever hold one rank"):
         train(rank_report, num_workers=1, gpus_per_worker=3, config={"scale": 1}, backend=None)
     assert time.monotonic() - t0 < 10
@@ -190,4 +191,40 @@ def test_whole_run_timeout_stops_a_hung_rank(cluster):
     with pytest.raises(Exception, match=r"timed out in train_fn: rank\(s\) \[0\]"):
         train(hang_on_rank_0, num_workers=2, gpus_per_worker=1, backend=None, timeout_s=15)
     assert time.monotonic() - t0 < 30
+    wait_all_released()
+
+
+def test_node_lost_mid_run_names_the_node_and_releases_the_rest(cluster, tmp_path):
+    """A whole node goes away while its ranks train: the error names a rank on it and that node."""
+    import threading
+    c, _ = cluster
+    doomed = c.add_node(num_cpus=2, num_gpus=2)
+    c.wait_for_nodes()
+    marker = tmp_path / "started"
+
+    def only_doomed():
+        snap = ray_snapshot()
+        return replace(snap, nodes=tuple(n for n in snap.nodes if n.name == doomed.node_id))
+
+    def long_step(config):
+        if get_context().rank == 0:
+            pathlib.Path(config["marker"]).write_text("x")  # one machine: the test can see it
+        time.sleep(120)
+        return "finished"
+
+    def kill_when_started():
+        end = time.monotonic() + 90
+        while not marker.exists() and time.monotonic() < end:
+            time.sleep(0.2)
+        c.remove_node(doomed)
+
+    killer = threading.Thread(target=kill_when_started, daemon=True)
+    killer.start()
+    with pytest.raises(TrainWorkerDied) as ei:
+        train(long_step, num_workers=2, gpus_per_worker=1, config={"marker": str(marker)}, backend=None,
+              snapshot_fn=only_doomed, timeout_s=100)
+    killer.join(timeout=30)
+    assert ei.value.node_id == doomed.node_id
+    assert ei.value.rank in (0, 1)
+    assert f"on node {doomed.node_id}" in str(ei.value)
     wait_all_released()

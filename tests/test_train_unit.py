@@ -111,3 +111,39 @@ def test_train_without_ray_says_how_to_connect():
         pytest.skip("a Ray session is open in this process")
     with pytest.raises(TrainError, match=r"call fastgpu.init\(\)"):
         train(lambda c: c, num_workers=1, gpus_per_worker=0, backend=None)
+
+
+def test_auto_backend_is_nccl_only_for_cuda_visible_gpus():
+    from fastgpu_ray.train import resolve_backend
+    assert resolve_backend("auto", holds_gpus=True, cuda_visible=True) == "nccl"
+    assert resolve_backend("auto", holds_gpus=True, cuda_visible=False) == "gloo"  # emulated GPUs
+    assert resolve_backend("auto", holds_gpus=False, cuda_visible=True) == "gloo"  # CPU ranks
+    assert resolve_backend("gloo", holds_gpus=True, cuda_visible=True) == "gloo"
+    assert resolve_backend(None, holds_gpus=True, cuda_visible=True) is None
+
+
+def test_gang_that_fits_a_moment_later_is_placed_within_the_window():
+    """A snapshot taken while another job was still releasing: re-planned on fresh snapshots."""
+    from fastgpu_ray.train import _plan_within
+    busy = Snapshot((node("a", [0.0, 0.0], used={0, 1}),))
+    free = Snapshot((node("a", [0.0, 0.0]),))
+    calls = []
+
+    def snapshots():
+        calls.append(1)
+        return (busy if len(calls) < 3 else free), "fake"
+
+    plan, source = _plan_within(snapshots, 2, 1, 1, "fastgpu", wait_s=10)
+    assert len(plan.assignments) == 2 and len(calls) == 3 and source == "fake"
+    calls.clear()
+    with pytest.raises(TrainPlacementError, match="only 0 of 2 ranks fit now"):
+        _plan_within(lambda: (busy, "fake"), 2, 1, 1, "fastgpu", wait_s=0)
+
+
+def test_never_fitting_gang_is_not_retried():
+    import time
+    from fastgpu_ray.train import _plan_within
+    t0 = time.monotonic()
+    with pytest.raises(TrainPlacementError, match="no node could ever hold one rank"):
+        _plan_within(lambda: (Snapshot((node("a", [0.0]),)), "fake"), 1, 2, 1, "fastgpu", wait_s=30)
+    assert time.monotonic() - t0 < 5
