@@ -124,6 +124,11 @@ def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = No
             return subtask(x, tag, work_s)
 
     n_gpus = int(sum(n["Resources"]["GPU"] for n in workers[:3]))
+    from transfer.bandwidth import format_bandwidth
+    from transfer.ray_hooks import measure_link_bandwidth
+
+    probe = [measure_link_bandwidth(wids[0], wids[1]) for _ in range(2)][-1]  # the first starts workers
+    print(f"  one Ray object pull (64 MiB) between two worker nodes: {format_bandwidth(probe)}", flush=True)
     runners = {}
     pool_actors = []
 
