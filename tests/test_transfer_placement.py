@@ -130,3 +130,10 @@ def test_queue_behind_leaves_a_free_gpu_bound():
     dec = Scheduler(st, create("fastgpu")).place(d)
     assert not queue_behind(st, d, dec.node, dec.gpus)
     assert st.free[dec.node, dec.gpus[0]] == 0  # still bound: it starts now
+
+
+def test_within_equal_finish_times_the_data_node_wins(opt):
+    """20 s of work: moving 32 MiB (0.27 s) is within the 5 % finish resolution, yet it still loads the
+    network for nothing: the node that holds the data wins the tie (B is not the rank winner)."""
+    d, _ = demand(opt, Ref("shard"), work_s=20.0)
+    assert place(snap(), d).explanation.winner == "B"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import Any, Iterable
 
 from placement import cost as cost_mod
@@ -45,7 +46,7 @@ class RuntimeTransfer:
         self.prefetcher = ray_hooks.Prefetcher()
         self.bandwidth: LinkBandwidth = resolve_link_bandwidth(None, measured=None)
         cost_mod.set_default_link_bandwidth(self.bandwidth.bytes_per_s)
-        self._cache: dict[int, tuple[float, list]] = {}
+        self._cache: dict[int, tuple[float, list, Any]] = {}
         self._pullers_started = False
         self._probe_started = not probe or self.bandwidth.source != "fallback"
 
@@ -72,6 +73,8 @@ class RuntimeTransfer:
             return None
         now = time.monotonic()
         hit = self._cache.get(id(payload))
+        if hit and hit[2]() is not payload:  # id() reused by a newer payload: not this one's answer
+            hit = None
         if hit and now - hit[0] < (CACHE_PENDING_S if any(sz is None for _, sz, _ in hit[1]) else CACHE_S):
             located = hit[1]
         else:  # where the objects are: one lookup per subtask and round
@@ -82,7 +85,7 @@ class RuntimeTransfer:
                 located.append((f"value:{id(payload)}", len(blob), [self.opt.origin]))
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[id(payload)] = (now, located)
+            self._cache[id(payload)] = (now, located, _weak(payload))
         est = build_estimate(located, self.opt.ledger)  # the ledger changes within a round: never cached
         if est.total:
             self._start_probe()
@@ -116,6 +119,13 @@ class RuntimeTransfer:
     def node_lost(self, node: str) -> None:
         self.opt.node_lost(node)
         self.prefetcher.forget(node)
+
+
+def _weak(obj: Any):
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # not weak-referenceable: never trust the cache for it
+        return lambda: None
 
 
 def has_inputs(payload: Any) -> bool:
