@@ -13,11 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..cost import CostModel
+from ..model import GPU_MILLI
+from ..packing import cpu_per_gpu_milli, packing_workload, stranding_growth
 from ..registry import register
-from .fgd import FgdPolicy
+from .fgd import FgdPolicy, FragScorer, sigmoid_score
 
 RESOLUTION = 0.05
 MIN_RESOLUTION_S = 0.01
+TIE_SPAN = 0.9  # the tie-break adds at most this to an integer FGD score, so it never overrides one
 
 
 @register
@@ -28,6 +31,37 @@ class FastGpuPolicy(FgdPolicy):
     def __init__(self, rng=None, workload=None, cost: CostModel | None = None) -> None:
         super().__init__(rng, workload)
         self.cost = cost or CostModel()
+        self.cpu_per_milli = 0.0
+
+    # ------------------------------------------------------------------------------------- packing
+    def prepare(self, state, workload=()) -> None:
+        demands = self._workload if self._workload is not None else workload
+        self._scorer = FragScorer(state, packing_workload(demands))
+        self._cache = {}
+        self.cpu_per_milli = cpu_per_gpu_milli(demands, state.cpu_cap, state.gpu_count)
+
+    def compute(self, sc, d, rows):
+        """FGD's integer score per row; a share's GPU: best score, then the least free (fullest) GPU."""
+        old = sc.frag_now(rows)
+        new, fit = sc.after(d, rows)
+        if fit is None:
+            return sigmoid_score(old - new), np.full(len(rows), -1)
+        s = np.where(fit, sigmoid_score(old[:, None] - new), -1)
+        left = sc.state.free[rows] - d.gpu_share  # in [0, 1000) where it fits
+        g = np.where(fit, s - left / (2.0 * GPU_MILLI), -np.inf).argmax(axis=1)
+        return s[np.arange(len(rows)), g], g
+
+    def pack_score(self, state, d, nodes) -> np.ndarray:
+        """FGD's integer score; its top ties ordered by least stranding growth (fraction < 1 added)."""
+        s = FgdPolicy.score(self, state, d, nodes)
+        out = s.astype(float)
+        top = s == s.max()
+        if top.sum() > 1:
+            key = -stranding_growth(state, d, nodes[top], self.cpu_per_milli)
+            lo, hi = key.min(), key.max()
+            if hi > lo:
+                out[top] += TIE_SPAN * (key - lo) / (hi - lo)
+        return out
 
     def finish_terms(self, state, d, nodes) -> dict[str, np.ndarray]:
         """Per node: seconds to wait, bytes to move, seconds to move them, seconds to compute."""
@@ -55,7 +89,7 @@ class FastGpuPolicy(FgdPolicy):
         return state.has_live or d.input_total > 0 or d.work_s > 0
 
     def score(self, state, d, nodes):
-        pack = super().score(state, d, nodes)
+        pack = self.pack_score(state, d, nodes)
         if not self._live(state, d):
             return pack
         t = self.finish_terms(state, d, nodes)
@@ -85,6 +119,8 @@ class FastGpuPolicy(FgdPolicy):
 
     def terms(self, state, d, nodes):
         out = super().terms(state, d, nodes)
+        out["stranding_growth"] = stranding_growth(state, d, nodes, self.cpu_per_milli)
+        out["pack"] = self.pack_score(state, d, nodes)
         if self._live(state, d):
             out.update(self.finish_terms(state, d, nodes))
         return out

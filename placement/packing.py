@@ -1,0 +1,79 @@
+"""The packing part of the ``fastgpu`` policy: what it adds to FGD's fragmentation measure.
+
+Two workload-derived pieces, both computed once per run from the demands the policy may learn from:
+
+* ``packing_workload``: FGD's typical workload (the most popular shapes covering 95 % of demands) plus
+  every whole multi-GPU shape, however rare. The coverage cut drops exactly the rare, large demands that
+  fragmentation starves (e.g. 8 GPUs with 120 CPUs, which only one node type can hold when idle); without
+  them as targets nothing stops small work from spreading over the few nodes that could host them.
+* ``cpu_per_gpu_milli`` and ``stranding``: the CPU a free GPU milli typically needs, and the free GPU milli
+  a node cannot use for lack of CPU at that ratio. ``fastgpu`` breaks FGD's (coarse, integer) score ties by
+  the least growth of stranding: CPU-heavy work goes where CPU is spare, CPU-light work where GPUs sit
+  beside exhausted CPU.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+from .frag import TargetWorkload, typical_workload
+from .model import GPU_MILLI, Demand
+
+
+def _key(d: Demand) -> tuple:
+    return (d.cpu_milli, d.gpu_share, d.num_gpus, "|".join(d.gpu_types))
+
+
+def packing_workload(demands: Sequence[Demand]) -> TargetWorkload:
+    """FGD's typical workload plus every whole multi-GPU shape of ``demands`` (frequencies sum to 1).
+
+    Each added shape weighs its own share of all demands; the typical shapes keep their relative weights
+    and share the rest.
+    """
+    tw = typical_workload(demands)
+    if not len(tw):
+        return tw
+    kept = set(zip(tw.cpu.tolist(), tw.gm.tolist(), tw.ng.tolist(), ("|".join(t) for t in tw.types)))
+    counts = Counter(_key(d) for d in demands)
+    total = sum(counts.values())
+    extra = sorted((k for k in counts if k[2] > 1 and k[1] >= GPU_MILLI and k not in kept),
+                   key=lambda k: (counts[k], k), reverse=True)
+    if not extra:
+        return tw
+    w_extra = np.array([counts[k] / total for k in extra])
+    freq = np.r_[tw.freq * (1.0 - w_extra.sum()), w_extra]
+    return TargetWorkload(
+        cpu=np.r_[tw.cpu, [k[0] for k in extra]].astype(np.int64),
+        gm=np.r_[tw.gm, [k[1] for k in extra]].astype(np.int64),
+        ng=np.r_[tw.ng, [k[2] for k in extra]].astype(np.int64),
+        freq=freq / freq.sum(),
+        types=tw.types + tuple(tuple(p for p in k[3].split("|") if p) for k in extra),
+    )
+
+
+def cpu_per_gpu_milli(demands: Sequence[Demand], cpu_cap: np.ndarray, gpu_count: np.ndarray) -> float:
+    """CPU milli that GPU demands ask per milli-GPU; the cluster's own ratio if no GPU demand asks CPU."""
+    gpu = [d for d in demands if d.num_gpus]
+    cpu = sum(d.cpu_milli for d in gpu)
+    milli = sum(d.total_gpu_milli for d in gpu)
+    if cpu > 0 and milli > 0:
+        return cpu / milli
+    cap = float(np.sum(gpu_count)) * GPU_MILLI
+    return float(np.sum(cpu_cap)) / cap if cap > 0 and np.sum(cpu_cap) > 0 else 0.0
+
+
+def stranding(free_milli: np.ndarray, cpu_left: np.ndarray, c: float) -> np.ndarray:
+    """Free GPU milli beyond what ``cpu_left`` can feed at ``c`` CPU milli per GPU milli (0 if c <= 0)."""
+    free_milli = np.asarray(free_milli, dtype=np.float64)
+    if c <= 0:
+        return np.zeros_like(free_milli)
+    return np.maximum(0.0, free_milli - np.asarray(cpu_left, dtype=np.float64) / c)
+
+
+def stranding_growth(state, d: Demand, nodes: np.ndarray, c: float) -> np.ndarray:
+    """How much placing ``d`` on each of ``nodes`` would grow its stranded GPU milli (negative: shrink)."""
+    F = state.F[nodes]
+    cpu = state.cpu_left[nodes]
+    return stranding(F - d.total_gpu_milli, cpu - d.cpu_milli, c) - stranding(F, cpu, c)
