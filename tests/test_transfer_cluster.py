@@ -106,3 +106,8 @@ def test_input_lost_with_its_node_is_rebuilt_by_lineage(cluster):
     cluster.nodes.remove(victim)
     fill, size, ran_on = ray.get(out, timeout=180)
     assert (fill, size) == (42, 16 * MiB) and ran_on != victim.node_id
+    # the input exists again, on a live node: Ray re-ran its producer (lineage reconstruction)
+    nodes = ray.experimental.get_object_locations([ref_in])[ref_in]["node_ids"]
+    assert nodes and victim.node_id not in nodes
+    rec = fastgpu.explain(out)
+    assert rec.state == "finished"
