@@ -98,6 +98,8 @@ def test_explain_and_status(fg):
     assert len(st.gpus) == 6 and {g.node for g in st.gpus} == set(fg.node_ids())
     assert all(g.emulated and g.memory_total_mib == 16384 for g in st.gpus)
     assert "EMULATED" in st.format()
+    # counters behind the ray.util.metrics counters: the earlier tests' subtasks, two of them failed
+    assert st.finished >= 12 and st.failed >= 2 and st.placed >= st.finished
 
 
 def test_externally_loaded_gpu_is_avoided(fg):
@@ -167,6 +169,18 @@ def test_killed_worker_subtasks_are_replaced_and_no_gpu_is_double_booked(fg):
     held = ray.get(fastgpu.session.dispatcher().workers.remote())
     assert victim not in {p for _, _, p in held}
     assert len(held) == len({(n, g) for n, g, _ in held}) <= 6
+
+
+def test_status_command_prints_the_live_sessions_table(fg):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fastgpu_ray.cli", "status", "--address", fg.address],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert sum(1 for line in lines if "EmulatedGPU*" in line) == 6, out.stdout
+    assert any(line.startswith("queue:") for line in lines) and "EMULATED" in out.stdout
 
 
 def test_zz_shutdown_gives_every_gpu_back(fg):

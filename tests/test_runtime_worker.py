@@ -1,0 +1,43 @@
+"""The worker's batch runner without Ray: arguments refilled, one subtask's error isolated, OOM flagged,
+the subtask context set only while it runs."""
+from __future__ import annotations
+
+from ray import cloudpickle
+
+from fastgpu_ray import context
+from fastgpu_ray.errors import GpuOutOfMemoryError, is_gpu_oom
+from fastgpu_ray.worker import Item, RefSlot, run_items
+
+
+def item(sid, args, kwargs=None, nrefs=0):
+    return Item(sid, "f", cloudpickle.dumps((args, kwargs or {})), nrefs)
+
+
+def test_batch_results_errors_and_oom_are_per_subtask():
+    seen = []
+
+    def f(a, b=0):
+        seen.append(context.current().subtask_id)
+        if a == "oom":
+            raise GpuOutOfMemoryError("CUDA out of memory")
+        if a == "bad":
+            raise ValueError("bad value")
+        return a + b
+
+    items = [item("s1", (RefSlot(0),), {"b": RefSlot(1)}, nrefs=2), item("s2", ("bad",)),
+             item("s3", ("oom",)), item("s4", (5,), {"b": 1})]
+    out = run_items({"f": f}, items, [10, 20], lambda it: context.SubtaskContext(it.sid, "n", (0,)))
+    assert out[0] == ("ok", 30) and out[3] == ("ok", 6)
+    assert out[1][0] == "err" and isinstance(out[1][1].cause, ValueError) and out[1][2] is False
+    assert out[2][0] == "err" and out[2][2] is True
+    assert seen == ["s1", "s2", "s3", "s4"] and context.current() is None
+
+
+def test_oom_recognition():
+    class OutOfMemoryError(RuntimeError):  # torch.cuda.OutOfMemoryError's name
+        pass
+
+    assert is_gpu_oom(OutOfMemoryError("x"))
+    assert is_gpu_oom(RuntimeError("CUDA error: out of memory"))
+    assert not is_gpu_oom(ValueError("out of memory"))  # not an error type OOMs come as
+    assert not is_gpu_oom(RuntimeError("shape mismatch"))
