@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Mapping
 
 ENV_VAR = "FASTGPU_LINK_BANDWIDTH"
-# 951 Mbit/s: a Ray object transfer measured across a `tc`-limited 1 Gbit/s link (benchmarks/netns).
-FALLBACK_BANDWIDTH = 951e6 / 8
+# 925 Mbit/s: one 64 MiB Ray object pull measured between two hosts joined by `tc`-limited 1 Gbit/s
+# links (benchmarks/locality.py on benchmarks/netns; raw TCP on the same links: 941 Mbit/s).
+FALLBACK_BANDWIDTH = 925e6 / 8
 
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12,
            "ki": 2.0**10, "mi": 2.0**20, "gi": 2.0**30, "ti": 2.0**40}
