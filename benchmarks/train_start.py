@@ -10,10 +10,12 @@ run the same DDP training loop (gloo; emulated GPUs have no CUDA) with ``--worke
    rank 0's first optimiser step, measured with the wall clock of this one machine. Runs alternate
    (fastgpu, Ray Train, fastgpu, ...) so drift on the shared cores hits both; medians and the ratio
    fastgpu / Ray Train are printed (target <= 1.0).
-2. **Load avoidance.** Both GPUs of one node are given an external load (``fastgpu.set_emulated_gpu``,
-   util 0.9, one outside process). Each framework trains once more; printed: how many ranks landed on a
-   loaded GPU, and the step-time slowdown that the cost model (``placement.cost.slowdown``) gives the
-   gang for it (a DDP step waits for its slowest rank). Ray Train does not see the load; fastgpu does.
+2. **Load avoidance.** One round per GPU node: both GPUs of that node get an external load
+   (``fastgpu.set_emulated_gpu``, util 0.9, one outside process), each framework trains once, the load
+   is cleared. Printed per round and in total: how many ranks landed on a loaded GPU, and the step-time
+   slowdown the cost model (``placement.cost.slowdown``) gives the gang for it (a DDP step waits for its
+   slowest rank). Ray Train does not see the load, so whether it hits the loaded node depends on which
+   node it happens to prefer; rotating the load over every node gives it every chance. fastgpu sees it.
 """
 from __future__ import annotations
 
@@ -160,24 +162,36 @@ def main() -> int:
         out["startup"] = {"fastgpu_s": fg, "ray_train_s": rt, "median_fastgpu_s": mf, "median_ray_train_s": mr,
                           "ratio": mf / mr}
 
-        loaded = fastgpu.gpu_nodes()[0]
-        for g in range(2):
-            fastgpu.set_emulated_gpu(loaded, g, util=LOAD, processes=1)
-        time.sleep(2.5)  # monitors poll about once a second: let the load show in the live snapshot
-        _, fg_placed = run_fastgpu(args.workers, args.steps)
-        wait_released()
-        _, rt_placed = run_ray_train(args.workers, args.steps, storage, "loaded")
-        wait_released()
-        fg_bad, rt_bad = on_loaded(fg_placed, loaded), on_loaded(rt_placed, loaded)
-        est = {k: slowdown(LOAD) if n else 1.0 for k, n in (("fastgpu", fg_bad), ("ray_train", rt_bad))}
-        print(f"node {loaded[:12]}: both GPUs externally loaded (util {LOAD}, EMULATED)")
-        print(f"  fastgpu.train : {fg_bad}/{args.workers} ranks on loaded GPUs; nodes "
-              f"{sorted({n[:12] for n, _ in fg_placed})}; est. step slowdown {est['fastgpu']:.1f}x")
-        print(f"  TorchTrainer  : {rt_bad}/{args.workers} ranks on loaded GPUs; nodes "
-              f"{sorted({n[:12] for n, _ in rt_placed})}; est. step slowdown {est['ray_train']:.1f}x")
-        out["load"] = {"loaded_node": loaded, "util": LOAD, "fastgpu_on_loaded": fg_bad, "ray_train_on_loaded": rt_bad,
-                       "fastgpu_nodes": [n for n, _ in fg_placed], "ray_train_nodes": [n for n, _ in rt_placed],
-                       "est_slowdown": est}
+        # Ray does not see the load, so which node its PACK group lands on is independent of it: load
+        # each node in turn, so that every node Ray might prefer gets its turn at being the loaded one.
+        rounds = []
+        for loaded in fastgpu.gpu_nodes():
+            for g in range(2):
+                fastgpu.set_emulated_gpu(loaded, g, util=LOAD, processes=1)
+            time.sleep(2.5)  # monitors poll about once a second: let the load show in the live snapshot
+            _, fg_placed = run_fastgpu(args.workers, args.steps)
+            wait_released()
+            _, rt_placed = run_ray_train(args.workers, args.steps, storage, f"loaded{len(rounds)}")
+            wait_released()
+            for g in range(2):
+                fastgpu.set_emulated_gpu(loaded, g, util=0.0, processes=0)
+            fg_bad, rt_bad = on_loaded(fg_placed, loaded), on_loaded(rt_placed, loaded)
+            est = {k: slowdown(LOAD) if n else 1.0 for k, n in (("fastgpu", fg_bad), ("ray_train", rt_bad))}
+            print(f"node {loaded[:12]} loaded (both GPUs util {LOAD}, EMULATED): ranks on loaded GPUs "
+                  f"fastgpu {fg_bad}/{args.workers}, TorchTrainer {rt_bad}/{args.workers}; est. step slowdown "
+                  f"(cost model, slowest rank) fastgpu {est['fastgpu']:.1f}x, TorchTrainer {est['ray_train']:.1f}x",
+                  flush=True)
+            rounds.append({"loaded_node": loaded, "fastgpu_on_loaded": fg_bad, "ray_train_on_loaded": rt_bad,
+                           "fastgpu_nodes": [n for n, _ in fg_placed], "ray_train_nodes": [n for n, _ in rt_placed],
+                           "est_slowdown": est})
+            time.sleep(2.5)
+        fg_total = sum(r["fastgpu_on_loaded"] for r in rounds)
+        rt_total = sum(r["ray_train_on_loaded"] for r in rounds)
+        n = len(rounds) * args.workers
+        print(f"load avoidance over {len(rounds)} rounds: ranks on loaded GPUs fastgpu.train {fg_total}/{n}, "
+              f"TorchTrainer {rt_total}/{n}")
+        out["load"] = {"util": LOAD, "rounds": rounds, "fastgpu_on_loaded": fg_total, "ray_train_on_loaded": rt_total,
+                       "ranks": n}
     finally:
         if fastgpu.is_initialized():
             fastgpu.shutdown()
