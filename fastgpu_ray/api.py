@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import time
 from typing import Any, Callable, Generic, Iterable, ParamSpec, TypeVar, overload
 
 import ray
@@ -180,8 +181,13 @@ def explain(ref: ObjectRef) -> Record:
 def status() -> ClusterStatus:
     """Per node and GPU: model, utilisation, memory, outside processes, fastgpu subtasks; queue length."""
     d = session.dispatcher()
-    ray.get(d.refresh.remote())
-    return ray.get(d.status.remote())
+    deadline = time.monotonic() + 20.0
+    while True:  # a node's monitor may still be starting (first call after init): wait for its reading
+        ray.get(d.refresh.remote())
+        st = ray.get(d.status.remote())
+        if all(g.util is not None for g in st.gpus) or time.monotonic() > deadline:
+            return st
+        time.sleep(0.5)
 
 
 def gpu_nodes() -> list[str]:

@@ -26,6 +26,7 @@ def run(args) -> int:
         if live:
             d = ray.get_actor(live[0]["name"], namespace=NAMESPACE)
             ray.get(d.refresh.remote())
+            print(f"(fastgpu session {live[0]['name'].removeprefix('dispatcher-')})")
             print(ray.get(d.status.remote()).format())
         else:
             fastgpu.init(emulate=args.emulate or None)
