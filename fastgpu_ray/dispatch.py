@@ -348,7 +348,7 @@ class DispatchCore:
                     keep.append(item)
                     misses += 1
                 continue
-            transfer_after_place(state, pol, st, d, dec)  # transfer (issue 4): explain line, dedup, prefetch
+            transfer_after_place(self, state, pol, st, d, dec)  # transfer (issue 4): explain line, dedup, prefetch
             node = state.names[dec.node]
             workers = [self.workers.get((node, g)) for g in dec.gpus]
             if not all(w is not None and w.alive for w in workers):
@@ -575,9 +575,9 @@ class DispatchCore:
         return len(self.queue)
 
 
-def transfer_after_place(state, pol, st, d, dec) -> None:
+def transfer_after_place(core, state, pol, st, d, dec) -> None:
     from transfer.runtime_hooks import after_place  # issue 4's hook; imports Ray's side lazily
-    after_place(state, pol, st, d, dec)
+    after_place(core, state, pol, st, d, dec)
 
 
 def queue_behind(state: ClusterState, node: int, gpus: tuple[int, ...], d: Demand) -> None:

@@ -137,3 +137,15 @@ def test_within_equal_finish_times_the_data_node_wins(opt):
     network for nothing: the node that holds the data wins the tie (B is not the rank winner)."""
     d, _ = demand(opt, Ref("shard"), work_s=20.0)
     assert place(snap(), d).explanation.winner == "B"
+
+
+def test_queue_behind_an_overdue_gpu_the_dispatcher_says_is_held():
+    """busy_s 0 (its work is overdue) but held: the dispatcher's word counts, the GPU is not taken."""
+    from transfer.runtime_hooks import queue_behind
+
+    st = ClusterState.from_snapshot(snap())
+    d = Demand("x", num_gpus=1, gpu_milli=1000, work_s=0.1, input_bytes={"B": 1 << 20}, input_total=1 << 20)
+    dec = Scheduler(st, create("fastgpu")).place(d)
+    g = dec.gpus[0]
+    assert queue_behind(st, d, dec.node, dec.gpus, waits=True)
+    assert st.free[dec.node, g] == 1000 and st.busy[dec.node, g] == pytest.approx(0.1)
