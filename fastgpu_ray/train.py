@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import ray
@@ -185,7 +185,6 @@ def restrict_to_ray(snap: Snapshot, avail: Mapping[str, Mapping[str, float]]) ->
 
 
 def _replace_gpu(g: GpuSpec, milli_used: int) -> GpuSpec:
-    from dataclasses import replace
     return replace(g, milli_used=milli_used)
 
 
@@ -328,9 +327,10 @@ def train(train_fn: Callable[[Any], Any], num_workers: int, gpus_per_worker: int
     try:
         _wait_ready(pg, ranks, ready_timeout_s)
         timings["reserve_s"] = time.perf_counter() - t0
-        actors = [_Rank.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
-                                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r)
-                                ).remote() for r in range(len(ranks))]
+        rank_cls: Any = _Rank  # an ActorClass at runtime (the decorator hides .options from type checkers)
+        actors = [rank_cls.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                   scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r)
+                                   ).remote() for r in range(len(ranks))]
         deadline = None if timeout_s is None else t0 + timeout_s
         where = _collect([a.where.remote() for a in actors], ranks, None, deadline, "start")
         timings["start_s"] = time.perf_counter() - t0
@@ -360,7 +360,7 @@ def _plan_within(snapshot: Callable[[], tuple[Snapshot, str]], num_workers: int,
         try:
             return plan_gang(snap, num_workers, gpus_per_worker, cpus_per_worker, policy), source
         except TrainPlacementError as e:
-            if any(u.never for u in e.plan.unplaced) or time.monotonic() >= end:
+            if e.plan is None or any(u.never for u in e.plan.unplaced) or time.monotonic() >= end:
                 raise
         time.sleep(0.5)
 
