@@ -104,6 +104,35 @@ def test_bundles_follow_placement_away_from_a_loaded_node(cluster):
     wait_all_released()
 
 
+def test_live_telemetry_steers_the_gang_away_from_a_loaded_node(cluster):
+    """The product path: a fastgpu session's live snapshot (emulated load set through the runtime's API),
+    no snapshot_fn. Loaded one way, then the other, so the choice cannot be luck."""
+    import fastgpu_ray as fastgpu
+    from fastgpu_ray.telemetry import cluster_snapshot
+    c, gpu_nodes = cluster
+    fastgpu.init(address=c.address)  # reuses this process's Ray connection
+    try:
+        for busy, idle in (gpu_nodes, gpu_nodes[::-1]):
+            for node_id in gpu_nodes:
+                for g in range(2):
+                    load = 0.9 if node_id == busy else 0.0
+                    fastgpu.set_emulated_gpu(node_id, g, util=load, processes=int(load > 0))
+            end = time.monotonic() + 15
+            while time.monotonic() < end:  # monitors poll about once a second
+                snap = cluster_snapshot()
+                utils = {n.name: [g.util for g in n.gpus] for n in snap.nodes}
+                if utils.get(busy) == [0.9, 0.9] and utils.get(idle) == [0.0, 0.0]:
+                    break
+                time.sleep(0.3)
+            res = train(rank_report, num_workers=2, gpus_per_worker=1, config={"scale": 1}, backend=None)
+            assert res.snapshot_source == "fastgpu live telemetry"
+            assert res.nodes() == [idle, idle]
+            wait_all_released()
+    finally:
+        fastgpu.shutdown()
+    wait_all_released()
+
+
 def test_torch_allreduce_across_nodes_with_gloo(cluster):
     pytest.importorskip("torch")
 
