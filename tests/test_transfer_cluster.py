@@ -111,3 +111,22 @@ def test_input_lost_with_its_node_is_rebuilt_by_lineage(cluster):
     assert nodes and victim.node_id not in nodes
     rec = fastgpu.explain(out)
     assert rec.state == "finished"
+
+
+def test_prefetch_pulls_to_the_node_and_the_probe_measures_a_link(cluster):
+    from transfer.ray_hooks import Prefetcher, measure_link_bandwidth
+
+    a, b = cluster.node_ids()[0], cluster.node_ids()[1]
+    ref = produced_on(a, 3, mib=8)
+    pf = Prefetcher(timeout_s=60)
+    try:
+        pull = pf.prefetch(b, [ref, "not a ref"])
+        assert ray.get(pull, timeout=60) == 1
+        assert set(ray.experimental.get_object_locations([ref])[ref]["node_ids"]) == {a, b}
+        assert pf.prefetch(b, []) is None and pf.calls == 1
+    finally:
+        pf.close()
+    bps = measure_link_bandwidth(a, b, nbytes=4 * MiB)
+    assert bps > 1e6  # one machine: memory speed, far above any network; the point is it answers
+    with pytest.raises(ValueError):
+        measure_link_bandwidth(a, a)
