@@ -38,17 +38,27 @@ CACHE_PENDING_S = 0.1
 
 
 class RuntimeTransfer:
-    def __init__(self, probe: bool = True) -> None:
-        from . import ray_hooks
+    """The dispatcher's transfer state. Built with no arguments it uses Ray (``transfer.ray_hooks``);
+    tests pass an optimiser over a fake locator, a fake prefetcher and ``is_ref``, and no probe."""
 
-        self._ray = ray_hooks
-        self.opt = ray_hooks.make_optimizer(cost_mod.CostModel())
-        self.prefetcher = ray_hooks.Prefetcher()
-        self.bandwidth: LinkBandwidth = resolve_link_bandwidth(None, measured=None)
+    def __init__(self, opt: Any = None, prefetcher: Any = None, *, is_ref=None, probe=None,
+                 gpu_nodes=None, environ=None) -> None:
+        if opt is None:
+            from . import ray_hooks
+
+            opt = ray_hooks.make_optimizer(cost_mod.CostModel())
+            prefetcher = ray_hooks.Prefetcher()
+            is_ref = ray_hooks.is_object_ref
+            probe = lambda: ray_hooks.cluster_link_bandwidth(probe=True)  # noqa: E731
+            gpu_nodes = ray_hooks.gpu_node_ids
+        self.opt, self.prefetcher = opt, prefetcher
+        self.is_ref = is_ref or opt.is_ref
+        self._probe, self._gpu_nodes = probe, gpu_nodes
+        self.bandwidth: LinkBandwidth = resolve_link_bandwidth(None, environ, measured=None)
         cost_mod.set_default_link_bandwidth(self.bandwidth.bytes_per_s)
         self._cache: dict[int, tuple[float, list, Any]] = {}
-        self._pullers_started = False
-        self._probe_started = not probe or self.bandwidth.source != "fallback"
+        self._pullers_started = gpu_nodes is None
+        self._probe_started = probe is None or self.bandwidth.source != "fallback"
 
     # --------------------------------------------------------------------------------- bandwidth
     def _start_probe(self) -> None:
@@ -58,7 +68,7 @@ class RuntimeTransfer:
         self._probe_started = True
 
         def run():
-            bw = self._ray.cluster_link_bandwidth(probe=True)
+            bw = self._probe()
             self.bandwidth = bw
             cost_mod.set_default_link_bandwidth(bw.bytes_per_s)
             log.info("link bandwidth: %s", bw)
@@ -78,7 +88,7 @@ class RuntimeTransfer:
         if hit and now - hit[0] < (CACHE_PENDING_S if any(sz is None for _, sz, _ in hit[1]) else CACHE_S):
             located = hit[1]
         else:  # where the objects are: one lookup per subtask and round
-            refs = [r for r in refs if self._ray.is_object_ref(r)]
+            refs = [r for r in refs if self.is_ref(r)]
             locs = self.opt.locator.locate(refs) if refs else []
             located = [(r.hex(), loc.size, loc.nodes) for r, loc in zip(refs, locs)]
             if len(blob) > INLINE_THRESHOLD:  # Ray puts it in the dispatcher node's store for the worker call
@@ -99,7 +109,7 @@ class RuntimeTransfer:
             return
         self._pullers_started = True
         try:
-            self.prefetcher.start(self._ray.gpu_node_ids())
+            self.prefetcher.start(self._gpu_nodes())
         except Exception:
             log.exception("starting prefetch actors failed")
 
@@ -109,8 +119,11 @@ class RuntimeTransfer:
             if est is None or not est.total:
                 continue
             fetch = self.opt.placed(est, node)
-            refs = [r for r in getattr(p, "refs", ()) if self._ray.is_object_ref(r)]
+            refs = [r for r in list(getattr(p, "refs", ()) or ()) + list(getattr(p, "nested_refs", ()) or ())
+                    if self.is_ref(r)]
             wanted = {o.key for o in fetch}
+            if not wanted:
+                continue
             try:
                 self.prefetcher.prefetch(node, [r for r in refs if r.hex() in wanted])
             except Exception:  # prefetch is an optimisation: the worker call pulls the data anyway

@@ -1,0 +1,112 @@
+"""The dispatcher-side hooks (transfer.runtime_hooks) with fakes: no Ray, no cluster."""
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+
+from placement import ClusterState, Demand, GpuSpec, NodeSpec, Scheduler, Snapshot, create
+from placement import cost as cost_mod
+from placement.cost import CostModel
+from transfer import FakeLocator, TransferOptimizer
+from transfer.runtime_hooks import RuntimeTransfer, after_place, has_inputs
+
+MiB = 2**20
+
+
+class Ref:
+    def __init__(self, name):
+        self.name = name
+
+    def hex(self):
+        return self.name
+
+
+@dataclass(eq=False)
+class Payload:  # the runtime's shape: pickled args + top-level refs
+    blob: bytes = b""
+    refs: list = field(default_factory=list)
+
+
+class FakePrefetcher:
+    def __init__(self):
+        self.calls, self.started = [], []
+
+    def prefetch(self, node, refs):
+        self.calls.append((node, [r.hex() for r in refs]))
+
+    def start(self, nodes):
+        self.started.extend(nodes)
+
+    def forget(self, node):
+        pass
+
+
+@pytest.fixture
+def rt():
+    before = cost_mod.default_link_bandwidth()
+    loc = FakeLocator()
+    loc.put("w", 64 * MiB, ["C"])
+    loc.put("s", 16 * MiB, ["B"])
+    loc.put("tiny", 1000, ["B"])
+    opt = TransferOptimizer(loc, CostModel(), is_ref=lambda o: isinstance(o, Ref), origin="D")
+    r = RuntimeTransfer(opt, FakePrefetcher(), environ={"FASTGPU_LINK_BANDWIDTH": "1Gbit"},
+                        gpu_nodes=lambda: ["A", "B", "C"])
+    yield r
+    cost_mod.set_default_link_bandwidth(before)
+
+
+def test_bandwidth_from_the_environment_becomes_the_default(rt):
+    assert rt.bandwidth.source == "env" and CostModel().link_bandwidth == 125e6
+
+
+def test_nothing_to_locate_costs_no_lookup(rt):
+    assert not has_inputs(Payload(b"x" * 100))
+    assert rt.inputs(Payload(b"x" * 100)) is None and rt.opt.locator.calls == 0
+
+
+def test_refs_and_large_blob_are_located_once_per_cache_period(rt):
+    p = Payload(b"x" * (200 * 1024), [Ref("s"), Ref("tiny")])
+    est = rt.inputs(p)
+    assert est.demand_fields() == {"input_bytes": {"B": 16 * MiB, "D": 200 * 1024}, "input_total": 16 * MiB + 200 * 1024}
+    rt.inputs(p)
+    assert rt.opt.locator.calls == 1
+    assert rt.prefetcher.started == ["A", "B", "C"]  # pullers exist once data moves
+
+
+def test_a_reused_id_is_not_served_from_the_cache(rt):
+    p = Payload(refs=[Ref("s")])
+    other = Payload()
+    rt._cache[id(p)] = (time.monotonic(), [("w", 64 * MiB, ("C",))], weakref.ref(other))
+    assert rt.inputs(p).input_bytes() == {"B": 16 * MiB}
+
+
+def test_placed_prefetches_once_per_node_and_counts_as_arriving(rt):
+    p1, p2 = Payload(refs=[Ref("w")]), Payload(refs=[Ref("w")])
+    rt.placed([p1], "A")
+    assert rt.prefetcher.calls == [("A", ["w"])]
+    assert rt.inputs(p2).input_bytes() == {"C": 64 * MiB, "A": 64 * MiB}  # ledger, despite the cache
+    rt.placed([p2], "A")
+    assert rt.prefetcher.calls == [("A", ["w"])]  # nothing new to pull
+
+
+def test_after_place_writes_the_transfer_line_and_queues_behind_a_held_gpu(rt, monkeypatch):
+    import transfer.runtime_hooks as hooks
+
+    monkeypatch.setattr(hooks, "_instance", rt)
+    snap = Snapshot(tuple(NodeSpec(n, 8000, 32000, (GpuSpec("G"),)) for n in "ABC"))
+    st_ = ClusterState.from_snapshot(snap)
+    p = Payload(refs=[Ref("s")])
+    d = Demand("x", num_gpus=1, gpu_milli=1000, work_s=0.1, **rt.inputs(p).demand_fields())
+    pol = create("fastgpu")
+    dec = Scheduler(st_, pol).place(d, explain=True)
+    assert st_.names[dec.node] == "B"
+    sub = SimpleNamespace(id="x", payload=p, record=SimpleNamespace(history=[]))
+    core = SimpleNamespace(fits_now=lambda node, gpus, dd: False)  # B's GPU is held by running work
+    after_place(core, st_, pol, sub, d, dec)
+    assert sub.record.history == ["transfer to B: 16.0 MiB local, nothing to move"]
+    assert st_.free[dec.node, 0] == 1000 and st_.busy[dec.node, 0] == pytest.approx(0.1)
+    assert rt.prefetcher.calls == []  # already there
