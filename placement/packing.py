@@ -7,9 +7,10 @@ Two workload-derived pieces, both computed once per run from the demands the pol
   fragmentation starves (e.g. 8 GPUs with 120 CPUs, which only one node type can hold when idle); without
   them as targets nothing stops small work from spreading over the few nodes that could host them.
 * ``cpu_per_gpu_milli`` and ``stranding``: the CPU a free GPU milli typically needs, and the free GPU milli
-  a node cannot use for lack of CPU at that ratio. ``fastgpu`` breaks FGD's (coarse, integer) score ties by
-  the least growth of stranding: CPU-heavy work goes where CPU is spare, CPU-light work where GPUs sit
-  beside exhausted CPU.
+  a node cannot use for lack of CPU at that ratio. ``fastgpu`` breaks FGD's (coarse, integer) score ties
+  first by the least growth of stranding (CPU-heavy work goes where CPU is spare instead of leaving GPUs
+  without CPU), then by the least ``model_pressure`` (work that may use any GPU model leaves the models
+  that model-restricted demands need).
 """
 from __future__ import annotations
 
@@ -77,3 +78,31 @@ def stranding_growth(state, d: Demand, nodes: np.ndarray, c: float) -> np.ndarra
     F = state.F[nodes]
     cpu = state.cpu_left[nodes]
     return stranding(F - d.total_gpu_milli, cpu - d.cpu_milli, c) - stranding(F, cpu, c)
+
+
+def model_pressure(state, demands: Sequence[Demand]) -> np.ndarray:
+    """Per GPU model of ``state``: GPU milli that model-restricted ``demands`` ask of it, per milli it has.
+
+    A demand restricted to several models spreads its ask over them in proportion to their capacity.
+    All zeros when no demand names a model.
+    """
+    cap = np.zeros(len(state.model_names))
+    np.add.at(cap, state.model, state.gpu_count * float(GPU_MILLI))
+    press = np.zeros(len(state.model_names))
+    for d in demands:
+        if d.num_gpus and d.gpu_types:
+            ms = [i for i, m in enumerate(state.model_names) if m in d.gpu_types]
+            total = cap[ms].sum()
+            if total > 0:
+                press[ms] += d.total_gpu_milli / total
+    return press
+
+
+def tie_key(state, d: Demand, nodes: np.ndarray, c: float, pressure: np.ndarray) -> np.ndarray:
+    """Higher is better: least stranding growth (only growth counts), then least model pressure."""
+    growth = np.maximum(stranding_growth(state, d, nodes, c), 0.0)
+    p = pressure[state.model[nodes]]
+    if p.max() <= 0:
+        return -growth
+    # Lexicographic: growth is in milli-GPU (rounded to 1e-6), the normalised pressure below 1e-3 of it.
+    return -np.round(growth, 6) * 1e3 - p / p.max()

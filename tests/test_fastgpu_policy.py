@@ -11,7 +11,7 @@ import pytest
 from placement import registry
 from placement.frag import typical_workload
 from placement.model import Demand
-from placement.packing import cpu_per_gpu_milli, packing_workload, stranding, stranding_growth
+from placement.packing import cpu_per_gpu_milli, model_pressure, packing_workload, stranding, stranding_growth
 from placement.scheduler import Scheduler
 from placement.state import ClusterState
 
@@ -42,11 +42,28 @@ def test_cpu_heavy_work_goes_where_cpu_is_spare():
     assert pick == {"fgd": 1, "fastgpu": 0}
 
 
-def test_cpu_light_work_uses_gpus_beside_exhausted_cpu():
-    # n1 has 8 free GPUs but CPU for only 4 at the typical ratio: a CPU-light task should use one of those.
+def test_cpu_light_work_is_not_pulled_onto_cpu_poor_nodes():
+    # n1 has CPU for only 4 of its 8 GPUs at the typical ratio; a CPU-light task makes nothing worse on
+    # either node, so only the rank decides (the tie-break counts growth of stranding, not its repair).
     d = gpu_task("light", 2_000)
-    pick = {p: place(p, cluster([200_000, 40_000], [8, 8], rank=[0, 1]), d, WORKLOAD).node for p in ("fgd", "fastgpu")}
-    assert pick == {"fgd": 0, "fastgpu": 1}
+    for rank in ([0, 1], [1, 0]):
+        st = cluster([200_000, 40_000], [8, 8], rank=rank)
+        assert place("fastgpu", st, d, WORKLOAD).node == int(np.argmin(rank))
+
+
+def test_unrestricted_work_leaves_the_model_restricted_demands_need():
+    # Same nodes but for the model; one demand in 51 may only use model "A": too few to move FGD's
+    # integer score (FGD ties and takes the lower rank, n0), enough to make "A" the scarcer model.
+    st = ClusterState(["a", "b"], np.array([96_000, 96_000]), np.full(2, 1 << 20), np.array([8, 8]), ["A", "B"],
+                      rank=np.array([0, 1]))
+    workload = WORKLOAD + [Demand(f"r{i}", cpu_milli=10_000, num_gpus=1, gpu_milli=1000, gpu_types=("A",))
+                           for i in range(1)]
+    d = gpu_task("any", 10_000)
+    assert place("fgd", st, d, workload).node == 0
+    st = ClusterState(["a", "b"], np.array([96_000, 96_000]), np.full(2, 1 << 20), np.array([8, 8]), ["A", "B"],
+                      rank=np.array([0, 1]))
+    assert place("fastgpu", st, d, workload).node == 1
+    assert model_pressure(st, workload).tolist() == [pytest.approx(1_000 / 8_000), 0.0]
 
 
 def test_share_fills_the_hole_rather_than_a_fresh_gpu():

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..cost import CostModel
 from ..model import GPU_MILLI
-from ..packing import cpu_per_gpu_milli, packing_workload, stranding_growth
+from ..packing import cpu_per_gpu_milli, model_pressure, packing_workload, stranding_growth, tie_key
 from ..registry import register
 from .fgd import FgdPolicy, FragScorer, sigmoid_score
 
@@ -32,6 +32,7 @@ class FastGpuPolicy(FgdPolicy):
         super().__init__(rng, workload)
         self.cost = cost or CostModel()
         self.cpu_per_milli = 0.0
+        self.pressure = np.zeros(0)
 
     # ------------------------------------------------------------------------------------- packing
     def prepare(self, state, workload=()) -> None:
@@ -39,6 +40,7 @@ class FastGpuPolicy(FgdPolicy):
         self._scorer = FragScorer(state, packing_workload(demands))
         self._cache = {}
         self.cpu_per_milli = cpu_per_gpu_milli(demands, state.cpu_cap, state.gpu_count)
+        self.pressure = model_pressure(state, demands)
 
     def compute(self, sc, d, rows):
         """FGD's integer score per row; a share's GPU: best score, then the least free (fullest) GPU."""
@@ -52,12 +54,12 @@ class FastGpuPolicy(FgdPolicy):
         return s[np.arange(len(rows)), g], g
 
     def pack_score(self, state, d, nodes) -> np.ndarray:
-        """FGD's integer score; its top ties ordered by least stranding growth (fraction < 1 added)."""
+        """FGD's integer score; its top ties ordered by ``tie_key`` (a fraction below 1 added)."""
         s = FgdPolicy.score(self, state, d, nodes)
         out = s.astype(float)
         top = s == s.max()
         if top.sum() > 1:
-            key = -stranding_growth(state, d, nodes[top], self.cpu_per_milli)
+            key = tie_key(state, d, nodes[top], self.cpu_per_milli, self.pressure)
             lo, hi = key.min(), key.max()
             if hi > lo:
                 out[top] += TIE_SPAN * (key - lo) / (hi - lo)
