@@ -315,10 +315,24 @@ def local_mode(args) -> list[Result]:
 
 def netns_mode(args) -> list[Result]:
     from benchmarks.netns.hosts import NetnsHosts
-    from benchmarks.netns.ray_hosts import ray_env, start_ray
+    from benchmarks.netns.ray_hosts import remove_temp
 
     out = Path(f"/tmp/fastgpu-locality-{os.getpid()}.json")
-    with NetnsHosts(4, rate=args.rate) as hosts:
+    hosts = NetnsHosts(4, rate=args.rate)
+    try:
+        _run_on_hosts(hosts, args, out)
+    finally:
+        hosts.down()
+        remove_temp(hosts)
+    data = json.loads(out.read_text())
+    out.unlink()
+    return [Result(**r) for r in data]
+
+
+def _run_on_hosts(hosts, args, out: Path) -> None:
+    from benchmarks.netns.ray_hosts import ray_env, start_ray
+
+    with hosts:
         address = start_ray(hosts, worker_gpus=2, worker_cpus=4)
         print(f"netns hosts {hosts.addrs} up, links {args.rate}; Ray at {address}", flush=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--inside", address, "--node-ip", hosts.addrs[0],
@@ -332,9 +346,6 @@ def netns_mode(args) -> list[Result]:
         res = hosts.run(0, cmd, env=env, timeout=args.timeout)
         if res.returncode != 0:
             raise SystemExit(f"the driver inside the head namespace failed ({res.returncode})")
-    data = json.loads(out.read_text())
-    out.unlink()
-    return [Result(**r) for r in data]
 
 
 def inside_mode(args) -> None:

@@ -22,6 +22,15 @@ from .hosts import NetnsHosts
 PORT = 6379
 
 
+def temp_root(hosts: NetnsHosts) -> Path:
+    """Where the hosts' Ray sessions write (logs, sockets); ``remove_temp`` deletes it after teardown."""
+    return Path(f"/tmp/fgray{hosts.tag}")  # short: Ray's socket paths have a length limit
+
+
+def remove_temp(hosts: NetnsHosts) -> None:
+    shutil.rmtree(temp_root(hosts), ignore_errors=True)
+
+
 def ray_env() -> dict[str, str]:
     env = dict(os.environ)
     env["RAY_AUTH_MODE"] = "disabled"
@@ -36,7 +45,7 @@ def _ray_cli() -> str:
 def start_ray(hosts: NetnsHosts, worker_gpus: int = 2, worker_cpus: int = 4, head_cpus: int = 2,
               object_store_mib: int = 1024, timeout_s: float = 90.0) -> str:
     """Start the cluster and wait until every worker node has joined. Returns the GCS address."""
-    root = Path(f"/tmp/fgray{hosts.tag}")  # short: Ray's socket paths have a length limit
+    root = temp_root(hosts)
     shutil.rmtree(root, ignore_errors=True)
     env, ray = ray_env(), _ray_cli()
     head = hosts.addrs[0]
