@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-# Run from a checkout: import this checkout's fastgpu_ray, whatever an older editable install maps.
+# Run from a checkout: import this checkout's packages even where fastgpu-ray is not installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ray  # noqa: E402

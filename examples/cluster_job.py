@@ -21,6 +21,7 @@ import sys
 
 import ray
 
+import fastgpu_ray as fastgpu
 from fastgpu_ray.train import get_context, train
 
 
@@ -39,9 +40,10 @@ def partial_sum(config: dict) -> dict:
 
 
 def connect() -> str:
-    """The running cluster: ``RAY_ADDRESS`` (set by the job server) or the local head (ray submit)."""
+    """The running cluster: ``RAY_ADDRESS`` (set by the job server) or the local head (ray submit). A
+    fastgpu session on it gives ``train`` the live GPU view."""
     address = os.environ.get("RAY_ADDRESS") or "auto"
-    ray.init(address=address)
+    fastgpu.init(address=address)
     return address
 
 
@@ -69,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank {w.rank}: node {w.node_id[:12]} gpus {list(w.gpu_ids)} part {res[w.rank]['part']}", flush=True)
     ok = total == args.n * (args.n - 1) // 2
     print("RESULT " + json.dumps({"ok": ok, "total": total, "world_size": len(res), "backend": res.backend,
-                                  "nodes": len(nodes), "gpus": gpus, "ranks_nodes": res.nodes()}), flush=True)
+                                  "nodes": len(nodes), "gpus": gpus, "ranks_nodes": res.nodes(),
+                                  "snapshot_source": res.snapshot_source}), flush=True)
+    fastgpu.shutdown()
     ray.shutdown()
     return 0 if ok else 1
 

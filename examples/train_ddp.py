@@ -20,6 +20,7 @@ import time
 
 import ray
 
+import fastgpu_ray as fastgpu
 from fastgpu_ray.train import TrainResults, get_context, train
 
 FEATURES, HIDDEN = 16, 32
@@ -109,7 +110,9 @@ def start_local_cluster(nodes: int, cpus: int, gpus: int):
 
 
 def report(results: TrainResults) -> None:
-    print(f"backend={results.backend}  world_size={len(results)}  placement source: {results.snapshot_source}")
+    gpus = "EMULATED GPUs (logical Ray GPUs, no CUDA)" if results.emulated else "GPUs as reported"
+    print(f"backend={results.backend}  world_size={len(results)}  placement source: {results.snapshot_source}; "
+          f"{gpus}")
     for w in results.workers:
         print(f"  rank {w.rank}: node {w.node_id[:12]} local_rank {w.local_rank} gpus {list(w.gpu_ids)}")
     for epoch, loss in enumerate(results[0]["losses"]):
@@ -131,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     cluster = None
     if args.address is None:
         cluster = start_local_cluster(args.nodes, cpus=2, gpus=args.gpus_per_node)
-        ray.init(address=cluster.address)
-    else:
-        ray.init(address=args.address)
     try:
+        # A fastgpu session gives train its live GPU view (NVML, or emulated GPUs labelled as such).
+        fastgpu.init(address=cluster.address if cluster else args.address)
         results = run(args.workers, args.gpus_per_worker, {"epochs": args.epochs})
     finally:
+        fastgpu.shutdown()
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()

@@ -119,9 +119,10 @@ class TrainResults(list):
     """Per-rank return values in rank order, plus where each rank ran and how long each phase took."""
 
     def __init__(self, values: Sequence[Any], workers: Sequence[WorkerInfo], backend: str | None,
-                 plan: Plan, timings: Mapping[str, float], snapshot_source: str = "") -> None:
+                 plan: Plan, timings: Mapping[str, float], snapshot_source: str = "", emulated: bool = False) -> None:
         super().__init__(values)
         self.snapshot_source = snapshot_source
+        self.emulated = emulated  # the planned GPUs are emulated (no NVML): load figures are set, not measured
         self.workers = tuple(workers)
         self.backend = backend
         self.plan = plan
@@ -316,8 +317,9 @@ def train(train_fn: Callable[[Any], Any], num_workers: int, gpus_per_worker: int
         _require_torch()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    plan, source = _plan_within(lambda: (snapshot_fn(), "snapshot_fn") if snapshot_fn else snapshot_and_source(),
-                                num_workers, gpus_per_worker, cpus_per_worker, policy, place_timeout_s)
+    plan, snap, source = _plan_within(lambda: (snapshot_fn(), "snapshot_fn") if snapshot_fn else snapshot_and_source(),
+                                      num_workers, gpus_per_worker, cpus_per_worker, policy, place_timeout_s)
+    emulated = any(snap.nodes[a.node_index].gpus[g].emulated for a in plan.assignments for g in a.gpus)
     ranks = order_ranks(plan, num_workers)
     timings["place_s"] = time.perf_counter() - t0
     bundle = {k: float(v) for k, v in (("CPU", cpus_per_worker), ("GPU", gpus_per_worker)) if v}
@@ -346,19 +348,19 @@ def train(train_fn: Callable[[Any], Any], num_workers: int, gpus_per_worker: int
         fn_ref = ray.put(train_fn)
         values = _collect([a.run.remote(fn_ref, config) for a in actors], ranks, workers, deadline, "train_fn")
         timings["total_s"] = time.perf_counter() - t0
-        return TrainResults(values, workers, chosen, plan, timings, source)
+        return TrainResults(values, workers, chosen, plan, timings, source, emulated)
     finally:
         _release(pg, actors)
 
 
 def _plan_within(snapshot: Callable[[], tuple[Snapshot, str]], num_workers: int, gpus_per_worker: int,
-                 cpus_per_worker: float, policy: str, wait_s: float) -> tuple[Plan, str]:
+                 cpus_per_worker: float, policy: str, wait_s: float) -> tuple[Plan, Snapshot, str]:
     """``plan_gang`` on fresh snapshots until it fits or ``wait_s`` passes; never-fits raises at once."""
     end = time.monotonic() + wait_s
     while True:
         snap, source = snapshot()
         try:
-            return plan_gang(snap, num_workers, gpus_per_worker, cpus_per_worker, policy), source
+            return plan_gang(snap, num_workers, gpus_per_worker, cpus_per_worker, policy), snap, source
         except TrainPlacementError as e:
             if e.plan is None or any(u.never for u in e.plan.unplaced) or time.monotonic() >= end:
                 raise

@@ -129,6 +129,7 @@ def test_cluster_job_runs_under_ray_job_submit(head):
     assert result["world_size"] == 2 and result["gpus"] == 2 and result["nodes"] == 1
     assert "connected via" in logs and "rank 1: node" in logs
     assert len(result["ranks_nodes"]) == 2
+    assert result["snapshot_source"] == "fastgpu live telemetry"
 
 
 def test_cluster_job_runs_as_a_plain_driver_on_the_head(head):

@@ -27,11 +27,14 @@ def test_ddp_example_trains_across_nodes_with_identical_parameters():
     ex = load_example()
     cluster = ex.start_local_cluster(nodes=2, cpus=2, gpus=2)
     try:
-        ray.init(address=cluster.address)
+        ex.fastgpu.init(address=cluster.address)
         res = ex.run(workers=4, gpus_per_worker=1, config={"epochs": 4})
     finally:
+        ex.fastgpu.shutdown()
         ray.shutdown()
         cluster.shutdown()
+    assert res.snapshot_source == "fastgpu live telemetry"
+    assert res.emulated  # no NVML here: the runtime emulates the logical GPUs, and says so
     assert [r["rank"] for r in res] == [0, 1, 2, 3]
     assert res.backend == "gloo"
     assert len(set(res.nodes())) == 2, "the four ranks should span both worker nodes"

@@ -133,7 +133,7 @@ def test_gang_that_fits_a_moment_later_is_placed_within_the_window():
         calls.append(1)
         return (busy if len(calls) < 3 else free), "fake"
 
-    plan, source = _plan_within(snapshots, 2, 1, 1, "fastgpu", wait_s=10)
+    plan, _, source = _plan_within(snapshots, 2, 1, 1, "fastgpu", wait_s=10)
     assert len(plan.assignments) == 2 and len(calls) == 3 and source == "fake"
     calls.clear()
     with pytest.raises(TrainPlacementError, match="only 0 of 2 ranks fit now"):
