@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -197,6 +198,7 @@ def main() -> int:
             fastgpu.shutdown()
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(storage, ignore_errors=True)  # Ray Train's run directories
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
