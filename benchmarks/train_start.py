@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ray  # noqa: E402
 
 import fastgpu_ray as fastgpu  # noqa: E402
-from fastgpu_ray.train import train  # noqa: E402
+from fastgpu_ray.training import train  # noqa: E402
 from placement.cost import slowdown  # noqa: E402
 
 LOAD = 0.9

@@ -22,7 +22,7 @@ import sys
 import ray
 
 import fastgpu_ray as fastgpu
-from fastgpu_ray.train import get_context, train
+from fastgpu_ray.training import get_context, train
 
 
 def partial_sum(config: dict) -> dict:

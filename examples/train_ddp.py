@@ -21,7 +21,7 @@ import time
 import ray
 
 import fastgpu_ray as fastgpu
-from fastgpu_ray.train import TrainResults, get_context, train
+from fastgpu_ray.training import TrainResults, get_context, train
 
 FEATURES, HIDDEN = 16, 32
 

@@ -11,17 +11,48 @@
     results = fastgpu.get(refs, progress=True)
     print(fastgpu.explain(refs[0]).format())
     fastgpu.shutdown()
-"""
-from .api import RemoteFunction, explain, get, gpu_nodes, set_emulated_gpu, status, task
-from .context import emulate_work, gpu_ids, gpu_memory_total_mib
-from .errors import (FastgpuError, GpuOutOfMemoryError, NeverFitsError, NotInitializedError,
-                     RetriesExhaustedError)
-from .options import TaskOptions
-from .session import init, is_initialized, shutdown
-from .telemetry import cluster_snapshot
 
-__all__ = [
-    "init", "shutdown", "is_initialized", "task", "RemoteFunction", "TaskOptions", "get", "explain", "status",
-    "cluster_snapshot", "gpu_nodes", "set_emulated_gpu", "emulate_work", "gpu_ids", "gpu_memory_total_mib",
-    "FastgpuError", "NeverFitsError", "RetriesExhaustedError", "GpuOutOfMemoryError", "NotInitializedError",
-]
+Names are imported on first use, so ``import fastgpu_ray`` (and the ``fastgpu simulate`` CLI, which
+needs no Ray) stays cheap and works where Ray is not installed.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "api": ("RemoteFunction", "explain", "get", "gpu_nodes", "set_emulated_gpu", "status", "task"),
+    "context": ("emulate_work", "gpu_ids", "gpu_memory_total_mib"),
+    "errors": ("FastgpuError", "GpuOutOfMemoryError", "NeverFitsError", "NotInitializedError",
+               "RetriesExhaustedError"),
+    "options": ("TaskOptions",),
+    "session": ("init", "is_initialized", "shutdown"),
+    "telemetry": ("cluster_snapshot",),
+    "training": ("train", "get_context", "TrainError", "TrainFnError", "TrainPlacementError", "TrainWorkerDied"),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+if TYPE_CHECKING:  # static checkers see the real names and signatures
+    from .api import RemoteFunction, explain, get, gpu_nodes, set_emulated_gpu, status, task
+    from .context import emulate_work, gpu_ids, gpu_memory_total_mib
+    from .errors import (FastgpuError, GpuOutOfMemoryError, NeverFitsError, NotInitializedError,
+                         RetriesExhaustedError)
+    from .options import TaskOptions
+    from .session import init, is_initialized, shutdown
+    from .telemetry import cluster_snapshot
+    from .training import (TrainError, TrainFnError, TrainPlacementError, TrainWorkerDied, get_context,
+                           train)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'fastgpu_ray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,6 +10,8 @@ from typing import Any, Callable, Generic, Iterable, ParamSpec, TypeVar, overloa
 import ray
 from ray import ObjectRef, cloudpickle
 
+from transfer import find_refs
+
 from . import session
 from .dispatch import Record
 from .options import TaskOptions, make_options, parse_memory_mib
@@ -44,7 +46,9 @@ def _payload(args: tuple, kwargs: dict):
 
     a = tuple(slot(v) for v in args)
     k = {name: slot(v) for name, v in kwargs.items()}
-    return Payload(cloudpickle.dumps((a, k)), refs)
+    top = {id(r) for r in refs}
+    nested = [r for r in find_refs(args, kwargs, lambda v: isinstance(v, ObjectRef)) if id(r) not in top]
+    return Payload(cloudpickle.dumps((a, k)), refs, nested)
 
 
 class RemoteFunction(Generic[P, R]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -27,6 +27,9 @@ class Payload:
 
     blob: bytes
     refs: list
+    # Refs inside by-value containers (lists, dicts): not resolved by Ray, but their bytes still have to
+    # reach the worker, so the transfer cost counts them.
+    nested_refs: list = field(default_factory=list)
 
 
 @dataclass

@@ -32,7 +32,7 @@ _session: Session | None = None
 
 def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, emulate: bool | None = None,
          emulated_gpu_memory: Any = DEFAULT_EMULATED_MEMORY_MIB * (1 << 20), idle_timeout_s: float = 60.0,
-         **ray_init_kwargs: Any) -> str:
+         link_bandwidth: str | float | None = None, **ray_init_kwargs: Any) -> str:
     """Start fastgpu on a Ray cluster; returns the session id.
 
     ``address``: as ``ray.init`` (None: connect to the running cluster if there is one, else start an
@@ -40,13 +40,20 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
     ``policy``: a placement policy name (``placement.names()``). ``emulate``: True forces emulated GPUs,
     None (default) uses NVML where it works. ``emulated_gpu_memory``: memory of each emulated GPU
     ("16GiB"; per GPU with ``fastgpu.set_emulated_gpu``). ``idle_timeout_s``: a GPU worker idle that long
-    gives its GPU back to Ray.
+    gives its GPU back to Ray. ``link_bandwidth``: the network bandwidth between nodes that the transfer
+    cost uses ("1Gbit", "125MB/s", or bytes/s); default: ``FASTGPU_LINK_BANDWIDTH`` or a measurement.
     """
     global _session
     if _session is not None:
         return _session.id
     registry.policy_class(policy)  # unknown policy -> ValueError naming the valid ones
     mem = parse_memory_mib(emulated_gpu_memory, "emulated_gpu_memory")
+    env = {}
+    if link_bandwidth is not None:
+        from transfer import ENV_VAR, parse_bandwidth
+
+        # Validated here, so a typo fails in the user's process; the dispatcher reads it from its env.
+        env[ENV_VAR] = repr(parse_bandwidth(link_bandwidth))
     started = False
     if not ray.is_initialized():
         ray.init(address=address, **ray_init_kwargs)
@@ -58,6 +65,7 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
     d = Dispatcher.options(
         name=f"dispatcher-{sid}", namespace=NAMESPACE,
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+        runtime_env={"env_vars": env} if env else None,
     ).remote(sid, policy, idle_timeout_s, mem, bool(emulate))
     ray.get(d.ready.remote())
     _session = Session(sid, d, started, policy)

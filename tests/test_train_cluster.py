@@ -17,7 +17,7 @@ pytestmark = pytest.mark.cluster
 
 ray = pytest.importorskip("ray")
 
-from fastgpu_ray.train import (TrainFnError, TrainPlacementError, TrainWorkerDied, get_context,  # noqa: E402
+from fastgpu_ray.training import (TrainFnError, TrainPlacementError, TrainWorkerDied, get_context,  # noqa: E402
                                ray_snapshot, train)
 
 

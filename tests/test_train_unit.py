@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastgpu_ray.train import (TrainError, TrainPlacementError, order_ranks, plan_gang, restrict_to_ray,
+from fastgpu_ray.training import (TrainError, TrainPlacementError, order_ranks, plan_gang, restrict_to_ray,
                                snapshot_from_ray, train)
 from placement import GpuSpec, NodeSpec, Snapshot
 
@@ -114,7 +114,7 @@ def test_train_without_ray_says_how_to_connect():
 
 
 def test_auto_backend_is_nccl_only_for_cuda_visible_gpus():
-    from fastgpu_ray.train import resolve_backend
+    from fastgpu_ray.training import resolve_backend
     assert resolve_backend("auto", holds_gpus=True, cuda_visible=True) == "nccl"
     assert resolve_backend("auto", holds_gpus=True, cuda_visible=False) == "gloo"  # emulated GPUs
     assert resolve_backend("auto", holds_gpus=False, cuda_visible=True) == "gloo"  # CPU ranks
@@ -124,7 +124,7 @@ def test_auto_backend_is_nccl_only_for_cuda_visible_gpus():
 
 def test_gang_that_fits_a_moment_later_is_placed_within_the_window():
     """A snapshot taken while another job was still releasing: re-planned on fresh snapshots."""
-    from fastgpu_ray.train import _plan_within
+    from fastgpu_ray.training import _plan_within
     busy = Snapshot((node("a", [0.0, 0.0], used={0, 1}),))
     free = Snapshot((node("a", [0.0, 0.0]),))
     calls = []
@@ -142,7 +142,7 @@ def test_gang_that_fits_a_moment_later_is_placed_within_the_window():
 
 def test_never_fitting_gang_is_not_retried():
     import time
-    from fastgpu_ray.train import _plan_within
+    from fastgpu_ray.training import _plan_within
     t0 = time.monotonic()
     with pytest.raises(TrainPlacementError, match="no node could ever hold one rank"):
         _plan_within(lambda: (Snapshot((node("a", [0.0]),)), "fake"), 1, 2, 1, "fastgpu", wait_s=30)
