@@ -16,7 +16,7 @@ from . import session
 from .dispatch import Record
 from .options import TaskOptions, make_options, parse_memory_mib
 from .progress import Progress
-from .status import ClusterStatus
+from .cluster_status import ClusterStatus
 from .worker import RefSlot
 
 P = ParamSpec("P")

@@ -16,7 +16,7 @@ import ray
 from .dispatch import DispatchCore, Record, Subtask
 from .options import TaskOptions
 from .ray_backend import RayBackend
-from .status import ClusterStatus, GpuStatus
+from .cluster_status import ClusterStatus, GpuStatus
 
 log = logging.getLogger("fastgpu.dispatcher")
 
