@@ -9,12 +9,14 @@ Two workload-derived pieces, both computed once per run from the demands the pol
 * ``cpu_per_gpu_milli`` and ``stranding``: the CPU a free GPU milli typically needs, and the free GPU milli
   a node cannot use for lack of CPU at that ratio. ``fastgpu`` breaks FGD's (coarse, integer) score ties
   first by the least growth of stranding (CPU-heavy work goes where CPU is spare instead of leaving GPUs
-  without CPU), then by the least ``model_pressure`` (work that may use any GPU model leaves the models
-  that model-restricted demands need).
+  without CPU), then by the least ``capability_loss`` (spare CPU is not taken from a node that is still
+  able to host a multi-GPU shape), then by the least ``model_pressure`` (work that may use any GPU model
+  leaves the models that model-restricted demands need).
 """
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -98,11 +100,46 @@ def model_pressure(state, demands: Sequence[Demand]) -> np.ndarray:
     return press
 
 
-def tie_key(state, d: Demand, nodes: np.ndarray, c: float, pressure: np.ndarray) -> np.ndarray:
-    """Higher is better: least stranding growth (only growth counts), then least model pressure."""
-    growth = np.maximum(stranding_growth(state, d, nodes, c), 0.0)
-    p = pressure[state.model[nodes]]
-    if p.max() <= 0:
-        return -growth
-    # Lexicographic: growth is in milli-GPU (rounded to 1e-6), the normalised pressure below 1e-3 of it.
-    return -np.round(growth, 6) * 1e3 - p / p.max()
+@dataclass(frozen=True)
+class WholeTargets:
+    """The whole multi-GPU shapes of a target workload: what an idle or emptier node can uniquely host."""
+
+    cpu: np.ndarray  # [K] milli-CPU
+    ng: np.ndarray  # [K] GPUs, each whole
+    weight: np.ndarray  # [K] frequency x GPUs (the GPU share of work a node loses when it can no longer host it)
+    type_ok: np.ndarray  # [n_models, K]
+
+
+def whole_targets(tw: TargetWorkload, type_ok: np.ndarray) -> WholeTargets:
+    m = (tw.ng > 1) & (tw.gm >= GPU_MILLI)
+    return WholeTargets(tw.cpu[m], tw.ng[m], tw.freq[m] * tw.ng[m], type_ok[:, m])
+
+
+def capability_loss(state, d: Demand, nodes: np.ndarray, gpus: np.ndarray, wt: WholeTargets) -> np.ndarray:
+    """Weight of the multi-GPU target shapes each node could host now but not after placing ``d``.
+
+    ``gpus``: for a share, the GPU it would take on each node (taking a fully free GPU costs a whole one).
+    """
+    if not len(wt.ng):
+        return np.zeros(len(nodes))
+    nfull, cpu = state.nfull[nodes], state.cpu_left[nodes]
+    if d.num_gpus == 1 and d.gpu_share < GPU_MILLI:
+        used = (state.free[nodes, gpus] == GPU_MILLI).astype(np.int64)
+    else:
+        used = np.full(len(nodes), d.num_gpus if d.gpu_share >= GPU_MILLI else 0)
+    ok = wt.type_ok[state.model[nodes]]
+    before = (nfull[:, None] >= wt.ng) & (cpu[:, None] >= wt.cpu) & ok
+    after = ((nfull - used)[:, None] >= wt.ng) & ((cpu - d.cpu_milli)[:, None] >= wt.cpu) & ok
+    return ((before & ~after) * wt.weight).sum(axis=1)
+
+
+def tie_key(growth: np.ndarray, loss: np.ndarray, pressure: np.ndarray) -> np.ndarray:
+    """Higher is better. Lexicographic: least stranding growth (only growth counts), then least capability
+    loss, then least model pressure; equal triples get equal keys (the node rank decides between them)."""
+    g = np.round(np.maximum(growth, 0.0), 6)  # float noise must not decide
+    trip = np.stack([g, np.round(loss, 9), pressure], axis=1)
+    order = np.lexsort((trip[:, 2], trip[:, 1], trip[:, 0]))
+    steps = np.r_[0, np.cumsum(np.any(np.diff(trip[order], axis=0) != 0, axis=1))]
+    key = np.empty(len(g))
+    key[order] = -steps
+    return key

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..cost import CostModel
 from ..model import GPU_MILLI
-from ..packing import cpu_per_gpu_milli, model_pressure, packing_workload, stranding_growth, tie_key
+from ..packing import (capability_loss, cpu_per_gpu_milli, model_pressure, packing_workload, stranding_growth,
+                       tie_key, whole_targets)
 from ..registry import register
 from .fgd import FgdPolicy, FragScorer, sigmoid_score
 
@@ -33,6 +34,7 @@ class FastGpuPolicy(FgdPolicy):
         self.cost = cost or CostModel()
         self.cpu_per_milli = 0.0
         self.pressure = np.zeros(0)
+        self.whole = None
 
     # ------------------------------------------------------------------------------------- packing
     def prepare(self, state, workload=()) -> None:
@@ -41,6 +43,7 @@ class FastGpuPolicy(FgdPolicy):
         self._cache = {}
         self.cpu_per_milli = cpu_per_gpu_milli(demands, state.cpu_cap, state.gpu_count)
         self.pressure = model_pressure(state, demands)
+        self.whole = whole_targets(self._scorer.tw, self._scorer.type_ok)
 
     def compute(self, sc, d, rows):
         """FGD's integer score per row; a share's GPU: best score, then the least free (fullest) GPU."""
@@ -59,7 +62,10 @@ class FastGpuPolicy(FgdPolicy):
         out = s.astype(float)
         top = s == s.max()
         if top.sum() > 1:
-            key = tie_key(state, d, nodes[top], self.cpu_per_milli, self.pressure)
+            nt = nodes[top]
+            key = tie_key(stranding_growth(state, d, nt, self.cpu_per_milli),
+                          capability_loss(state, d, nt, self._ensure(state, d, nt)[1], self.whole),
+                          self.pressure[state.model[nt]])
             lo, hi = key.min(), key.max()
             if hi > lo:
                 out[top] += TIE_SPAN * (key - lo) / (hi - lo)
@@ -122,6 +128,8 @@ class FastGpuPolicy(FgdPolicy):
     def terms(self, state, d, nodes):
         out = super().terms(state, d, nodes)
         out["stranding_growth"] = stranding_growth(state, d, nodes, self.cpu_per_milli)
+        out["capability_loss"] = capability_loss(state, d, nodes, self._ensure(state, d, nodes)[1], self.whole)
+        out["model_pressure"] = self.pressure[state.model[nodes]]
         out["pack"] = self.pack_score(state, d, nodes)
         if self._live(state, d):
             out.update(self.finish_terms(state, d, nodes))
