@@ -11,7 +11,8 @@ import pytest
 from placement import registry
 from placement.frag import typical_workload
 from placement.model import Demand
-from placement.packing import cpu_per_gpu_milli, model_pressure, packing_workload, stranding, stranding_growth
+from placement.packing import (cpu_per_gpu_milli, model_pressure, packing_workload, stranding, stranding_growth,
+                               tie_key)
 from placement.scheduler import Scheduler
 from placement.state import ClusterState
 
@@ -128,3 +129,25 @@ def test_stranding_measure():
     assert cpu_per_gpu_milli(WORKLOAD, st.cpu_cap, st.gpu_count) == pytest.approx(10.0)
     # No GPU demand asks for CPU: fall back to the cluster's own CPU per GPU milli.
     assert cpu_per_gpu_milli([], st.cpu_cap, st.gpu_count) == pytest.approx(5.0)
+
+
+def test_spare_cpu_is_taken_from_a_node_that_cannot_host_multi_gpu_work():
+    # A CPU-only pod strands nothing on either node (both have spare CPU) and FGD ties; n0 is the only node
+    # still able to host the 8-GPU, 100-CPU shape, and the pod would take exactly the CPU that shape needs.
+    workload = WORKLOAD + [gpu_task(f"big{i}", 100_000, ng=8) for i in range(2)]
+    pod = Demand("pod", cpu_milli=30_000)
+    st = cluster([128_000, 128_000], [8, 8], rank=[0, 1])
+    st.bind(1, (0,), gpu_task("old", 10_000))  # n1 can no longer host 8 whole GPUs
+    pol = registry.create("fastgpu")
+    pol.prepare(st, workload)
+    loss = pol.terms(st, pod, np.array([0, 1]))["capability_loss"]
+    assert loss[0] > 0 and loss[1] == 0
+    assert Scheduler(st, pol).place(pod).node == 1
+
+
+def test_tie_key_is_lexicographic_and_keeps_exact_ties():
+    key = tie_key(np.array([0.0, 0.0, 5.0, 0.0, -3.0]), np.array([1.0, 0.0, 0.0, 0.0, 0.0]),
+                  np.array([0.0, 0.5, 0.0, 0.5, 9.0]))
+    # Growth below zero counts as none; then loss; then pressure.
+    assert key[1] == key[3] > key[0] > key[2]
+    assert key[4] < key[1] and key[4] > key[0]
