@@ -9,9 +9,9 @@ Two workload-derived pieces, both computed once per run from the demands the pol
 * ``cpu_per_gpu_milli`` and ``stranding``: the CPU a free GPU milli typically needs, and the free GPU milli
   a node cannot use for lack of CPU at that ratio. ``fastgpu`` breaks FGD's (coarse, integer) score ties
   first by the least growth of stranding (CPU-heavy work goes where CPU is spare instead of leaving GPUs
-  without CPU), then by the least ``capability_loss`` (spare CPU is not taken from a node that is still
-  able to host a multi-GPU shape), then by the least ``model_pressure`` (work that may use any GPU model
-  leaves the models that model-restricted demands need).
+  without CPU), then by the least ``model_pressure`` (work that may use any GPU model leaves the models
+  that model-restricted demands need), then by the least ``capability_loss`` (spare CPU is not taken
+  from a node that is still able to host a multi-GPU shape).
 """
 from __future__ import annotations
 
@@ -133,11 +133,15 @@ def capability_loss(state, d: Demand, nodes: np.ndarray, gpus: np.ndarray, wt: W
     return ((before & ~after) * wt.weight).sum(axis=1)
 
 
-def tie_key(growth: np.ndarray, loss: np.ndarray, pressure: np.ndarray) -> np.ndarray:
-    """Higher is better. Lexicographic: least stranding growth (only growth counts), then least capability
-    loss, then least model pressure; equal triples get equal keys (the node rank decides between them)."""
+def tie_key(growth: np.ndarray, pressure: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Higher is better. Lexicographic: least stranding growth (only growth counts), then least model
+    pressure, then least capability loss; equal triples get equal keys (the node rank decides between them).
+
+    Pressure before loss: a node of a scarce model that already lost its gang capability must not look
+    like the cheapest home for work that may run anywhere.
+    """
     g = np.round(np.maximum(growth, 0.0), 6)  # float noise must not decide
-    trip = np.stack([g, np.round(loss, 9), pressure], axis=1)
+    trip = np.stack([g, pressure, np.round(loss, 9)], axis=1)
     order = np.lexsort((trip[:, 2], trip[:, 1], trip[:, 0]))
     steps = np.r_[0, np.cumsum(np.any(np.diff(trip[order], axis=0) != 0, axis=1))]
     key = np.empty(len(g))

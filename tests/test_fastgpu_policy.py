@@ -146,8 +146,8 @@ def test_spare_cpu_is_taken_from_a_node_that_cannot_host_multi_gpu_work():
 
 
 def test_tie_key_is_lexicographic_and_keeps_exact_ties():
-    key = tie_key(np.array([0.0, 0.0, 5.0, 0.0, -3.0]), np.array([1.0, 0.0, 0.0, 0.0, 0.0]),
-                  np.array([0.0, 0.5, 0.0, 0.5, 9.0]))
-    # Growth below zero counts as none; then loss; then pressure.
-    assert key[1] == key[3] > key[0] > key[2]
-    assert key[4] < key[1] and key[4] > key[0]
+    key = tie_key(np.array([0.0, 0.0, 5.0, 0.0, -3.0]), np.array([0.0, 0.5, 0.0, 0.5, 9.0]),
+                  np.array([1.0, 0.0, 0.0, 0.0, 0.0]))
+    # Growth below zero counts as none; then pressure; then loss.
+    assert key[0] > key[1] == key[3] > key[4] > key[2]
+    assert tie_key(np.zeros(2), np.zeros(2), np.array([0.5, 0.0])).tolist() == [-1.0, 0.0]

@@ -6,7 +6,11 @@
    simulator there is no load, no wait and no data, so every node ties here.
 2. ``move_bytes``: among finishes that count as equal, the node that moves less of the input (in
    tenths); a move that gains nothing measurable still loads the network.
-3. ``pack``: the packing score (fragmentation growth against the typical workload; see DESIGN.md).
+3. ``pack``: FGD's integer fragmentation score against ``placement.packing.packing_workload`` (the
+   typical shapes plus every whole multi-GPU shape); among the nodes it ties, the least growth of
+   CPU-stranded GPU milli, then the GPU model least needed by model-restricted demands, then the least
+   loss of multi-GPU hosting capability (``placement.packing.tie_key``); a share goes to the fullest of
+   the GPUs that tie on the node. See docs/design-fastgpu-policy.md.
 """
 from __future__ import annotations
 
@@ -64,8 +68,8 @@ class FastGpuPolicy(FgdPolicy):
         if top.sum() > 1:
             nt = nodes[top]
             key = tie_key(stranding_growth(state, d, nt, self.cpu_per_milli),
-                          capability_loss(state, d, nt, self._ensure(state, d, nt)[1], self.whole),
-                          self.pressure[state.model[nt]])
+                          self.pressure[state.model[nt]],
+                          capability_loss(state, d, nt, self._ensure(state, d, nt)[1], self.whole))
             lo, hi = key.min(), key.max()
             if hi > lo:
                 out[top] += TIE_SPAN * (key - lo) / (hi - lo)
