@@ -32,7 +32,6 @@ from placement import GPU_MILLI, ClusterState, Demand, Explanation, Scheduler, S
 from placement.cost import slowdown
 
 from .demand import build_demand
-from .live_select import LiveGpuChoice
 from .options import TaskOptions
 from .telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot
 
@@ -319,7 +318,7 @@ class DispatchCore:
             return 0
         t0 = time.perf_counter()
         state = ClusterState.from_snapshot(self.placement_snapshot())
-        pol = LiveGpuChoice(registry.create(self.policy))
+        pol = registry.create(self.policy)
         pol.prepare(state, [st.demand() for _, _, st in self.queue[:64]])
         sched = Scheduler(state, pol)
         slots = max(1, len(self.workers))

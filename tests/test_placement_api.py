@@ -1,7 +1,8 @@
 """The request-in / plan-out call: assignments, unplaced demands as data, explanations."""
+import numpy as np
 import pytest
 
-from placement import Demand, GpuSpec, NodeSpec, PlacementRequest, Snapshot, schedule
+from placement import Demand, GpuSpec, NodeSpec, PlacementRequest, Snapshot, create, schedule
 from placement.model import GPU_MILLI
 from tests.helpers_placement import node, state
 
@@ -105,3 +106,22 @@ def test_unknown_policy_lists_the_valid_ones():
 
     with pytest.raises(UnknownPolicyError, match="best-fit.*fgd"):
         create("fdg")
+
+
+def test_fastgpu_picks_the_gpu_its_node_score_assumed():
+    """On a node with a loaded and an idle GPU (or a busy and a free one), the idle/free GPU is bound."""
+    loaded = NodeSpec("n", 8000, 64000, (GpuSpec("T4", 16000, util=0.9), GpuSpec("T4", 16000, util=0.0)))
+    busy = NodeSpec("n", 8000, 64000, (GpuSpec("T4", 16000, busy_s=30.0), GpuSpec("T4", 16000)))
+    for node_spec in (loaded, busy):
+        for d in (Demand("w", num_gpus=1, gpu_milli=1000, work_s=1.0), Demand("m", num_gpus=1, gpu_memory_mib=4000)):
+            plan = schedule(PlacementRequest(Snapshot((node_spec,)), (d,)), "fastgpu")
+            assert plan.assignments[0].gpus == (1,), (node_spec, d)
+    # With nothing live, the packing choice stands (fastgpu's GPU is the one its packing score priced).
+    part = NodeSpec("n", 8000, 64000, (GpuSpec("T4", 16000), GpuSpec("T4", 16000, milli_used=500)))
+    d = Demand("s", num_gpus=1, gpu_milli=300)
+    st = state(part)
+    pol = create("fastgpu")
+    pol.prepare(st, (d,))
+    expected = pol.compute(pol._scorer_for(st), d, np.array([0]))[1][0]
+    plan = schedule(PlacementRequest(Snapshot((part,)), (d,)), "fastgpu")
+    assert plan.assignments[0].gpus == (expected,)

@@ -28,6 +28,11 @@ MIN_RESOLUTION_S = 0.01
 TIE_SPAN = 0.9  # the tie-break adds at most this to an integer FGD score, so it never overrides one
 
 
+def resolution(best_s: float) -> float:
+    """Finish times closer than this to the best count as equal (estimates are not more precise)."""
+    return max(best_s * RESOLUTION, MIN_RESOLUTION_S)
+
+
 @register
 class FastGpuPolicy(FgdPolicy):
     name = "fastgpu"
@@ -107,7 +112,7 @@ class FastGpuPolicy(FgdPolicy):
         t = self.finish_terms(state, d, nodes)
         finish = t["finish_s"]
         best = finish.min()
-        tol = max(best * RESOLUTION, MIN_RESOLUTION_S)
+        tol = resolution(best)
         # Lexicographic: whole "finish buckets" dominate; within one, moving less data (in tenths of the
         # input) wins -- a move that changes nothing measurable still loads the network; then the
         # packing score (0..100) breaks ties.
@@ -116,18 +121,23 @@ class FastGpuPolicy(FgdPolicy):
         return -bucket * 10000.0 - moved * 200.0 + pack
 
     def select_gpus(self, state, node, d):
-        """The packing choice, unless a fitting GPU frees up sooner: a single-GPU demand takes the GPU
-        ``finish_terms`` priced (earliest free, then least loaded), so a queue of waiting subtasks
-        spreads over a node's GPUs instead of piling onto the first."""
+        """GPUs on the chosen node: among the GPUs whose estimated finish (wait + compute at live load) is
+        within the resolution of the best, the packing choice. So a loaded or busy GPU is taken only
+        when it finishes about as soon, and a queue of waiting subtasks spreads over a node's GPUs."""
         pick = super().select_gpus(state, node, d)
-        if d.num_gpus != 1 or not state.busy[node].any():
+        if not d.num_gpus or not self._live(state, d):
             return pick
         fit = np.flatnonzero(state.gpu_fit(d, node))
-        key = list(zip(state.busy[node, fit], state.load[node, fit]))
-        best = min(key)
-        if key[list(fit).index(pick[0])] <= best:
+        work = d.work_s if d.work_s > 0 else 1.0  # unknown work: compare by wait and load alone
+        finish = state.busy[node, fit] + np.array([self.cost.compute_s(work, u) for u in state.load[node, fit]])
+        ok = fit[finish <= finish.min() + resolution(finish.min())]
+        if set(pick) <= set(ok.tolist()):
             return pick
-        return (int(fit[key.index(best)]),)
+        if len(ok) < d.num_gpus:  # a gang: the GPUs that finish first
+            return tuple(int(g) for g in fit[np.argsort(finish, kind="stable")[: d.num_gpus]])
+        if d.gpu_share < GPU_MILLI and d.num_gpus == 1:  # a share: the fullest of them, as packing does
+            ok = sorted(ok, key=lambda g: (state.free[node, g], state.gmem_free[node, g], g))
+        return tuple(int(g) for g in ok[: d.num_gpus])
 
     def terms(self, state, d, nodes):
         out = super().terms(state, d, nodes)
