@@ -358,7 +358,7 @@ class DispatchCore:
                 st.record.explanation = dec.explanation
                 keep.append(item)
                 misses += 1
-                queue_behind(state, dec.node, dec.gpus, d)
+                state.queue_behind(dec.node, dec.gpus, d)
                 continue
             batch = [st]
             if st.opts.batch and st.opts.work_s <= BATCH_MAX_WORK_S and not d.input_total:  # data: placed alone
@@ -577,15 +577,6 @@ class DispatchCore:
 def transfer_after_place(core, state, pol, st, d, dec) -> None:
     from transfer.runtime_hooks import after_place  # issue 4's hook; imports Ray's side lazily
     after_place(core, state, pol, st, d, dec)
-
-
-def queue_behind(state: ClusterState, node: int, gpus: tuple[int, ...], d: Demand) -> None:
-    """In this round's state, a subtask that waits for busy GPUs is queued behind their running work: the
-    GPUs stay free for the next subtask's choice, but busy for this one's compute time longer."""
-    state.unbind(node, gpus, d)
-    for g in gpus:
-        state.busy[node, g] += d.work_s * slowdown(state.load[node, g])
-    state.has_live = True
 
 
 def taken_count(n: NodeInfo, held: int) -> int:

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .cost import slowdown
 from .model import GPU_MILLI, Demand, Snapshot
 
 UNTRACKED_MEM = np.int64(1) << 40  # GPU memory of a GPU whose memory is not tracked
@@ -188,6 +189,15 @@ class ClusterState:
 
     def unbind(self, node: int, gpus: Sequence[int], d: Demand) -> None:
         self.bind(node, gpus, d, sign=-1)
+
+    def queue_behind(self, node: int, gpus: Sequence[int], d: Demand) -> None:
+        """``d`` (bound on ``gpus``) will wait for their running work instead of holding them now: unbind
+        it and push each GPU's wait back by its compute time there, so the next demand of the same round
+        weighs waiting behind it too (the live runtime's queue, projected into one round's state)."""
+        self.unbind(node, gpus, d)
+        for g in gpus:
+            self.busy[node, g] += d.work_s * slowdown(self.load[node, g])
+        self.has_live = True
 
     # ------------------------------------------------------------------------------------ metrics
     def allocated_milli(self) -> int:

@@ -104,8 +104,6 @@ def test_schedule_request_carries_the_fields(opt):
 def test_waiting_subtasks_queue_behind_a_busy_gpu_then_data_moves(opt):
     """B (the data's node) is busy for 0.05 s on both GPUs. Subtasks queue there while the queue is
     shorter than moving 32 MiB (0.27 s); after that, the next one moves its data to a free node."""
-    from transfer.runtime_hooks import queue_behind
-
     st = ClusterState.from_snapshot(snap(busy_b=0.05))
     sched = Scheduler(st, create("fastgpu", cost=opt.cost))
     chosen = []
@@ -113,23 +111,14 @@ def test_waiting_subtasks_queue_behind_a_busy_gpu_then_data_moves(opt):
         d, _ = demand(opt, Ref("shard"), work_s=0.05, id=f"s{i}")
         dec = sched.place(d)
         chosen.append(st.names[dec.node])
-        queue_behind(st, d, dec.node, dec.gpus)
+        if st.busy[dec.node, list(dec.gpus)].any():  # the dispatcher keeps it queued behind that GPU
+            st.queue_behind(dec.node, dec.gpus, d)
     # finish on B: wait 0.05, 0.05, 0.10, 0.10, ... + 0.05 s of work; elsewhere: 0.27 s move + 0.05 s
     assert chosen[:8] == ["B"] * 8
     assert chosen[-1] in ("A", "C")
     first_move = next(i for i, n in enumerate(chosen) if n != "B")
     wait_then = 0.05 * (1 + first_move // 2)
     assert wait_then + 0.05 >= opt.cost.transfer_s(32 * MiB) + 0.05 - 0.02  # moved only once waiting cost more
-
-
-def test_queue_behind_leaves_a_free_gpu_bound():
-    from transfer.runtime_hooks import queue_behind
-
-    st = ClusterState.from_snapshot(snap())
-    d = Demand("x", num_gpus=1, gpu_milli=1000, work_s=0.1, input_bytes={"A": 1 << 20}, input_total=1 << 20)
-    dec = Scheduler(st, create("fastgpu")).place(d)
-    assert not queue_behind(st, d, dec.node, dec.gpus)
-    assert st.free[dec.node, dec.gpus[0]] == 0  # still bound: it starts now
 
 
 def test_within_equal_finish_times_the_data_node_wins(opt):
@@ -139,13 +128,15 @@ def test_within_equal_finish_times_the_data_node_wins(opt):
     assert place(snap(), d).explanation.winner == "B"
 
 
-def test_queue_behind_an_overdue_gpu_the_dispatcher_says_is_held():
-    """busy_s 0 (its work is overdue) but held: the dispatcher's word counts, the GPU is not taken."""
-    from transfer.runtime_hooks import queue_behind
+def test_queue_behind_frees_the_gpu_and_extends_its_wait_by_the_work_at_load():
+    """A subtask that will wait for a held GPU: unbound in the round's state, the GPU's wait grows by its
+    compute time at that GPU's load (placement.cost.slowdown), so the next subtask weighs that queue."""
+    from placement.cost import slowdown
 
     st = ClusterState.from_snapshot(snap())
     d = Demand("x", num_gpus=1, gpu_milli=1000, work_s=0.1, input_bytes={"B": 1 << 20}, input_total=1 << 20)
     dec = Scheduler(st, create("fastgpu")).place(d)
     g = dec.gpus[0]
-    assert queue_behind(st, d, dec.node, dec.gpus, waits=True)
-    assert st.free[dec.node, g] == 1000 and st.busy[dec.node, g] == pytest.approx(0.1)
+    st.load[dec.node, g] = 0.5
+    st.queue_behind(dec.node, dec.gpus, d)
+    assert st.free[dec.node, g] == 1000 and st.busy[dec.node, g] == pytest.approx(0.1 * slowdown(0.5))

@@ -168,34 +168,11 @@ def after_place(core: Any, state: Any, pol: Any, st: Any, d: Any, dec: Any) -> N
         return
     rt = runtime()
     node = state.names[dec.node]
-    fits_now = getattr(core, "fits_now", None)  # the dispatcher knows whether the GPU is held right now
-    queue_behind(state, d, dec.node, dec.gpus, None if fits_now is None else not fits_now(node, dec.gpus, d))
     est = rt.inputs(st.payload)
     if est is not None and est.total:
         cost = getattr(pol, "cost", None) or cost_mod.CostModel()
         st.record.history.append(f"transfer to {node[:12]}: " + est.for_node(node, cost).describe())
         rt.placed([st.payload], node)
-
-
-def queue_behind(state: Any, d: Any, node: int, gpus: tuple[int, ...], waits: bool | None = None) -> bool:
-    """If ``d`` chose to wait for busy GPUs (``waits``; by default: ``state.busy`` > 0 there) and the
-    dispatcher keeps it queued, count it as queued there instead of holding them: unbind it and push
-    those GPUs' wait back by its work. (A GPU whose running work is overdue shows ``busy`` 0 yet is
-    held: ``waits`` from the dispatcher covers it.)
-
-    Why: a held GPU is infeasible for the rest of the round, so the next subtask whose data is on that
-    node would move its data away although a short wait there is cheaper; with the wait extended it
-    weighs the true wait (the queue) against the move. Returns True when it did so.
-    """
-    g = list(gpus)
-    if waits is None:
-        waits = bool((state.busy[node, g] > 0).any()) if g else False
-    if not g or d.work_s <= 0 or not waits:
-        return False
-    state.unbind(node, gpus, d)
-    util = float(state.load[node, g].max())
-    state.busy[node, g] = state.busy[node, g].max() + d.work_s * cost_mod.slowdown(util)
-    return True
 
 
 _instance: RuntimeTransfer | None = None
