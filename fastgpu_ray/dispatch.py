@@ -319,62 +319,74 @@ class DispatchCore:
         t0 = time.perf_counter()
         state = ClusterState.from_snapshot(self.placement_snapshot())
         pol = registry.create(self.policy)
-        pol.prepare(state, [st.demand() for _, _, st in self.queue[:64]])
+        pol.prepare(state, [d for _, _, st in heapq.nsmallest(64, self.queue) if (d := _safe_demand(st))])
         sched = Scheduler(state, pol)
         slots = max(1, len(self.workers))
         keep: list[tuple[int, int, Subtask]] = []
         failed_shapes: set[tuple] = set()
         started = misses = 0
-        while self.queue and misses < UNPLACED_SCAN_LIMIT:
-            item = heapq.heappop(self.queue)
-            st = item[2]
-            if st.future is not None and st.future.done():
-                continue
-            d = st.demand()
-            if d.shape in failed_shapes:
-                keep.append(item)
-                misses += 1
-                continue
-            dec = sched.place(d, explain=True)
-            if dec.unplaced is not None:
-                st.record.explanation = dec.explanation
-                if dec.unplaced.never:
-                    st.record.history.append("never fits: " + dec.unplaced.reason)
-                    self._resolve(st, Outcome(False, self.backend.fail(dec.unplaced.reason,
-                                                                       _never(dec.unplaced.reason))))
-                else:
-                    failed_shapes.add(d.shape)
+        try:
+            while self.queue and misses < UNPLACED_SCAN_LIMIT:
+                item = heapq.heappop(self.queue)
+                st = item[2]
+                if st.future is not None and st.future.done():
+                    continue
+                try:
+                    d = st.demand()
+                    if (d.shape, d.gpu_types) in failed_shapes:
+                        keep.append(item)
+                        misses += 1
+                        continue
+                    dec = sched.place(d, explain=True)
+                except Exception as e:  # this subtask fails alone, with the reason; the round goes on
+                    log.exception("placing subtask %s failed", st.id)
+                    self._resolve(st, Outcome(False, self.backend.fail(
+                        f"fastgpu could not place subtask {st.id}: {type(e).__name__}: {e}", e)))
+                    continue
+                if dec.unplaced is not None:
+                    st.record.explanation = dec.explanation
+                    if dec.unplaced.never:
+                        st.record.history.append("never fits: " + dec.unplaced.reason)
+                        self._resolve(st, Outcome(False, self.backend.fail(dec.unplaced.reason,
+                                                                           _never(dec.unplaced.reason))))
+                    else:
+                        failed_shapes.add((d.shape, d.gpu_types))
+                        keep.append(item)
+                        misses += 1
+                    continue
+                try:  # transfer (issue 4): explain line, dedup, prefetch; advisory, never loses the subtask
+                    transfer_after_place(self, state, pol, st, d, dec)
+                except Exception:
+                    log.exception("transfer hook failed for subtask %s", st.id)
+                node = state.names[dec.node]
+                workers = [self.workers.get((node, g)) for g in dec.gpus]
+                if not all(w is not None and w.alive for w in workers):
+                    keep.append(item)  # stays bound in this round's state: no second claim for the same GPUs
+                    self._claim(node)
+                    continue
+                if not self.fits_now(node, dec.gpus, d):  # it chose to wait for a busy GPU (earliest finish)
+                    st.record.explanation = dec.explanation
                     keep.append(item)
                     misses += 1
-                continue
-            transfer_after_place(self, state, pol, st, d, dec)  # transfer (issue 4): explain line, dedup, prefetch
-            node = state.names[dec.node]
-            workers = [self.workers.get((node, g)) for g in dec.gpus]
-            if not all(w is not None and w.alive for w in workers):
-                keep.append(item)  # stays bound in this round's state: no second claim for the same GPUs
-                self._claim(node)
-                continue
-            if not self.fits_now(node, dec.gpus, d):  # it chose to wait for a busy GPU (earliest finish)
-                st.record.explanation = dec.explanation
-                keep.append(item)
-                misses += 1
-                state.queue_behind(dec.node, dec.gpus, d)
-                continue
-            batch = [st]
-            if st.opts.batch and st.opts.work_s <= BATCH_MAX_WORK_S and not d.input_total:  # data: placed alone
-                size = min(self.max_batch, max(1, (len(self.queue) + 1) // (2 * slots)))
-                key = st.batch_key()
-                while len(batch) < size and self.queue and self.queue[0][2].batch_key() == key:
-                    batch.append(heapq.heappop(self.queue)[2])
-            self._start(batch, node, dec.gpus, d, dec.explanation, workers)
-            started += len(batch)
-            if d.work_s > 0 and self.queue:
-                # The next subtask must see this GPU as busy until an estimated end (so it can weigh
-                # waiting for it against a loaded GPU); this round's state only knows it is taken.
-                self._wake.set()
-                break
-        for item in keep:
-            heapq.heappush(self.queue, item)
+                    state.queue_behind(dec.node, dec.gpus, d)
+                    continue
+                batch = [st]
+                if st.opts.batch and st.opts.work_s <= BATCH_MAX_WORK_S and not d.input_total:  # data: placed alone
+                    size = min(self.max_batch, max(1, (len(self.queue) + 1) // (2 * slots)))
+                    key = st.batch_key()
+                    while (len(batch) < size and self.queue and self.queue[0][2].batch_key() == key
+                           and not has_inputs(self.queue[0][2].payload)):  # followers with data: alone too
+                        batch.append(heapq.heappop(self.queue)[2])
+                self._start(batch, node, dec.gpus, d, dec.explanation, workers)
+                started += len(batch)
+                if d.work_s > 0 and self.queue:
+                    # The next subtask must see this GPU as busy until an estimated end (so it can weigh
+                    # waiting for it against a loaded GPU); this round's state only knows it is taken.
+                    self._wake.set()
+                    break
+        finally:  # whatever happened, what this round took off the queue goes back
+            for item in keep:
+                heapq.heappush(self.queue, item)
         if started:
             self.metrics.placed(started, time.perf_counter() - t0)
         self.metrics.queued(len(self.queue))
@@ -572,6 +584,19 @@ class DispatchCore:
 
     def queue_length(self) -> int:
         return len(self.queue)
+
+
+def _safe_demand(st: Subtask) -> Demand | None:
+    """The subtask's demand, or None if it cannot be built (the placement loop then fails it alone)."""
+    try:
+        return st.demand()
+    except Exception:
+        return None
+
+
+def has_inputs(payload: Any) -> bool:
+    from transfer.runtime_hooks import has_inputs as check
+    return check(payload)
 
 
 def transfer_after_place(core, state, pol, st, d, dec) -> None:

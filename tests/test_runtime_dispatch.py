@@ -294,3 +294,21 @@ def test_waits_for_an_idle_gpu_rather_than_starting_on_a_loaded_one():
     # finish on a: wait <= 0.45 s + 0.15 s; on b: 0.75 s -> all four queue for a
     assert {r.node for r in b.runs} == {"a"}, [(r.sid, r.node) for r in b.runs]
     assert recs[-1].explanation.winner == "a"
+
+
+def test_a_subtask_that_cannot_be_placed_fails_alone_and_the_queue_survives():
+    class Broken(Subtask):
+        def demand(self):
+            raise ValueError("bad demand")
+
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        bad = Broken("bad", make_options(), "fn", None, value(0))
+        outs = await asyncio.wait_for(asyncio.gather(
+            core.submit(sub("a", value(1))), core.submit(bad), core.submit(sub("b", value(2)))), 10)
+        await core.shutdown()
+        return outs
+    a, bad, b2 = asyncio.run(main())
+    assert (a.ok, a.value, b2.ok, b2.value) == (True, 1, True, 2)
+    assert not bad.ok and "bad demand" in str(bad.value)
