@@ -109,6 +109,9 @@ def _validate(o: TaskOptions) -> None:
         raise ValueError(f"num_gpus={n!r}: above 1 it must be a whole number of GPUs")
     if n < 1 and round(n * GPU_MILLI) < 1:
         raise ValueError(f"num_gpus={n!r}: the smallest share is {1 / GPU_MILLI} GPU")
+    m = o.gpu_memory_mib
+    if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+        raise ValueError(f"gpu_memory_mib={m!r}: must be a whole number of MiB >= 0 (or pass gpu_memory=\"8GiB\")")
     if not isinstance(o.priority, int) or isinstance(o.priority, bool):
         raise ValueError(f"priority={o.priority!r}: must be an int (higher runs first)")
     if not isinstance(o.max_retries, int) or isinstance(o.max_retries, bool) or o.max_retries < 0:

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 MAX_UTIL = 0.95  # a GPU reported fully busy still makes some progress; caps the slowdown at 20x
 
 
-def slowdown(util: float) -> float:
-    """How much longer work takes on a GPU that is ``util`` (0..1) busy with other work.
+def slowdown(util):
+    """How much longer work takes on a GPU that is ``util`` (0..1) busy with other work (a float, or
+    elementwise for an array).
 
     The model: the GPU time-slices between its tenants, so our work gets the idle fraction.
     """
-    u = min(max(util, 0.0), MAX_UTIL)
+    if np.ndim(util):
+        return 1.0 / (1.0 - np.clip(np.nan_to_num(np.asarray(util, dtype=float)), 0.0, MAX_UTIL))
+    u = min(max(float(util), 0.0), MAX_UTIL)
     return 1.0 / (1.0 - u)
 
 
@@ -49,13 +54,17 @@ class CostModel:
     link_bandwidth: float = field(default_factory=default_link_bandwidth)
     latency_s: float = 0.0
 
-    def transfer_s(self, move_bytes: float) -> float:
+    # Each works on floats and, elementwise, on numpy arrays (placement prices all candidates at once).
+    def transfer_s(self, move_bytes):
+        if np.ndim(move_bytes):
+            move = np.asarray(move_bytes, dtype=float)
+            return np.where(move > 0, self.latency_s + move / self.link_bandwidth, 0.0)
         if move_bytes <= 0:
             return 0.0
         return self.latency_s + move_bytes / self.link_bandwidth
 
-    def compute_s(self, work_s: float, util: float) -> float:
+    def compute_s(self, work_s, util):
         return work_s * slowdown(util)
 
-    def finish_s(self, wait_s: float, move_bytes: float, work_s: float, util: float) -> float:
+    def finish_s(self, wait_s, move_bytes, work_s, util):
         return wait_s + self.transfer_s(move_bytes) + self.compute_s(work_s, util)

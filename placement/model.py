@@ -111,10 +111,12 @@ class Demand:
 
     @property
     def gpu_share(self) -> int:
-        """Per-GPU share in milli; a GPU demand that names only memory still needs a share > 0."""
+        """Per-GPU share in milli. A GPU demand that names only memory takes the smallest share (1), so it
+        packs by memory yet never lands on a GPU another demand holds whole; one naming neither takes
+        the whole GPU."""
         if self.num_gpus == 0:
             return 0
-        return self.gpu_milli if self.gpu_milli > 0 else (0 if self.gpu_memory_mib else GPU_MILLI)
+        return self.gpu_milli if self.gpu_milli > 0 else (1 if self.gpu_memory_mib else GPU_MILLI)
 
     @property
     def total_gpu_milli(self) -> int:

@@ -65,6 +65,9 @@ class Scheduler:
 
     def _why_not(self, d: Demand, never: bool) -> str:
         st = self.state
+        if never and d.gpu_types and not (st.type_mask(d.gpu_types) & st.alive).any():
+            return (f"no node has a GPU of model {' or '.join(d.gpu_types)} for {describe(d)}; the cluster's "
+                    f"models are {', '.join(st.model_names)}. Fix the gpu_types, or add such a node.")
         if never:
             big = largest_gpu(st)
             return (f"no node could ever hold {describe(d)}; the largest is {big}. "
@@ -91,7 +94,7 @@ class Scheduler:
 def describe(d: Demand) -> str:
     parts = []
     if d.num_gpus:
-        share = f"{d.gpu_share / 1000:g} GPU" if d.gpu_share else "GPU"
+        share = f"{d.gpu_milli / 1000:g} GPU" if d.gpu_milli else "GPU"
         parts.append(f"{d.num_gpus} x {share}" + (f" with {d.gpu_memory_mib} MiB" if d.gpu_memory_mib else ""))
         if d.gpu_types:
             parts.append(f"of model {'|'.join(d.gpu_types)}")

@@ -118,8 +118,7 @@ class ClusterState:
 
     def gpu_fit(self, d: Demand, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """Per-GPU fit for ``d`` on the given rows: share and memory both fit."""
-        fit = self.free[rows] >= max(d.gpu_share, 0)
-        fit &= self.free[rows] >= 0
+        fit = self.free[rows] >= max(d.gpu_share, 1)  # padding GPUs (-1) never fit
         if d.gpu_memory_mib:
             fit &= self.gmem_free[rows] >= d.gpu_memory_mib
         return fit
@@ -130,7 +129,7 @@ class ClusterState:
         if d.num_gpus:
             if d.gpu_types:
                 ok &= self.type_mask(d.gpu_types)
-            if d.gpu_memory_mib or d.gpu_share == 0:
+            if d.gpu_memory_mib:
                 ok &= self.gpu_fit(d).sum(axis=1) >= d.num_gpus
             elif d.num_gpus == 1:
                 ok &= self.max_free >= d.gpu_share
@@ -152,8 +151,9 @@ class ClusterState:
         if d.num_gpus:
             if d.gpu_types:
                 checks.append((f"GPU model not in {list(d.gpu_types)}", self.type_mask(d.gpu_types)))
-            checks.append((f"fewer than {d.num_gpus} GPU(s) with {d.gpu_share} milli"
-                           + (f" and {d.gpu_memory_mib} MiB" if d.gpu_memory_mib else "") + " free",
+            need = " and ".join(x for x in (f"{d.gpu_milli} milli" if d.gpu_milli else "",
+                                              f"{d.gpu_memory_mib} MiB" if d.gpu_memory_mib else "") if x)
+            checks.append((f"fewer than {d.num_gpus} GPU(s) with {need or 'a whole GPU'} free",
                            self.gpu_fit(d).sum(axis=1) >= d.num_gpus))
         for why, mask in checks:
             bad = left & ~mask

@@ -125,3 +125,17 @@ def test_fastgpu_picks_the_gpu_its_node_score_assumed():
     expected = pol.compute(pol._scorer_for(st), d, np.array([0]))[1][0]
     plan = schedule(PlacementRequest(Snapshot((part,)), (d,)), "fastgpu")
     assert plan.assignments[0].gpus == (expected,)
+
+
+def test_unknown_gpu_model_is_named_with_the_models_the_cluster_has():
+    snap = Snapshot((node("a", model="T4"), node("b", model="A10")))
+    plan = schedule(PlacementRequest(snap, (Demand("x", num_gpus=1, gpu_milli=500, gpu_types=("A100",)),)))
+    (u,) = plan.unplaced
+    assert u.never and "A100" in u.reason and "A10, T4" in u.reason
+
+
+def test_memory_only_demand_never_lands_on_a_gpu_held_whole():
+    snap = Snapshot((NodeSpec("a", 8000, 64000, (GpuSpec("T4", 16000, milli_used=1000),
+                                                 GpuSpec("T4", 16000, milli_used=400))),))
+    plan = schedule(PlacementRequest(snap, (Demand("m", num_gpus=1, gpu_memory_mib=1000),)), "best-fit")
+    assert plan.assignments[0].gpus == (1,)

@@ -25,6 +25,7 @@ from .fgd import FgdPolicy, FragScorer, sigmoid_score
 
 RESOLUTION = 0.05
 MIN_RESOLUTION_S = 0.01
+NOMINAL_WORK_S = 1.0  # prices load for a demand that declares no work
 TIE_SPAN = 0.9  # the tie-break adds at most this to an integer FGD score, so it never overrides one
 
 
@@ -81,26 +82,29 @@ class FastGpuPolicy(FgdPolicy):
         return out
 
     def finish_terms(self, state, d, nodes) -> dict[str, np.ndarray]:
-        """Per node: seconds to wait, bytes to move, seconds to move them, seconds to compute."""
-        fit = state.gpu_fit(d, nodes)
-        # The node's best GPU for this demand: the one that frees up first, then the least loaded.
-        busy = np.where(fit, state.busy[nodes], np.inf)
-        load = np.where(fit, state.load[nodes], np.inf)
-        if d.num_gpus > 1:  # a gang waits for its slowest GPU
-            wait = np.sort(busy, axis=1)[:, d.num_gpus - 1]
-            util = np.sort(load, axis=1)[:, d.num_gpus - 1]
-        elif d.num_gpus == 1:
-            g = np.lexsort((load, busy), axis=1)[:, 0]
-            rows = np.arange(len(nodes))
+        """Per node: seconds to wait, bytes to move, seconds to move them, seconds to compute, on the
+        node's best GPU(s) for ``d``: the one with the earliest ``wait + compute at load`` (a gang: the
+        slowest of its best ``num_gpus``). All through ``CostModel``, the single objective."""
+        rows = np.arange(len(nodes))
+        work = self._work(d)
+        if d.num_gpus:
+            fit = state.gpu_fit(d, nodes)
+            busy, load = state.busy[nodes], state.load[nodes]
+            per_gpu = np.where(fit, self.cost.finish_s(busy, 0.0, work, load), np.inf)
+            g = np.argsort(per_gpu, axis=1, kind="stable")[:, max(d.num_gpus, 1) - 1]
             wait, util = busy[rows, g], load[rows, g]
         else:
             wait = util = np.zeros(len(nodes))
         local = np.array([d.input_bytes.get(state.names[i], 0) for i in nodes], dtype=np.float64)
         move = np.maximum(d.input_total - local, 0.0)
-        move_s = np.array([self.cost.transfer_s(b) for b in move])
-        compute = d.work_s * np.array([self.cost.compute_s(1.0, u) for u in np.nan_to_num(util)])
-        return {"wait_s": wait, "move_bytes": move, "move_s": move_s, "compute_s": compute,
-                "finish_s": wait + move_s + compute}
+        return {"wait_s": wait, "move_bytes": move, "move_s": self.cost.transfer_s(move),
+                "compute_s": self.cost.compute_s(work, util), "finish_s": self.cost.finish_s(wait, move, work, util)}
+
+    @staticmethod
+    def _work(d) -> float:
+        """The demand's compute seconds; unknown (0) is priced as one nominal second, so that load still
+        counts (a loaded GPU is slower for any work)."""
+        return d.work_s if d.work_s > 0 else NOMINAL_WORK_S
 
     def _live(self, state, d) -> bool:
         return state.has_live or d.input_total > 0 or d.work_s > 0
@@ -128,8 +132,7 @@ class FastGpuPolicy(FgdPolicy):
         if not d.num_gpus or not self._live(state, d):
             return pick
         fit = np.flatnonzero(state.gpu_fit(d, node))
-        work = d.work_s if d.work_s > 0 else 1.0  # unknown work: compare by wait and load alone
-        finish = state.busy[node, fit] + np.array([self.cost.compute_s(work, u) for u in state.load[node, fit]])
+        finish = self.cost.finish_s(state.busy[node, fit], 0.0, self._work(d), state.load[node, fit])
         ok = fit[finish <= finish.min() + resolution(finish.min())]
         if set(pick) <= set(ok.tolist()):
             return pick

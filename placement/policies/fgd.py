@@ -70,17 +70,19 @@ class FgdPolicy(Policy):
     def __init__(self, rng=None, workload=None) -> None:
         super().__init__(rng)
         self._workload = workload
+        self._seen = ()
         self._scorer: FragScorer | None = None
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def prepare(self, state, workload=()) -> None:
+        self._seen = workload  # kept: a later, different state is prepared with the same workload
         tw = typical_workload(self._workload if self._workload is not None else workload)
         self._scorer = FragScorer(state, tw)
         self._cache = {}
 
     def _scorer_for(self, state) -> FragScorer:
         if self._scorer is None or self._scorer.state is not state:
-            self.prepare(state, ())
+            self.prepare(state, self._seen)
         return self._scorer
 
     def _ensure(self, state, d, rows):
