@@ -241,14 +241,18 @@ class DispatchCore:
         for key, w in list(self.workers.items()):
             if key[0] not in alive:
                 self._drop_worker(w)
-        reads = await asyncio.gather(*(self.backend.read(n) for n in self.nodes if n.alive and n.gpu_total),
-                                     return_exceptions=True)
+        asked = [n for n in self.nodes if n.alive and n.gpu_total]
+        reads = await asyncio.gather(*(self.backend.read(n) for n in asked), return_exceptions=True)
         tel = {}
-        for r in reads:
+        for n, r in zip(asked, reads):
             if isinstance(r, NodeTelemetry):
                 tel[r.node_id] = r
                 for g in r.gpus:
                     self.metrics.gpu_util(r.node_id, g.index, g.util)
+            elif n.node_id in self.telemetry:
+                # A failed read keeps the last one: without a reading a GPU's memory would look untracked
+                # (unlimited) and memory-packed subtasks could pile onto it.
+                tel[n.node_id] = self.telemetry[n.node_id]
         self.telemetry = tel
         self._release_idle()
 
