@@ -7,7 +7,7 @@ Order of precedence (first one set wins):
 3. a figure measured on the running cluster (``transfer.probe.measure_link_bandwidth``), when the
    caller has one;
 4. ``FALLBACK_BANDWIDTH``: the rate measured on the project's 1 Gbit/s test links
-   (docs/benchmarks-transfer.md), a conservative guess for "a real network".
+   (docs/BENCHMARKS.md), a conservative guess for "a real network".
 
 Units: the result is always bytes per second. Lower-case ``b``/``bit``/``bps`` means bits, ``B``/``byte``
 means bytes; prefixes k, M, G, T are decimal, Ki, Mi, Gi, Ti binary. A bare number is bytes/second.
