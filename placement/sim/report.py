@@ -2,7 +2,6 @@
 published numbers beside them, JSON and the allocation-vs-arrived plot."""
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .replay import KINDS, RunResult
-from .trace import TRACE_DIR, TraceError
+from .trace import TRACE_DIR, TraceError, csv_rows
 
 COLUMNS = (90, 95, 100, 130)
 PAPER_CSV = TRACE_DIR / "fgd_paper_alloc_discrete.csv"
@@ -49,24 +48,15 @@ def load_paper(path: str | Path, workload: str) -> dict[str, np.ndarray]:
     """Published curves for one workload: policy name -> [seeds, 131] allocation %."""
     path = Path(path)
     rows: dict[str, list[list[float]]] = {}
-    try:
-        f = open(path, newline="")
-    except OSError as e:
-        raise TraceError(f"{path}: cannot open: {e.strerror}") from None
-    with f:
-        reader = csv.DictReader(f)
-        need = {"workload", "sc_policy", "seed"} | {str(c) for c in COLUMNS}
-        missing = need - set(reader.fieldnames or ())
-        if missing:
-            raise TraceError(f"{path}:1: missing column(s) {', '.join(sorted(missing))}")
-        for row in reader:
-            if row["workload"] not in (workload, f"openb_pod_list_{workload}"):
-                continue
-            pol = PAPER_POLICY.get(row["sc_policy"], row["sc_policy"])
-            try:
-                rows.setdefault(pol, []).append([float(row[str(k)]) for k in range(131)])
-            except (KeyError, ValueError) as e:
-                raise TraceError(f"{path}:{reader.line_num}: bad value ({e})") from None
+    need = ("workload", "sc_policy", "seed", *(str(k) for k in range(131)))
+    for line, row in csv_rows(path, need):
+        if row["workload"] not in (workload, f"openb_pod_list_{workload}"):
+            continue
+        pol = PAPER_POLICY.get(row["sc_policy"], row["sc_policy"])
+        try:
+            rows.setdefault(pol, []).append([float(row[str(k)]) for k in range(131)])
+        except ValueError as e:
+            raise TraceError(f"{path}:{line}: bad value ({e})") from None
     return {p: np.array(v) for p, v in rows.items()}
 
 

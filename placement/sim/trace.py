@@ -53,7 +53,8 @@ def trace_paths(name: str) -> tuple[Path, Path]:
     return TRACE_DIR / "openb_node_list_gpu_node.csv", TRACE_DIR / f"openb_pod_list_{name}.csv"
 
 
-def _rows(path: Path, required: tuple[str, ...]):
+def csv_rows(path: Path, required: tuple[str, ...]):
+    """(line number, row dict) of a CSV with these columns; TraceError naming file and line otherwise."""
     try:
         f = open(path, newline="")
     except OSError as e:
@@ -93,7 +94,7 @@ def _int(path: Path, line: int, row: dict, field: str, minimum: int = 0) -> int:
 def load_nodes(path: str | Path) -> Nodes:
     path = Path(path)
     names, cpu, mem, gpus, models = [], [], [], [], []
-    for line, row in _rows(path, NODE_COLUMNS):
+    for line, row in csv_rows(path, NODE_COLUMNS):
         if not row["sn"]:
             raise TraceError(f"{path}:{line}: field 'sn': empty node name")
         if not row["model"] and _int(path, line, row, "gpu") > 0:
@@ -119,7 +120,7 @@ def load_pods(path: str | Path, known_models: set[str] | None = None) -> Pods:
     ``gpu_milli`` above 1000 is clamped to 1000."""
     path = Path(path)
     recs = []
-    for line, row in _rows(path, POD_COLUMNS):
+    for line, row in csv_rows(path, POD_COLUMNS):
         name = row["name"]
         if not name:
             raise TraceError(f"{path}:{line}: field 'name': empty pod name")
