@@ -50,7 +50,9 @@ def produce(fill: int, nbytes: int):
 
 def produced_on(node_id: str, fill: int, mib: int = 16, soft: bool = False):
     ref = produce.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=soft)).remote(fill, mib * MiB)
-    ray.wait([ref], fetch_local=False, timeout=60)
+    # Generous: a fresh worker process on a busy 2-core machine can take tens of seconds to start.
+    ready, _ = ray.wait([ref], fetch_local=False, timeout=180)
+    assert ready, f"the producer pinned to {node_id[:12]} did not finish within 180 s"
     assert ray.experimental.get_object_locations([ref])[ref]["node_ids"] == [node_id]
     return ref
 
