@@ -272,20 +272,30 @@ class DispatchCore:
         return build_snapshot(self.nodes, self.telemetry, holds)
 
     def placement_snapshot(self) -> Snapshot:
-        """``snapshot()`` plus, for GPUs held whole by running work with a known estimated end, that GPU
-        as it will be then (``busy_s`` = seconds left): a subtask may choose to wait for it."""
+        """``snapshot()`` plus, for GPUs whose running work has known estimated ends and that have no room
+        now, that GPU as it will be then (``busy_s`` = seconds left), so a subtask may choose to wait
+        for it instead of starting on a loaded GPU: a GPU held whole frees when all its work ends; a GPU
+        packed by memory, too full for the smallest queued memory demand, frees a slot at its earliest end."""
         now = self.clock()
+        live = self.snapshot()
+        need = min((st.opts.gpu_memory_mib for _, _, st in self.queue if st.opts.gpu_memory_mib), default=0)
+        free_mib = ({(n.name, g): spec.memory_free_mib for n in live.nodes for g, spec in enumerate(n.gpus)}
+                    if need else {})
         busy = {}
         for key, ends in self.ends.items():
             h = self.holds.get(key)
-            if h is None or h.milli_used < GPU_MILLI or not ends or any(e is None for e, _ in ends.values()):
+            if h is None or not ends or any(e is None for e, _ in ends.values()):
                 continue
-            left = max(e - now for e, _ in ends.values())
+            whole = h.milli_used >= GPU_MILLI
+            if not (whole or (need and free_mib.get(key, 0) < need)):
+                continue
+            lefts = [e - now for e, _ in ends.values()]
+            left = max(lefts) if whole else min(lefts)
             dur = max(d for _, d in ends.values())
             if left > -max(1.0, 0.5 * dur):  # far overdue: the estimate is wrong, do not count on it
                 busy[key] = max(0.0, left)
         if not busy:
-            return self.snapshot()
+            return live
         return build_snapshot(self.nodes, self.telemetry, {**self._claim_holds(), **self.holds}, busy)
 
     def _claim_holds(self) -> dict:
@@ -303,7 +313,7 @@ class DispatchCore:
             h = self.holds.get((node, g))
             if h is not None and h.milli_used + d.gpu_share > GPU_MILLI:
                 return False
-        return True
+        return not d.gpu_memory_mib or self._free_memory(node, gpus) >= d.gpu_memory_mib
 
     # ------------------------------------------------------------------------------------ scheduling
     async def _schedule_loop(self) -> None:

@@ -312,3 +312,22 @@ def test_a_subtask_that_cannot_be_placed_fails_alone_and_the_queue_survives():
     a, bad, b2 = asyncio.run(main())
     assert (a.ok, a.value, b2.ok, b2.value) == (True, 1, True, 2)
     assert not bad.ok and "bad demand" in str(bad.value)
+
+
+def test_memory_packed_subtasks_wait_for_a_slot_on_an_idle_gpu_rather_than_a_loaded_one():
+    """a's GPU holds two 6 GiB subtasks at a time; b's GPU has room but is 80 % busy (5x slower).
+    Waiting for a slot on a (<= 0.15 s) beats 0.75 s on b, so every subtask runs on a."""
+    async def main():
+        b = FakeBackend({"a": [12288], "b": [16384]})
+        b.sources["b"].set_gpu(0, util=0.8)
+        core = await started(b)
+        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), batch=False)) for i in range(2)))
+        assert len(core.workers) == 2
+        b.runs.clear()
+        outs = await asyncio.gather(*(core.submit(sub(f"m{i}", sleeper(0.15, i), gpu_memory="6GiB", work_s=0.15,
+                                                      batch=False)) for i in range(6)))
+        await core.shutdown()
+        return b, outs
+    b, outs = asyncio.run(main())
+    assert [o.value for o in outs] == list(range(6))
+    assert {r.node for r in b.runs} == {"a"}, [(r.sid, r.node) for r in b.runs]
