@@ -17,6 +17,11 @@ UNTRACKED_MEM = np.int64(1) << 40  # GPU memory of a GPU whose memory is not tra
 MAX_TAG = 9  # GpuClustering tags: 0 = sharing, k = whole k-GPU demand (k <= 8)
 
 
+def tag_of(d: Demand) -> int:
+    """The demand's kind for per-node counts (GpuClustering): 0 = a share, k = a whole k-GPU demand."""
+    return 0 if d.gpu_share < GPU_MILLI else min(d.num_gpus, MAX_TAG - 1)
+
+
 class ClusterState:
     def __init__(
         self,
@@ -182,8 +187,7 @@ class ClusterState:
             self.free[node, g] -= sign * d.gpu_share
             self.gmem_free[node, g] -= sign * d.gpu_memory_mib
         if d.num_gpus:
-            tag = 0 if d.gpu_share < GPU_MILLI else min(d.num_gpus, MAX_TAG - 1)
-            self.tags[node, tag] += sign
+            self.tags[node, tag_of(d)] += sign
         self.version[node] += 1
         self._refresh(node)
 

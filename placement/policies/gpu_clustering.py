@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import GPU_MILLI
 from ..policy import Policy
 from ..registry import register
-from ..state import MAX_TAG
+from ..state import tag_of
 from .common import MAX_GPU
-
-
-def tag_of(d) -> int:
-    return 0 if d.gpu_share < GPU_MILLI else min(d.num_gpus, MAX_TAG - 1)
 
 
 @register
