@@ -53,7 +53,11 @@ def produced_on(node_id: str, fill: int, mib: int = 16, soft: bool = False):
     # Generous: a fresh worker process on a busy 2-core machine can take tens of seconds to start.
     ready, _ = ray.wait([ref], fetch_local=False, timeout=180)
     assert ready, f"the producer pinned to {node_id[:12]} did not finish within 180 s"
-    assert ray.experimental.get_object_locations([ref])[ref]["node_ids"] == [node_id]
+    # The owner learns an object's location a moment after the task returns: poll briefly.
+    deadline = time.time() + 30
+    while not (nodes := ray.experimental.get_object_locations([ref])[ref]["node_ids"]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert nodes == [node_id]
     return ref
 
 
