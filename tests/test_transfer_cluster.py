@@ -48,16 +48,23 @@ def produce(fill: int, nbytes: int):
     return np.full(nbytes, fill, dtype=np.uint8)
 
 
+def locations(ref, done, timeout_s: float = 30.0) -> list:
+    """The object's nodes once ``done(nodes)`` holds (or at the timeout): its owner learns locations a
+    moment after a task returns or a pull lands, so a single read can be stale."""
+    deadline = time.time() + timeout_s
+    while True:
+        nodes = ray.experimental.get_object_locations([ref])[ref]["node_ids"]
+        if done(nodes) or time.time() > deadline:
+            return nodes
+        time.sleep(0.1)
+
+
 def produced_on(node_id: str, fill: int, mib: int = 16, soft: bool = False):
     ref = produce.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=soft)).remote(fill, mib * MiB)
     # Generous: a fresh worker process on a busy 2-core machine can take tens of seconds to start.
     ready, _ = ray.wait([ref], fetch_local=False, timeout=180)
     assert ready, f"the producer pinned to {node_id[:12]} did not finish within 180 s"
-    # The owner learns an object's location a moment after the task returns: poll briefly.
-    deadline = time.time() + 30
-    while not (nodes := ray.experimental.get_object_locations([ref])[ref]["node_ids"]) and time.time() < deadline:
-        time.sleep(0.1)
-    assert nodes == [node_id]
+    assert locations(ref, lambda nodes: bool(nodes)) == [node_id]
     return ref
 
 
@@ -113,7 +120,7 @@ def test_input_lost_with_its_node_is_rebuilt_by_lineage(cluster):
     fill, size, ran_on = ray.get(out, timeout=180)
     assert (fill, size) == (42, 16 * MiB) and ran_on != victim.node_id
     # the input exists again, on a live node: Ray re-ran its producer (lineage reconstruction)
-    nodes = ray.experimental.get_object_locations([ref_in])[ref_in]["node_ids"]
+    nodes = locations(ref_in, lambda ns: bool(ns) and victim.node_id not in ns)
     assert nodes and victim.node_id not in nodes
     rec = fastgpu.explain(out)
     assert rec.state == "finished"
@@ -128,7 +135,7 @@ def test_prefetch_pulls_to_the_node_and_the_probe_measures_a_link(cluster):
     try:
         pull = pf.prefetch(b, [ref, "not a ref"])
         assert ray.get(pull, timeout=60) == 1
-        assert set(ray.experimental.get_object_locations([ref])[ref]["node_ids"]) == {a, b}
+        assert set(locations(ref, lambda ns: set(ns) == {a, b})) == {a, b}
         assert pf.prefetch(b, []) is None and pf.calls == 1
     finally:
         pf.close()
