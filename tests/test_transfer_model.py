@@ -6,24 +6,12 @@ from placement.cost import CostModel
 from transfer import (INLINE_THRESHOLD, FakeLocator, TransferLedger, TransferOptimizer, build_estimate,
                       find_refs, large_values, promote_large_values, value_size)
 
-MiB = 2**20
-
-
-class Ref:
-    def __init__(self, name):
-        self.name = name
-
-    def hex(self):
-        return self.name
+from tests.helpers_transfer import MiB, Ref, is_ref
 
 
 class Wrapped:  # what a runtime might wrap refs in so its dispatcher does not resolve them
     def __init__(self, ref):
         self.ref = ref
-
-
-def is_ref(o):
-    return isinstance(o, Ref)
 
 
 def test_find_refs_nested_distinct_in_order():

@@ -8,16 +8,8 @@ from placement import Demand, GpuSpec, NodeSpec, PlacementRequest, Scheduler, Cl
 from placement.cost import CostModel
 from transfer import FakeLocator, TransferOptimizer
 
-MiB = 2**20
+from tests.helpers_transfer import MiB, Ref
 GBIT = 125e6
-
-
-class Ref:
-    def __init__(self, name):
-        self.name = name
-
-    def hex(self):
-        return self.name
 
 
 def snap(busy_a=0.0, busy_b=0.0, busy_c=0.0):

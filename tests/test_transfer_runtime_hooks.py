@@ -14,15 +14,7 @@ from placement.cost import CostModel
 from transfer import FakeLocator, TransferOptimizer
 from transfer.runtime_hooks import RuntimeTransfer, after_place, has_inputs
 
-MiB = 2**20
-
-
-class Ref:
-    def __init__(self, name):
-        self.name = name
-
-    def hex(self):
-        return self.name
+from tests.helpers_transfer import MiB, Ref
 
 
 @dataclass(eq=False)
