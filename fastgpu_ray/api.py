@@ -34,7 +34,7 @@ def _wire(opts: TaskOptions) -> TaskOptions:
 
 
 def _payload(args: tuple, kwargs: dict):
-    from .dispatcher import Payload
+    from .wire import Payload
 
     refs: list = []
 
@@ -69,7 +69,7 @@ class RemoteFunction(Generic[P, R]):
         return self._fn(*args, **kwargs)
 
     def _fnbox(self, s: session.Session):
-        from .dispatcher import FnBox
+        from .wire import FnBox
 
         ref = s.fn_refs.get(self._key)
         if ref is None:
@@ -80,41 +80,50 @@ class RemoteFunction(Generic[P, R]):
         return f"{self._fn.__name__}-{next(_ids)}"
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> "ObjectRef[R]":
-        """Queue one subtask; returns its ObjectRef at once (it may still wait in fastgpu's queue)."""
+        """Queue one subtask; returns its ObjectRef at once (it may still wait in fastgpu's queue). The ref
+        is the return of the chosen node's scheduler: the result is stored on the node that computes it."""
         s = session.current()
         sid = self._sid()
-        ref = s.dispatcher.submit.remote(sid, self._wire_opts, self._fnbox(s), _payload(args, kwargs))
-        s.sids[ref.hex()] = sid
-        return ref
+        payload = _payload(args, kwargs)
+        route, info = s.route(sid, self._wire_opts, payload)
+        return self._send(s, route, info, [sid], [payload], self._fnbox(s))[0]
 
     def map(self, items: Iterable[Any], *, chunk_size: int | None = None) -> "list[ObjectRef[R]]":
         """One subtask per item (``f(item)``); the refs come back in the items' order.
 
-        Items go to the dispatcher in chunks (one call each; a chunk's refs become ready together).
-        Default: one by one for subtasks that declare ``work_s`` (they are worth placing one by one),
-        else chunks of up to 64, at least ~32 chunks per map so results still stream back.
+        Items go to the node schedulers in chunks (one call each; a chunk's refs become ready together).
+        Default: one by one for subtasks that declare ``work_s`` or take ObjectRefs (they are worth
+        placing one by one: by load, or next to their data), else chunks of up to 64, at least ~32
+        chunks per map so results still stream back and spread over the nodes.
         """
         items = list(items)
-        if chunk_size is None:
-            chunk_size = 1 if self._opts.work_s > 0.05 else max(1, min(MAP_CHUNK, len(items) // 32))
-        if chunk_size < 1:
+        if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size!r}: must be >= 1")
         s = session.current()
         box = self._fnbox(s)
+        payloads = [_payload((x,), {}) for x in items]
+        if chunk_size is None:
+            one_by_one = self._opts.work_s > 0.05 or any(p.refs or p.nested_refs for p in payloads)
+            chunk_size = 1 if one_by_one else max(1, min(MAP_CHUNK, len(items) // 32))
         refs: list = []
         for i in range(0, len(items), chunk_size):
-            chunk = items[i:i + chunk_size]
+            chunk = payloads[i:i + chunk_size]
             sids = [self._sid() for _ in chunk]
-            payloads = [_payload((x,), {}) for x in chunk]
-            if len(chunk) == 1:
-                out = [s.dispatcher.submit.remote(sids[0], self._wire_opts, box, payloads[0])]
-            else:
-                out = s.dispatcher.submit_many.options(num_returns=len(chunk)).remote(
-                    sids, self._wire_opts, box, payloads)
-            for r, sid in zip(out, sids):
-                s.sids[r.hex()] = sid
-            refs.extend(out)
+            route, info = s.route(sids[0], self._wire_opts, chunk[0] if len(chunk) == 1 else None, len(chunk))
+            refs.extend(self._send(s, route, info, sids, chunk, box))
         return refs
+
+    def _send(self, s: session.Session, route, info, sids: list[str], payloads: list, box) -> list:
+        if route.node is None:  # no GPU, live or to come, can hold it: fail at once, with the reason
+            return [_never_fits.remote(route.never) for _ in sids]
+        h = s.schedulers[route.node]
+        if len(sids) == 1:
+            out = [h.submit.remote(sids[0], self._wire_opts, box, payloads[0], info)]
+        else:
+            out = list(h.submit_many.options(num_returns=len(sids)).remote(sids, self._wire_opts, box, payloads,
+                                                                            info))
+        s.remember(out, sids, route.node, self._key)
+        return out
 
     def options(self, **kw: Any) -> "RemoteFunction[P, R]":
         """A copy with some options changed (validated like the decorator's)."""
@@ -173,10 +182,14 @@ def explain(ref: ObjectRef) -> Record:
     """Where the subtask behind ``ref`` ran and why: node, GPU, policy, candidates with score terms,
     time queued, retries (``print(fastgpu.explain(ref).format())``)."""
     s = session.current()
-    sid = s.sids.get(ref.hex())
+    sid, sched = s.scheduler_of(ref.hex())
     if sid is None:
-        raise ValueError(f"{ref} is not the ref of a fastgpu subtask of this session")
-    rec = ray.get(s.dispatcher.explain.remote(sid))
+        raise ValueError(f"{ref} is not the ref of a fastgpu subtask of this session (or one so old that "
+                         f"its entry was dropped: the last {session.KEEP_REFS} are kept)")
+    if sched is None:
+        raise ValueError(f"subtask {sid} failed before it was placed (no GPU could hold it): ray.get(ref) "
+                         "raises the reason")
+    rec = ray.get(sched.explain.remote(sid))
     if rec is None:
         raise ValueError(f"no record left for subtask {sid} (records of old subtasks are dropped)")
     return rec
@@ -184,14 +197,24 @@ def explain(ref: ObjectRef) -> Record:
 
 def status() -> ClusterStatus:
     """Per node and GPU: model, utilisation, memory, outside processes, fastgpu subtasks; queue length."""
-    d = session.dispatcher()
+    s = session.current()
+    s.refresh(force=True)
     deadline = time.monotonic() + 20.0
     while True:  # a node's monitor may still be starting (first call after init): wait for its reading
-        ray.get(d.refresh.remote())
-        st = ray.get(d.status.remote())
+        st = merge_status(s.schedulers.values())
         if all(g.util is not None for g in st.gpus) or time.monotonic() > deadline:
             return st
         time.sleep(0.5)
+
+
+def merge_status(schedulers) -> ClusterStatus:
+    """One table from every node scheduler's rows (a scheduler restarted away from home has none)."""
+    hs = list(schedulers)
+    ray.get([h.refresh.remote() for h in hs])
+    parts = [p for p in ray.get([h.status.remote() for h in hs]) if p is not None]
+    rows = tuple(sorted((g for p in parts for g in p.gpus), key=lambda g: (g.node, g.gpu)))
+    return ClusterStatus(rows, sum(p.queue_length for p in parts), sum(p.nodes_alive for p in parts),
+                         sum(p.placed for p in parts), sum(p.finished for p in parts), sum(p.failed for p in parts))
 
 
 def gpu_nodes() -> list[str]:
@@ -212,4 +235,17 @@ def set_emulated_gpu(node_id: str, index: int, *, util: float | None = None, mem
         kw["processes"] = int(processes)
     if memory is not None:
         kw["memory_mib"] = parse_memory_mib(memory, "memory")
-    ray.get(session.dispatcher().set_emulated.remote(node_id, index, kw))
+    s = session.current()
+    if node_id not in s.schedulers:
+        s.refresh(force=True)
+    h = s.schedulers.get(node_id)
+    if h is None:
+        raise ValueError(f"no live GPU node {node_id!r} in the cluster (fastgpu.gpu_nodes() lists them)")
+    ray.get(h.set_emulated.remote(index, kw))
+    s.refresh(force=True)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _never_fits(reason: str):
+    from .errors import NeverFitsError
+    raise NeverFitsError(reason)

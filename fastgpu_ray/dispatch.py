@@ -28,8 +28,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from placement import GPU_MILLI, ClusterState, Demand, Explanation, Scheduler, Snapshot, registry
+from placement import GPU_MILLI, ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
 from placement.cost import slowdown
+from placement.policies.fastgpu import NOMINAL_WORK_S
 
 from .demand import build_demand
 from .options import TaskOptions
@@ -99,6 +100,7 @@ class Record:
     history: list[str] = field(default_factory=list)
     error: str | None = None
     emulated: bool = False
+    node_choice: Explanation | None = None  # the driver's choice of node (every candidate node, score terms)
 
     def format(self) -> str:
         where = f"node {self.node} GPU {list(self.gpus)}" if self.node else "not placed"
@@ -108,8 +110,10 @@ class Record:
         lines += [f"  history: {h}" for h in self.history]
         if self.error:
             lines.append(f"  error: {self.error}")
+        if self.node_choice:
+            lines.append("  node choice: " + self.node_choice.format().replace("\n", "\n  "))
         if self.explanation:
-            lines.append("  " + self.explanation.format().replace("\n", "\n  "))
+            lines.append("  GPU choice: " + self.explanation.format().replace("\n", "\n  "))
         return "\n".join(lines)
 
 
@@ -126,9 +130,11 @@ class Subtask:
     min_memory_mib: int = 0
     future: asyncio.Future | None = None
     record: Record | None = None
+    locate_inputs: bool = True  # False in a node scheduler: the driver already chose the node by data
 
     def demand(self) -> Demand:
-        return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib, payload=self.payload)
+        return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib,
+                            payload=self.payload if self.locate_inputs else None)
 
     def batch_key(self) -> tuple:
         return (self.fn_key, self.opts.priority, self.min_memory_mib, self.opts.gpu_milli, self.opts.gpu_util,
@@ -199,14 +205,26 @@ class DispatchCore:
         return len(held)
 
     # --------------------------------------------------------------------------------------- submit
-    async def submit(self, st: Subtask) -> Outcome:
+    async def submit(self, st: Subtask, *, node_choice: Explanation | None = None, history: tuple = (),
+                     rerun: str | None = None) -> Outcome:
+        """Queue ``st``; resolves to its outcome. ``rerun``: why this call is a re-execution (its scheduler
+        restarted after a node died): it counts against the subtask's ``max_retries``."""
         if self._closed:
             return Outcome(False, self.backend.fail("fastgpu is shut down", RuntimeError("fastgpu is shut down")))
         st.future = asyncio.get_running_loop().create_future()
         now = self.clock()
         st.enqueued = now
-        st.record = Record(st.id, submitted=now, policy=self.policy)
+        st.record = Record(st.id, submitted=now, policy=self.policy, node_choice=node_choice,
+                           history=list(history))
         self._remember(st.record)
+        if rerun is not None:
+            if st.opts.max_retries < 1:
+                msg = f"subtask {st.id} gave up after 0 retries: {rerun}"
+                st.record.error = msg
+                st.record.state = "failed"
+                return Outcome(False, self.backend.fail(msg, _exhausted(msg)))
+            st.retries = st.record.retries = 1
+            st.record.history.append(rerun)
         self._enqueue(st)
         return await st.future
 
@@ -297,6 +315,24 @@ class DispatchCore:
         if not busy:
             return live
         return build_snapshot(self.nodes, self.telemetry, {**self._claim_holds(), **self.holds}, busy)
+
+    def projected_spec(self, node: str) -> NodeSpec | None:
+        """``node`` as a new arrival would find it once the work ahead of it is done: every GPU free (at its
+        outside load; GPUs other Ray work holds stay full), ``busy_s`` = estimated seconds of work ahead
+        on it: its running work's estimated end (unknown work: ``NOMINAL_WORK_S`` from now) plus its share
+        of this node's queue, at the GPU's load. What the driver's ``Router`` chooses nodes with."""
+        n = next((x for x in self.nodes if x.node_id == node), None)
+        if n is None or not n.alive or not n.gpu_total:
+            return None
+        now = self.clock()
+        queued = sum(_work_or_nominal(st) * _gpu_fraction(st) for _, _, st in self.queue)
+        busy = {}
+        for g in range(n.gpu_total):
+            ends = self.ends.get((node, g), {})
+            left = max((NOMINAL_WORK_S if e is None else max(0.0, e - now) for e, _ in ends.values()), default=0.0)
+            busy[(node, g)] = left + queued / n.gpu_total * slowdown(self._external_util(node, g))
+        snap = build_snapshot([n], self.telemetry, {**self._claim_holds(), **self.holds}, busy)
+        return snap.nodes[0]
 
     def _claim_holds(self) -> dict:
         out = {}
@@ -598,6 +634,17 @@ class DispatchCore:
 
     def queue_length(self) -> int:
         return len(self.queue)
+
+
+def _work_or_nominal(st: Subtask) -> float:
+    return st.opts.work_s if st.opts.work_s > 0 else NOMINAL_WORK_S
+
+
+def _gpu_fraction(st: Subtask) -> float:
+    """GPUs' worth of a subtask: its share, or for a memory-packed one its memory over a 16 GiB GPU."""
+    o = st.opts
+    share = min(1.0, o.gpu_memory_mib / 16384) if o.gpu_milli <= 1 and o.gpu_memory_mib else o.gpu_milli / GPU_MILLI
+    return max(share, 0.05) * max(o.gpu_count, 1)
 
 
 def _safe_demand(st: Subtask) -> Demand | None:

@@ -39,14 +39,18 @@ def ray_nodes() -> list[NodeInfo]:
 
 
 class RayBackend:
-    def __init__(self, emulated_memory_mib: int, force_emulation: bool) -> None:
+    """``node``: the one node this backend's scheduler serves (``nodes()`` returns only it)."""
+
+    def __init__(self, emulated_memory_mib: int, force_emulation: bool, node: str | None = None) -> None:
         self.emulated_memory_mib = emulated_memory_mib
         self.force_emulation = force_emulation
+        self.node = node
         self.monitors: dict[str, object] = {}
         self.created: dict[bytes, object] = {}  # every worker handle not yet released, started or not
 
     def nodes(self) -> list[NodeInfo]:
-        return ray_nodes()
+        nodes = ray_nodes()
+        return [n for n in nodes if n.node_id == self.node] if self.node else nodes
 
     def monitor(self, node: NodeInfo):
         m = self.monitors.get(node.node_id)

@@ -1,30 +1,146 @@
-"""The driver's fastgpu session: ``init`` / ``shutdown`` and the handle of this session's dispatcher."""
+"""The driver's fastgpu session: ``init`` / ``shutdown``, the node schedulers, and routing to them.
+
+A session starts one node scheduler actor per GPU node (``fastgpu_ray.node_scheduler``) and routes each
+subtask to one of them (``fastgpu_ray.routing.Router``, fed with the schedulers' reports). No single
+process carries every call or result: the driver talks to each node directly, and each result is the
+return value of its node's scheduler, stored on that node.
+"""
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from placement import registry
 
+from .demand import build_demand
 from .errors import NotInitializedError
 from .gpu_sources import DEFAULT_EMULATED_MEMORY_MIB
-from .monitor import NAMESPACE
-from .options import parse_memory_mib
+from .options import TaskOptions, parse_memory_mib
+from .routing import Route, Router
+from .wire import Payload, RouteInfo
+
+REPORT_PERIOD_S = 0.5  # the node schedulers' reports are re-read at most this often (on submit)
+NODES_PERIOD_S = 2.0  # Ray's node list (new or dead GPU nodes) is re-read at most this often
+REPORT_TIMEOUT_S = 2.0
+KEEP_REFS = 100_000  # ref -> subtask entries kept for explain (bounded; the oldest are forgotten)
 
 
 @dataclass
 class Session:
     id: str
-    dispatcher: Any
     started_ray: bool
     policy: str
-    sids: dict = field(default_factory=dict)  # ObjectRef hex -> subtask id (for explain)
+    scheduler_args: tuple  # (policy, idle_timeout_s, emulated memory MiB, force emulation)
+    router: Router
+    schedulers: dict = field(default_factory=dict)  # node id -> NodeScheduler handle (home node)
+    live: dict = field(default_factory=dict)  # node id -> its live NodeSpec (last report)
+    refs: OrderedDict = field(default_factory=OrderedDict)  # ref hex -> (subtask id, node)
     fn_refs: dict = field(default_factory=dict)  # function key -> ObjectRef of its cloudpickle
+    gpu_nodes: list = field(default_factory=list)
+    _reported: float = 0.0
+    _synced: float = 0.0
+
+    # ------------------------------------------------------------------------------ node schedulers
+    def sync_nodes(self) -> None:
+        """Start a scheduler on every live GPU node that has none; forget nodes that died."""
+        from .node_scheduler import NodeScheduler, placement_options
+
+        self._synced = time.monotonic()
+        alive = sorted(n["NodeID"] for n in ray.nodes()
+                       if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0)
+        for node in set(self.gpu_nodes) - set(alive):
+            self.router.forget_node(node)
+            self.live.pop(node, None)
+        self.gpu_nodes = alive
+        new = [n for n in alive if n not in self.schedulers]
+        for node in new:
+            self.schedulers[node] = NodeScheduler.options(**placement_options(self.id, node, alive)).remote(
+                self.id, node, *self.scheduler_args, alive)
+        if new:
+            ray.get([self.schedulers[n].ready.remote() for n in new])
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-read the node schedulers' reports (at most every ``REPORT_PERIOD_S`` unless forced)."""
+        now = time.monotonic()
+        if not force and now - self._reported < REPORT_PERIOD_S:
+            return
+        if force or now - self._synced > NODES_PERIOD_S:
+            self.sync_nodes()
+        self._reported = now
+        nodes = [n for n in self.gpu_nodes if n in self.schedulers]
+        calls = [self.schedulers[n].report.remote() for n in nodes]
+        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=REPORT_TIMEOUT_S)
+        done = set(ready)
+        specs = []
+        for node, call in zip(nodes, calls):
+            rep = None
+            if call in done:
+                try:
+                    rep = ray.get(call)
+                except Exception:
+                    rep = None
+            if rep is not None and rep[0] is not None:
+                specs.append(rep[0])
+                self.live[node] = rep[1]
+            elif node in self.router.specs:  # no answer in time: keep its last report
+                specs.append(self.router.specs[node])
+        self.router.update(specs)
+        self._reported = time.monotonic()
+
+    # ------------------------------------------------------------------------------------- routing
+    def route(self, sid: str, opts: TaskOptions, payload: Payload | None, count: int = 1,
+              explain: bool = True) -> tuple[Route, RouteInfo]:
+        """Choose the node for one subtask (``count`` > 1: a chunk of a map sharing one choice)."""
+        from transfer.runtime_hooks import has_inputs, runtime
+
+        self.refresh()
+        d = build_demand(sid, opts)
+        est = None
+        if payload is not None and has_inputs(payload):
+            est = runtime().inputs(payload)
+            if est is not None:
+                d = dataclasses.replace(d, **est.demand_fields())
+                d = self.router.with_inputs(d, [(o.key, o.size) for o in est.objects], est.unknown)
+        r = self.router.choose(d, count, explain=explain and len(self.router.specs) <= 64)
+        history: tuple[str, ...] = ()
+        if r.node is not None and d.input_total:
+            history = (f"routed to {r.node[:12]}: " + _transfer_line(d, r.node),)
+            if est is not None and est.total:
+                runtime().placed([payload], r.node)  # dedup + prefetch to the chosen node
+        return r, RouteInfo(r.explanation, history)
+
+    def remember(self, refs: list, sids: list[str], node: str, fn_key: str) -> None:
+        hexes = [r.hex() for r in refs]
+        for h, sid in zip(hexes, sids):
+            self.refs[h] = (sid, node)
+        while len(self.refs) > KEEP_REFS:
+            self.refs.popitem(last=False)
+        self.router.produced_by(hexes, node, fn_key)
+
+    def scheduler_of(self, ref_hex: str):
+        hit = self.refs.get(ref_hex)
+        if hit is None:
+            return None, None
+        return hit[0], self.schedulers.get(hit[1])
+
+    def workers(self) -> list[tuple[str, int, int]]:
+        """(node, GPU index, pid) of every GPU worker the session's schedulers hold now."""
+        out: list = []
+        for part in ray.get([h.workers.remote() for h in self.schedulers.values()]):
+            out.extend(part)
+        return out
+
+
+def _transfer_line(d, node: str) -> str:
+    local = d.input_bytes.get(node, 0)
+    move = max(d.input_total - local, 0)
+    return f"{local / 2**20:.1f} MiB of inputs local, {move / 2**20:.1f} MiB to move"
 
 
 _session: Session | None = None
@@ -48,51 +164,62 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
         return _session.id
     registry.policy_class(policy)  # unknown policy -> ValueError naming the valid ones
     mem = parse_memory_mib(emulated_gpu_memory, "emulated_gpu_memory")
-    env = {}
+    env = None
     if link_bandwidth is not None:
         from transfer import ENV_VAR, parse_bandwidth
 
-        # Validated here, so a typo fails in the user's process; the dispatcher reads it from its env.
-        env[ENV_VAR] = repr(parse_bandwidth(link_bandwidth))
+        env = {ENV_VAR: repr(parse_bandwidth(link_bandwidth))}  # validated here: a typo fails at init
     started = False
     if not ray.is_initialized():
         ray.init(address=address, **ray_init_kwargs)
         started = True
-    from .dispatcher import Dispatcher
+    from transfer import runtime_hooks
 
-    sid = uuid.uuid4().hex[:8]
-    here = ray.get_runtime_context().get_node_id()
-    d = Dispatcher.options(
-        name=f"dispatcher-{sid}", namespace=NAMESPACE,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-        runtime_env={"env_vars": env} if env else None,
-    ).remote(sid, policy, idle_timeout_s, mem, bool(emulate))
-    ray.get(d.ready.remote())
-    _session = Session(sid, d, started, policy)
-    return sid
+    runtime_hooks.reset(environ=env)  # the transfer model lives in the driver, which routes
+    s = Session(uuid.uuid4().hex[:8], started, policy, (policy, idle_timeout_s, mem, bool(emulate)),
+                Router(policy))
+    try:
+        s.refresh(force=True)
+    except BaseException:
+        _stop(s)
+        raise
+    _session = s
+    return s.id
 
 
 def shutdown(timeout_s: float = 30.0) -> None:
-    """Release every GPU fastgpu holds (waits until Ray has them back), stop the dispatcher, and stop Ray
-    if ``init`` started it."""
+    """Release every GPU fastgpu holds (waits until Ray has them back), stop the node schedulers, and
+    stop Ray if ``init`` started it."""
     global _session
     s = _session
     if s is None:
         return
     _session = None
+    _stop(s, timeout_s)
+
+
+def _stop(s: Session, timeout_s: float = 30.0) -> None:
     try:
         before = ray.available_resources().get("GPU", 0.0)
-        held = ray.get(s.dispatcher.shutdown.remote(), timeout=timeout_s)
+        calls = [h.shutdown.remote() for h in s.schedulers.values()]
+        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=timeout_s)
+        held = 0
+        for c in ready:  # a scheduler whose node died with no GPU node to restart on does not answer
+            try:
+                held += ray.get(c) or 0
+            except Exception:
+                pass
         total = alive_gpu_total()
         target = min(total, before + held)
         deadline = time.monotonic() + min(timeout_s, 10.0)
         while ray.available_resources().get("GPU", 0.0) < target - 1e-6 and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        try:
-            ray.kill(s.dispatcher, no_restart=True)
-        except Exception:
-            pass
+        for h in s.schedulers.values():
+            try:
+                ray.kill(h, no_restart=True)
+            except Exception:
+                pass
         if s.started_ray:
             ray.shutdown()
 
@@ -106,10 +233,6 @@ def current() -> Session:
     if _session is None:
         raise NotInitializedError("fastgpu is not initialised in this process: call fastgpu.init() first")
     return _session
-
-
-def dispatcher():
-    return current().dispatcher
 
 
 def is_initialized() -> bool:

@@ -1,7 +1,7 @@
 """Live cluster view: Ray's nodes and GPUs + per-node monitor readings + what fastgpu holds -> Snapshot.
 
-``cluster_snapshot()`` is the call other parts of fastgpu-ray use (after ``fastgpu.init``): it asks the
-session's dispatcher, which keeps the telemetry (monitors are polled about once a second).
+``cluster_snapshot()`` is the call other parts of fastgpu-ray use (after ``fastgpu.init``): the session's
+node schedulers' live reports of their nodes (each polls its node's monitor about once a second).
 ``build_snapshot`` is the pure function behind it (unit-tested without Ray).
 
 Rules (docs/design-runtime.md): a GPU fastgpu holds (a worker actor owns it in Ray) carries fastgpu's
@@ -122,9 +122,9 @@ def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry]
 
 
 def cluster_snapshot() -> Snapshot:
-    """The live cluster as a placement Snapshot (needs ``fastgpu.init()``; readings are <= ~1 s old)."""
-    import ray
+    """The live GPU nodes as a placement Snapshot (needs ``fastgpu.init()``; readings are <= ~1 s old)."""
+    from .session import current
 
-    from .session import dispatcher
-
-    return ray.get(dispatcher().snapshot.remote())
+    s = current()
+    s.refresh(force=True)
+    return Snapshot(tuple(s.live[n] for n in sorted(s.live) if s.live[n] is not None))

@@ -151,7 +151,7 @@ def test_out_of_memory_is_retried_on_a_gpu_with_more_free_memory(fg):
 def test_killed_worker_subtasks_are_replaced_and_no_gpu_is_double_booked(fg):
     refs = timed.map(range(30))
     time.sleep(1.5)
-    held = ray.get(fastgpu.session.dispatcher().workers.remote())
+    held = fastgpu.session.current().workers()
     assert len(held) == len({(n, g) for n, g, _ in held}) <= 6
     victim = held[0][2]
     os.kill(victim, signal.SIGKILL)
@@ -166,7 +166,7 @@ def test_killed_worker_subtasks_are_replaced_and_no_gpu_is_double_booked(fg):
             assert b0 >= a1 - 0.02, f"two whole-GPU subtasks overlapped on {key}"
     retried = [fastgpu.explain(r) for r in refs]
     assert any(r.retries >= 1 for r in retried), "no subtask was re-placed after the kill"
-    held = ray.get(fastgpu.session.dispatcher().workers.remote())
+    held = fastgpu.session.current().workers()
     assert victim not in {p for _, _, p in held}
     assert len(held) == len({(n, g) for n, g, _ in held}) <= 6
 

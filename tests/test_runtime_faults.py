@@ -37,7 +37,7 @@ def test_node_killed_mid_map_every_result_arrives_once(ray_cluster):
         assert all(r.state == "finished" for r in recs)
         late = {node for (_, node), rec in zip(out, recs) if rec.retries}
         assert victim.node_id not in late  # re-placed subtasks finished on surviving nodes
-        held = ray.get(fastgpu.session.dispatcher().workers.remote())
+        held = fastgpu.session.current().workers()
         assert victim.node_id not in {nd for nd, _, _ in held}
     finally:
         fastgpu.shutdown()

@@ -179,8 +179,16 @@ _instance: RuntimeTransfer | None = None
 _lock = threading.Lock()
 
 
+def reset(environ=None) -> None:
+    """Start this process's transfer state afresh (``fastgpu.init``): a new session's bandwidth setting
+    (``environ`` holds ``FASTGPU_LINK_BANDWIDTH`` when ``init`` was given ``link_bandwidth``)."""
+    global _instance
+    with _lock:
+        _instance = RuntimeTransfer(environ=environ) if environ else None
+
+
 def runtime() -> RuntimeTransfer:
-    """This process's transfer hooks (created on first use, in the dispatcher)."""
+    """This process's transfer hooks (created on first use, in the driver, which routes subtasks)."""
     global _instance
     with _lock:
         if _instance is None:

@@ -12,6 +12,7 @@ def run(args) -> int:
     import ray
 
     import fastgpu_ray as fastgpu
+    from fastgpu_ray.api import merge_status
     from fastgpu_ray.monitor import NAMESPACE
 
     try:
@@ -20,14 +21,15 @@ def run(args) -> int:
         raise SystemExit(f"fastgpu status: no Ray cluster at {args.address!r} ({e}); start one with "
                          "`ray start --head` or pass --address") from None
     try:
-        # A running fastgpu session knows its queue and subtasks: ask its dispatcher if there is one.
-        live = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if a.get("namespace") == NAMESPACE and a.get("name", "").startswith("dispatcher-")]
-        if live:
-            d = ray.get_actor(live[0]["name"], namespace=NAMESPACE)
-            ray.get(d.refresh.remote())
-            print(f"(fastgpu session {live[0]['name'].removeprefix('dispatcher-')})")
-            print(ray.get(d.status.remote()).format())
+        # A running fastgpu session knows its queues and subtasks: ask its node schedulers if there is one.
+        prefix = "fastgpu-node-"
+        names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a.get("namespace") == NAMESPACE and a.get("name", "").startswith(prefix))
+        if names:
+            session = names[0][len(prefix):].split("-", 1)[0]
+            mine = [ray.get_actor(n, namespace=NAMESPACE) for n in names if n.startswith(f"{prefix}{session}-")]
+            print(f"(fastgpu session {session})")
+            print(merge_status(mine).format())
         else:
             fastgpu.init(emulate=args.emulate or None)
             try:

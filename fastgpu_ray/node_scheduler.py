@@ -1,0 +1,181 @@
+"""The node scheduler actor: one per GPU node and fastgpu session, on that node, async, ``num_cpus=0``.
+
+``f.remote()`` routes a subtask to a node (``fastgpu_ray.routing``) and calls ``submit`` on that node's
+scheduler; the ref the user holds is this call's return, so the result is stored in the object store of
+the node whose GPU computed it (data plane: docs/design-runtime.md). Inside, ``DispatchCore`` queues by
+priority, picks the GPU, packs, batches, holds GPU worker actors and retries, for this node only.
+
+Recovery (Ray's, not ours): the actor is created with ``max_restarts=-1`` and every call with
+``max_task_retries=-1``; it may run only on GPU nodes (``label_selector`` on the node id, home node first,
+the session's other GPU nodes as fallback). When its node dies Ray restarts it on another GPU node and
+re-runs the calls that had not returned; a finished result whose only copy was on the dead node is
+recomputed the same way when it is read (lineage reconstruction). A restarted instance away from its home
+node forwards every call to the scheduler of the node it now runs on (the result still lands on the node
+that computes it), and counts each call as a retry of that subtask (``max_retries`` is the budget).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import ray
+
+from .cluster_status import ClusterStatus, GpuStatus
+from .dispatch import DispatchCore, Record, Subtask
+from .monitor import NAMESPACE
+from .options import TaskOptions
+from .ray_backend import RayBackend
+from .wire import FnBox, Payload, RouteInfo
+
+log = logging.getLogger("fastgpu.node")
+
+RERUN = "re-run: its node scheduler was restarted on {here} after node {home} died"
+
+
+def scheduler_name(session: str, node: str) -> str:
+    return f"fastgpu-node-{session}-{node}"
+
+
+def placement_options(session: str, home: str, gpu_nodes: list[str]) -> dict:
+    """Actor options: on ``home``; restarted (after ``home`` dies) only on one of ``gpu_nodes``."""
+    others = [n for n in gpu_nodes if n != home]
+    opts = dict(name=scheduler_name(session, home), namespace=NAMESPACE, get_if_exists=True,
+                label_selector={"ray.io/node-id": home})
+    if others:
+        opts["fallback_strategy"] = [{"label_selector": {"ray.io/node-id": "in(" + ",".join(others) + ")"}}]
+    return opts
+
+
+@ray.remote(num_cpus=0, max_concurrency=100_000, max_restarts=-1, max_task_retries=-1)
+class NodeScheduler:
+    def __init__(self, session: str, home: str, policy: str, idle_timeout_s: float, emulated_memory_mib: int,
+                 force_emulation: bool, gpu_nodes: list[str]) -> None:
+        from .metrics import RayMetrics
+
+        logging.basicConfig(level=logging.INFO)
+        ctx = ray.get_runtime_context()
+        self.session, self.home, self.here = session, home, ctx.get_node_id()
+        self.restarted = bool(ctx.was_current_actor_reconstructed)
+        self.args = (policy, idle_timeout_s, emulated_memory_mib, force_emulation, gpu_nodes)
+        self.delegate = None
+        self.backend = RayBackend(emulated_memory_mib, force_emulation, node=self.here)
+        self.metrics = RayMetrics(session)
+        self.core = DispatchCore(self.backend, policy=policy, idle_timeout_s=idle_timeout_s, metrics=self.metrics)
+        self._started = False
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    async def ready(self) -> str:
+        if self.here != self.home:  # restarted away from home: the scheduler of this node does the work
+            if self.delegate is None:
+                self.delegate = NodeScheduler.options(
+                    **placement_options(self.session, self.here, self.args[-1])).remote(
+                    self.session, self.here, *self.args)
+                await self.delegate.ready.remote()
+            return self.here
+        if not self._started:
+            self._started = True
+            await self.core.start()
+        return self.here
+
+    def _rerun(self) -> str | None:
+        return RERUN.format(here=self.here[:12], home=self.home[:12]) if self.restarted else None
+
+    async def submit(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
+        await self.ready()
+        if self.delegate is not None:
+            got = await asyncio.gather(self.delegate.rerun.remote(sid, opts, fn, payload, info, self._rerun()),
+                                       return_exceptions=True)
+            return got[0]  # a RayTaskError value is stored as this call's error, as the delegate's was
+        out = await self._submit(sid, opts, fn, payload, info, self._rerun())
+        return out.value  # an error value is a RayTaskError: Ray raises it from ray.get
+
+    async def submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
+                          info: RouteInfo):
+        await self.ready()
+        if self.delegate is not None:
+            return tuple(await asyncio.gather(*(self.delegate.rerun.remote(s, opts, fn, p, info, self._rerun())
+                                                for s, p in zip(sids, payloads)), return_exceptions=True))
+        outs = await asyncio.gather(*(self._submit(s, opts, fn, p, info, self._rerun())
+                                      for s, p in zip(sids, payloads)))
+        return tuple(o.value for o in outs)
+
+    async def rerun(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo,
+                    why: str | None):
+        """A call forwarded by a restarted scheduler (``why`` says which node died)."""
+        await self.ready()
+        return (await self._submit(sid, opts, fn, payload, info, why)).value
+
+    async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
+        st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False)
+        return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun)
+
+    async def shutdown(self) -> int:
+        if self.delegate is not None:
+            return 0
+        handles = list(self.backend.created.values())  # held workers and those still starting
+        await self.core.shutdown()
+        self.backend.kill_all()
+        await asyncio.gather(*(self.backend.wait_dead(h) for h in handles), return_exceptions=True)
+        for m in self.backend.monitors.values():
+            try:
+                ray.kill(m, no_restart=True)
+            except Exception:
+                pass
+        return len(handles)
+
+    # ---------------------------------------------------------------------------------- inspection
+    async def report(self):
+        """(projected spec for the driver's node choice, live spec) of this node; None when forwarding."""
+        if self.delegate is not None or not self._started:
+            return None
+        live = self.core.snapshot()
+        return self.core.projected_spec(self.here), (live.nodes[0] if live.nodes else None)
+
+    async def explain(self, sid: str) -> Record | None:
+        if self.delegate is not None:
+            return await self.delegate.explain.remote(sid)
+        rec = self.core.explain(sid)
+        return dataclasses.replace(rec, history=list(rec.history)) if rec else None
+
+    async def refresh(self) -> None:
+        if self.delegate is None:
+            await self.core.refresh()
+
+    def status(self) -> ClusterStatus | None:
+        if self.delegate is not None:
+            return None
+        core = self.core
+        rows = []
+        for node in core.snapshot().nodes:
+            if not node.alive:
+                continue
+            tel = core.telemetry.get(node.name)
+            readings = {r.index: r for r in tel.gpus} if tel else {}
+            for i, g in enumerate(node.gpus):
+                r = readings.get(i)
+                h = core.holds.get((node.name, i))
+                rows.append(GpuStatus(
+                    node=node.name, gpu=i, model=g.model, emulated=g.emulated, util=g.util,
+                    memory_used_mib=r.memory_used_mib if r else None, memory_total_mib=g.memory_mib,
+                    memory_reserved_mib=g.memory_reserved_mib, external_processes=g.external_processes,
+                    fastgpu_running=h.running if h else 0, held=(node.name, i) in core.workers,
+                    temperature_c=r.temperature_c if r else None, power_w=r.power_w if r else None))
+        c = self.metrics.counts
+        return ClusterStatus(tuple(rows), core.queue_length(), 1, c["placed"], c["finished"], c["failed"])
+
+    async def set_emulated(self, index: int, kw: dict) -> None:
+        node = next((n for n in self.core.nodes if n.node_id == self.here), None)
+        if node is None:
+            await self.core.refresh()
+            node = next((n for n in self.core.nodes if n.node_id == self.here), None)
+        if node is None or not node.alive:
+            raise ValueError(f"node {self.here!r} is not alive")
+        await self.backend.set_emulated(node, index, **kw)
+        await self.core.refresh()
+
+    def workers(self) -> list[tuple[str, int, int]]:
+        """(node, GPU index, pid) of every GPU worker this scheduler holds now."""
+        if self.delegate is not None:
+            return []
+        return [(w.node_id, w.gpu_index, w.pid) for w in self.core.workers.values()]

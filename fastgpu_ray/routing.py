@@ -1,0 +1,143 @@
+"""The global half of scheduling: which GPU node a subtask (or a chunk of a map) goes to. No Ray here.
+
+The driver routes each subtask to one node's scheduler (``fastgpu_ray.node_scheduler``) and the ref the
+user holds is the return of that scheduler's call, so the result is stored on the node that computed it.
+The choice is made with the configured placement policy on a projected view of the cluster:
+
+* every node scheduler reports its node as it will be once its running and queued work is done
+  (``DispatchCore.projected_spec``: each GPU free at its outside load, ``busy_s`` = estimated seconds of
+  work ahead of a new arrival), refreshed about every half second;
+* between reports, each routed subtask is queued behind the GPU the policy chose
+  (``ClusterState.queue_behind``), so consecutive choices spread over the cluster;
+* inputs that are finished objects are located by the transfer model (``transfer``); inputs that are
+  refs of fastgpu subtasks still running or queued count as being on their producer's node, with the
+  size of that function's last located output (``DEFAULT_OUTPUT_BYTES`` before one is known), so a
+  consumer follows its producer when waiting there is cheaper than moving the data.
+
+The node scheduler then chooses the GPU inside its node at run time (late binding within a node).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from placement import ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
+from placement.policies.fastgpu import NOMINAL_WORK_S
+
+DEFAULT_OUTPUT_BYTES = 8 << 20  # a pending producer's output size before one of its function's is seen
+KEEP_REFS = 100_000  # producer entries kept (ref hex -> node); older ones are forgotten (bounded memory)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one subtask (or chunk) goes: ``node``, or ``never`` = why no GPU can ever hold it."""
+
+    node: str | None
+    explanation: Explanation | None = None
+    never: str | None = None
+
+
+class Router:
+    def __init__(self, policy: str, *, keep_refs: int = KEEP_REFS) -> None:
+        registry.policy_class(policy)
+        self.policy = policy
+        self.keep_refs = keep_refs
+        self.specs: dict[str, NodeSpec] = {}
+        self.produced: OrderedDict[str, tuple[str, str]] = OrderedDict()  # ref hex -> (node, fn key)
+        self.sizes: dict[str, float] = {}  # fn key -> bytes of its last located output
+        self._state: ClusterState | None = None
+        self._sched: Scheduler | None = None
+
+    # ------------------------------------------------------------------------------------- the view
+    def update(self, specs: Iterable[NodeSpec]) -> None:
+        """Replace the view with the node schedulers' latest reports (projected node specs)."""
+        self.specs = {s.name: s for s in specs}
+        self._state = None
+
+    def drop(self, node: str) -> None:
+        if self.specs.pop(node, None) is not None:
+            self._state = None
+
+    def _scheduler(self, d: Demand) -> Scheduler:
+        if self._sched is None or self._state is None:
+            snap = Snapshot(tuple(self.specs[n] for n in sorted(self.specs)))
+            self._state = ClusterState.from_snapshot(snap)
+            pol = registry.create(self.policy)
+            pol.prepare(self._state, [d])
+            self._sched = Scheduler(self._state, pol)
+        return self._sched
+
+    # ---------------------------------------------------------------------------------- the choice
+    def choose(self, d: Demand, count: int = 1, explain: bool = False) -> Route:
+        """The node for ``count`` subtasks of demand ``d`` (a map chunk shares one choice); the view
+        counts them as queued there until the next report."""
+        if not self.specs:
+            return Route(None, never=_no_gpu_node(d))
+        work = (d.work_s if d.work_s > 0 else NOMINAL_WORK_S) * count
+        dw = dataclasses.replace(d, work_s=work)
+        sched = self._scheduler(dw)
+        dec = sched.place(dw, explain=explain)
+        st = sched.state
+        if dec.unplaced is not None:
+            if dec.unplaced.never:
+                return Route(None, dec.explanation, never=dec.unplaced.reason)
+            node = self._least_busy(st, d)  # fits a node only later (memory held outside): wait there
+            return Route(node, dec.explanation) if node else Route(None, dec.explanation, never=dec.unplaced.reason)
+        st.queue_behind(dec.node, dec.gpus, dw)
+        return Route(st.names[dec.node], dec.explanation)
+
+    @staticmethod
+    def _least_busy(st: ClusterState, d: Demand) -> str | None:
+        ok = [i for i in range(len(st.names)) if st.alive[i] and st.gpu_count[i] >= max(d.num_gpus, 1)]
+        if not ok:
+            return None
+        busy = [float(np.nansum(np.where(st.busy[i] >= 0, st.busy[i], 0.0))) for i in ok]
+        return st.names[ok[int(np.argmin(busy))]]
+
+    # ----------------------------------------------------------------------------- producers (data)
+    def produced_by(self, ref_hexes: Iterable[str], node: str, fn_key: str) -> None:
+        """These refs are results of subtasks routed to ``node`` (they will be stored there)."""
+        for h in ref_hexes:
+            self.produced[h] = (node, fn_key)
+        while len(self.produced) > self.keep_refs:
+            self.produced.popitem(last=False)
+
+    def producer(self, ref_hex: str) -> str | None:
+        p = self.produced.get(ref_hex)
+        return p[0] if p else None
+
+    def forget_node(self, node: str) -> None:
+        """``node`` died: its results are recomputed elsewhere; stop pointing consumers at it."""
+        for h in [h for h, (n, _) in self.produced.items() if n == node]:
+            del self.produced[h]
+        self.drop(node)
+
+    def with_inputs(self, d: Demand, located: Iterable[tuple[str, int]], pending: Iterable[str]) -> Demand:
+        """``d`` plus its pending inputs: ``located`` = (ref hex, size) of inputs whose size is known
+        (teaches each producer function's output size), ``pending`` = hexes of inputs not produced yet,
+        counted on their producer's node."""
+        for h, size in located:
+            p = self.produced.get(h)
+            if p is not None:
+                self.sizes[p[1]] = float(size)
+        extra: dict[str, int] = {}
+        for h in pending:
+            p = self.produced.get(h)
+            if p is None:
+                continue
+            extra[p[0]] = extra.get(p[0], 0) + int(self.sizes.get(p[1], DEFAULT_OUTPUT_BYTES))
+        if not extra:
+            return d
+        ib = dict(d.input_bytes)
+        for n, b in extra.items():
+            ib[n] = ib.get(n, 0) + b
+        return dataclasses.replace(d, input_bytes=ib, input_total=d.input_total + sum(extra.values()))
+
+
+def _no_gpu_node(d: Demand) -> str:
+    return (f"subtask {d.id} asks for {max(d.num_gpus, 1)} GPU(s) but the cluster has no live node with a "
+            "GPU; add GPU nodes (or start Ray with num_gpus=...) and submit again")

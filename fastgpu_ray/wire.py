@@ -1,0 +1,33 @@
+"""What the driver sends a node scheduler with each subtask (plain data, pickled by Ray)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Payload:
+    """What the worker needs for one call: cloudpickled (args, kwargs) and the top-level ObjectRefs."""
+
+    blob: bytes
+    refs: list
+    # Refs inside by-value containers (lists, dicts): not resolved by Ray, but their bytes still have to
+    # reach the worker, so the transfer cost counts them.
+    nested_refs: list = field(default_factory=list)
+
+
+@dataclass
+class FnBox:
+    """Keeps the function's ObjectRef wrapped so Ray does not resolve it in the node scheduler."""
+
+    key: str
+    ref: Any
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """Why the driver chose this node (``fastgpu.explain`` shows it): the placement explanation over every
+    candidate node, and history lines (the transfer term: bytes local, to move, from where)."""
+
+    node_choice: Any = None
+    history: tuple[str, ...] = ()
