@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -330,41 +329,22 @@ def netns_mode(args) -> list[Result]:
 
 
 def _run_on_hosts(hosts, args, out: Path) -> None:
-    from benchmarks.netns.ray_hosts import ray_env, start_ray
+    from benchmarks.netns.ray_hosts import run_driver_on_head
 
+    argv = ["--regimes", ",".join(r.name for r in args.regimes), "--systems", ",".join(args.systems),
+            "--json", str(out)] + (["--link-bandwidth", args.link_bandwidth] if args.link_bandwidth else [])
     with hosts:
-        address = start_ray(hosts, worker_gpus=2, worker_cpus=4)
-        print(f"netns hosts {hosts.addrs} up, links {args.rate}; Ray at {address}", flush=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--inside", address, "--node-ip", hosts.addrs[0],
-               "--veths", ",".join(f"{h}={v}" for h, v in zip(hosts.hosts, hosts.veths)),
-               "--regimes", ",".join(r.name for r in args.regimes), "--systems", ",".join(args.systems),
-               "--json", str(out)]
-        if args.link_bandwidth:
-            cmd += ["--link-bandwidth", args.link_bandwidth]
-        env = ray_env()
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        res = hosts.run(0, cmd, env=env, timeout=args.timeout)
-        if res.returncode != 0:
-            raise SystemExit(f"the driver inside the head namespace failed ({res.returncode})")
+        run_driver_on_head(hosts, Path(__file__).resolve(), argv, args.timeout)
 
 
 def inside_mode(args) -> None:
     """The driver, inside the head host's namespace (started by ``netns_mode``)."""
     import ray
 
-    veths = dict(kv.split("=") for kv in args.veths.split(","))
-
-    def counters():
-        # /proc/1/net/dev: the root namespace's devices (PID 1 lives there), where the veths are.
-        stats = {}
-        for line in Path("/proc/1/net/dev").read_text().splitlines()[2:]:
-            name, data = line.split(":", 1)
-            f = data.split()
-            stats[name.strip()] = (int(f[0]), int(f[8]))
-        return {h: {"up": stats[v][0], "down": stats[v][1]} for h, v in veths.items()}
+    from benchmarks.netns.ray_hosts import link_counters
 
     ray.init(address=args.inside, _node_ip_address=args.node_ip, log_to_driver=False)
-    results = run_all(args.regimes, args.systems, counters, args.link_bandwidth)
+    results = run_all(args.regimes, args.systems, link_counters(args.veths), args.link_bandwidth)
     Path(args.json).write_text(json.dumps([asdict(r) for r in results]))
 
 

@@ -1,6 +1,7 @@
 """The user API: ``@fastgpu.task``, ``f.remote / map / options / run``, ``get``, ``explain``, ``status``."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -22,14 +23,13 @@ from .worker import RefSlot
 P = ParamSpec("P")
 R = TypeVar("R")
 
-MAP_CHUNK = 64  # subtasks per dispatcher call in ``map`` (one call, num_returns=len(chunk))
+MAP_CHUNK = 64  # subtasks per node-scheduler call in ``map`` (one call, num_returns=len(chunk))
 _ids = itertools.count()
 _PID = os.getpid()
 
 
 def _wire(opts: TaskOptions) -> TaskOptions:
-    """The options as the dispatcher sees them: without the driver-side split/combine callables."""
-    import dataclasses
+    """The options as the node schedulers see them: without the driver-side split/combine callables."""
     return dataclasses.replace(opts, split=None, combine=None)
 
 
@@ -115,6 +115,7 @@ class RemoteFunction(Generic[P, R]):
 
     def _send(self, s: session.Session, route, info, sids: list[str], payloads: list, box) -> list:
         if route.node is None:  # no GPU, live or to come, can hold it: fail at once, with the reason
+            s.never += len(sids)
             return [_never_fits.remote(route.never) for _ in sids]
         h = s.schedulers[route.node]
         if len(sids) == 1:
@@ -191,7 +192,12 @@ def explain(ref: ObjectRef) -> Record:
                          "raises the reason")
     rec = ray.get(sched.explain.remote(sid))
     if rec is None:
-        raise ValueError(f"no record left for subtask {sid} (records of old subtasks are dropped)")
+        node = s.refs[ref.hex()][1]
+        if node not in s.gpu_nodes:
+            raise ValueError(f"no record left for subtask {sid}: it was kept by the node scheduler of node "
+                             f"{node[:12]}, which died after the subtask finished (its result had already "
+                             "reached its owner, so it was not re-run)")
+        raise ValueError(f"no record left for subtask {sid} (each node keeps the last 200,000)")
     return rec
 
 
@@ -202,6 +208,7 @@ def status() -> ClusterStatus:
     deadline = time.monotonic() + 20.0
     while True:  # a node's monitor may still be starting (first call after init): wait for its reading
         st = merge_status(s.schedulers.values())
+        st = dataclasses.replace(st, failed=st.failed + s.never)
         if all(g.util is not None for g in st.gpus) or time.monotonic() > deadline:
             return st
         time.sleep(0.5)

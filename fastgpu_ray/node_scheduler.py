@@ -111,7 +111,7 @@ class NodeScheduler:
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun)
 
     async def shutdown(self) -> int:
-        if self.delegate is not None:
+        if self.delegate is not None or self.here != self.home:
             return 0
         handles = list(self.backend.created.values())  # held workers and those still starting
         await self.core.shutdown()
@@ -133,6 +133,7 @@ class NodeScheduler:
         return self.core.projected_spec(self.here), (live.nodes[0] if live.nodes else None)
 
     async def explain(self, sid: str) -> Record | None:
+        await self.ready()
         if self.delegate is not None:
             return await self.delegate.explain.remote(sid)
         rec = self.core.explain(sid)

@@ -43,6 +43,7 @@ class Session:
     refs: OrderedDict = field(default_factory=OrderedDict)  # ref hex -> (subtask id, node)
     fn_refs: dict = field(default_factory=dict)  # function key -> ObjectRef of its cloudpickle
     gpu_nodes: list = field(default_factory=list)
+    never: int = 0  # subtasks failed at submit: no GPU could ever hold them (counted as failed in status)
     _reported: float = 0.0
     _synced: float = 0.0
 

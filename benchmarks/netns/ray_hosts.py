@@ -77,3 +77,34 @@ def _wait_nodes(hosts: NetnsHosts, n: int, timeout_s: float) -> None:
             return
         time.sleep(1)
     raise RuntimeError(f"only {alive} of {n} Ray nodes joined within {timeout_s}s")
+
+
+def run_driver_on_head(hosts: NetnsHosts, script: Path, argv: list[str], timeout_s: float) -> None:
+    """Run ``script --inside ADDRESS --node-ip HEAD --veths h=v,... ARGV`` inside the head's namespace (the
+    driver lives on the head host), with the project on its path. Raises if it fails."""
+    root = Path(__file__).resolve().parents[2]
+    address = start_ray(hosts, worker_gpus=2, worker_cpus=4)
+    print(f"netns hosts {hosts.addrs} up; Ray at {address}", flush=True)
+    cmd = [sys.executable, str(script), "--inside", address, "--node-ip", hosts.addrs[0],
+           "--veths", ",".join(f"{h}={v}" for h, v in zip(hosts.hosts, hosts.veths)), *argv]
+    env = ray_env()
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    res = hosts.run(0, cmd, env=env, timeout=timeout_s)
+    if res.returncode != 0:
+        raise SystemExit(f"the driver inside the head namespace failed ({res.returncode})")
+
+
+def link_counters(veths_arg: str):
+    """A function returning {host: {"up": bytes, "down": bytes}} for ``--veths h=v,...`` (read from
+    ``/proc/1/net/dev``: the root namespace's devices, where the veths are; PID 1 lives there)."""
+    veths = dict(kv.split("=") for kv in veths_arg.split(","))
+
+    def counters():
+        stats = {}
+        for line in Path("/proc/1/net/dev").read_text().splitlines()[2:]:
+            name, data = line.split(":", 1)
+            f = data.split()
+            stats[name.strip()] = (int(f[0]), int(f[8]))
+        return {h: {"up": stats[v][0], "down": stats[v][1]} for h, v in veths.items()}
+
+    return counters
