@@ -15,7 +15,7 @@ def _free_port() -> int:
 
 @dataclass
 class LocalCluster:
-    """Head (no GPUs, runs the driver and fastgpu's dispatcher) + ``nodes`` nodes with ``gpus_per_node``
+    """Head (no GPUs, runs the driver) + ``nodes`` nodes with ``gpus_per_node``
     logical GPUs each. ``node_ids``: the GPU nodes, in the order they were added."""
 
     nodes: int = 3

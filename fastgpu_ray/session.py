@@ -111,7 +111,7 @@ class Session:
         r = self.router.choose(d, count, explain=explain and len(self.router.specs) <= 64)
         history: tuple[str, ...] = ()
         if r.node is not None and d.input_total:
-            history = (f"routed to {r.node[:12]}: " + _transfer_line(d, r.node),)
+            history = (f"transfer to {r.node[:12]}: " + _transfer_line(d, est, r.node),)
             if est is not None and est.total:
                 runtime().placed([payload], r.node)  # dedup + prefetch to the chosen node
         return r, RouteInfo(r.explanation, history)
@@ -138,10 +138,19 @@ class Session:
         return out
 
 
-def _transfer_line(d, node: str) -> str:
-    local = d.input_bytes.get(node, 0)
-    move = max(d.input_total - local, 0)
-    return f"{local / 2**20:.1f} MiB of inputs local, {move / 2**20:.1f} MiB to move"
+def _transfer_line(d, est, node: str) -> str:
+    """The transfer term as explain shows it: finished inputs (bytes local, to move, from which nodes),
+    then inputs still being produced (estimated bytes, on their producer's node)."""
+    from placement.cost import CostModel
+
+    done = est.for_node(node, CostModel()).describe() if est is not None and est.total else ""
+    pending = d.input_total - (est.total if est is not None else 0)
+    if pending <= 0:
+        return done
+    here = d.input_bytes.get(node, 0) - (est.local_bytes(node) if est is not None else 0)
+    more = (f"~{pending / 2**20:.1f} MiB still being produced, ~{max(here, 0) / 2**20:.1f} MiB of it on this "
+            "node (sizes learned per producer function)")
+    return f"{done}; {more}" if done else more
 
 
 _session: Session | None = None
