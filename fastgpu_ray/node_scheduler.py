@@ -22,6 +22,7 @@ import logging
 import ray
 
 from .cluster_status import ClusterStatus, GpuStatus
+from .deps import DependencyWaiter
 from .dispatch import DispatchCore, Record, Subtask
 from .monitor import NAMESPACE
 from .options import TaskOptions
@@ -62,6 +63,7 @@ class NodeScheduler:
         self.backend = RayBackend(emulated_memory_mib, force_emulation, node=self.here)
         self.metrics = RayMetrics(session)
         self.core = DispatchCore(self.backend, policy=policy, idle_timeout_s=idle_timeout_s, metrics=self.metrics)
+        self.deps = DependencyWaiter()
         self._started = False
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -107,6 +109,8 @@ class NodeScheduler:
         return (await self._submit(sid, opts, fn, payload, info, why)).value
 
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
+        # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.deps).
+        await self.deps.ready(list(payload.refs) + list(payload.nested_refs))
         st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False)
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun)
 
