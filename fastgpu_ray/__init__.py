@@ -21,7 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "api": ("RemoteFunction", "explain", "get", "gpu_nodes", "set_emulated_gpu", "status", "task"),
+    "api": ("RemoteFunction", "cancel", "explain", "get", "gpu_nodes", "set_emulated_gpu", "status", "task"),
     "context": ("emulate_work", "gpu_ids", "gpu_memory_total_mib"),
     "errors": ("FastgpuError", "GpuOutOfMemoryError", "NeverFitsError", "NotInitializedError",
                "RetriesExhaustedError"),
@@ -34,7 +34,7 @@ _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
 
 if TYPE_CHECKING:  # static checkers see the real names and signatures
-    from .api import RemoteFunction, explain, get, gpu_nodes, set_emulated_gpu, status, task
+    from .api import RemoteFunction, cancel, explain, get, gpu_nodes, set_emulated_gpu, status, task
     from .context import emulate_work, gpu_ids, gpu_memory_total_mib
     from .errors import (FastgpuError, GpuOutOfMemoryError, NeverFitsError, NotInitializedError,
                          RetriesExhaustedError)

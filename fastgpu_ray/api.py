@@ -167,16 +167,40 @@ def task(fn=None, /, **kw):
 
 
 def get(refs, *, progress: bool = False, timeout: float | None = None):
-    """Like ``ray.get``; with ``progress=True`` and several refs, draws a progress bar on stderr."""
-    if not progress or isinstance(refs, ObjectRef) or len(refs) < 2:
+    """Like ``ray.get``; with ``progress=True`` and several refs, draws a progress bar on stderr.
+    Ctrl-C while waiting cancels the subtasks not finished yet (queued ones are dropped), then raises
+    ``KeyboardInterrupt``."""
+    try:
+        if not progress or isinstance(refs, ObjectRef) or len(refs) < 2:
+            return ray.get(refs, timeout=timeout)
+        bar = Progress(len(refs))
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2, fetch_local=False)
+            bar.update(len(done))
+        bar.close()
         return ray.get(refs, timeout=timeout)
-    bar = Progress(len(refs))
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2, fetch_local=False)
-        bar.update(len(done))
-    bar.close()
-    return ray.get(refs, timeout=timeout)
+    except KeyboardInterrupt:
+        many = [refs] if isinstance(refs, ObjectRef) else list(refs)
+        _, left = ray.wait(many, num_returns=len(many), timeout=0, fetch_local=False)
+        cancel(left)
+        raise
+
+
+def cancel(refs) -> int:
+    """Cancel fastgpu subtasks (``ray.cancel(ref)`` does the same for one): a queued subtask is dropped; a
+    running one that has its GPU worker to itself is stopped (the worker is released, its GPU freed); a
+    running one that shares a worker call (a batch of tiny subtasks, one ``map`` chunk) or a GPU packed by
+    memory runs to its end and its result is dropped. ``ray.get`` on a cancelled ref raises
+    ``TaskCancelledError``. Cancelling one ref of a ``map`` chunk cancels the whole chunk (one Ray call).
+    Returns how many refs were asked to cancel."""
+    many = [refs] if isinstance(refs, ObjectRef) else list(refs)
+    for r in many:
+        try:
+            ray.cancel(r)
+        except Exception:  # already finished, or not a task's ref: nothing to cancel
+            pass
+    return len(many)
 
 
 def explain(ref: ObjectRef) -> Record:

@@ -226,9 +226,36 @@ class DispatchCore:
             st.retries = st.record.retries = 1
             st.record.history.append(rerun)
         self._enqueue(st)
-        return await st.future
+        try:
+            return await st.future
+        except asyncio.CancelledError:  # ray.cancel(ref) / fastgpu.cancel: drop it, stop it if it runs
+            self.cancel(st)
+            raise
+
+    def cancel(self, st: Subtask) -> None:
+        """Cancel ``st``: a queued subtask is dropped (the next round skips it); a running one is stopped
+        by releasing its worker when it runs alone there (its GPU comes back at once); a running one that
+        shares its worker call (a batch) or its worker (packed by memory) finishes and its result is
+        dropped, since stopping it would stop its neighbours."""
+        if st.future is not None and not st.future.done():
+            st.future.cancel()
+        rec = st.record
+        rec.history.append(f"cancelled while {rec.state}")
+        was = rec.state
+        rec.state = "cancelled"
+        if was != "running" or rec.node is None:
+            return
+        key = (rec.node, rec.gpus[0]) if rec.gpus else None
+        w = self.workers.get(key) if key else None
+        h = self.holds.get(key) if key else None
+        if w is not None and h is not None and h.running == 1 and rec.batch_size == 1:
+            self._drop_worker(w)  # the call fails with WorkerLost; _retry sees the cancelled future
 
     def _enqueue(self, st: Subtask) -> None:
+        if self._closed:  # a retry racing shutdown(): fail it, never queue into a stopped loop
+            self._resolve(st, Outcome(False, self.backend.fail("fastgpu was shut down", RuntimeError(
+                f"fastgpu.shutdown() was called before subtask {st.id} could be placed again"))))
+            return
         st.seq = next(self._seq)
         st.record.state = "queued"
         heapq.heappush(self.queue, (-st.opts.priority, st.seq, st))
@@ -243,6 +270,8 @@ class DispatchCore:
 
     def _resolve(self, st: Subtask, out: Outcome) -> None:
         rec = st.record
+        if st.future is not None and st.future.cancelled():
+            return
         rec.state = "finished" if out.ok else "failed"
         if not out.ok and rec.error is None:
             rec.error = _short(out.value)
@@ -528,6 +557,8 @@ class DispatchCore:
 
     def _retry(self, st: Subtask, why: str, error: Any = None) -> None:
         self.running.pop(st.id, None)
+        if st.future is not None and st.future.cancelled():
+            return  # cancelled: its worker was released on purpose
         st.record.history.append(why)
         if st.retries >= st.opts.max_retries:
             msg = f"subtask {st.id} gave up after {st.retries} retries: {why}"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fastgpu_ray.dispatch import DispatchCore, Outcome, Subtask, WorkerInfo, WorkerLost
+from fastgpu_ray.dispatch import DispatchCore, Outcome, Record, Subtask, WorkerInfo, WorkerLost
 from fastgpu_ray.errors import GpuOutOfMemoryError, NeverFitsError, RetriesExhaustedError, is_gpu_oom
 from fastgpu_ray.gpu_sources import EmulatedSource
 from fastgpu_ray.options import make_options
@@ -331,3 +331,58 @@ def test_memory_packed_subtasks_wait_for_a_slot_on_an_idle_gpu_rather_than_a_loa
     b, outs = asyncio.run(main())
     assert [o.value for o in outs] == list(range(6))
     assert {r.node for r in b.runs} == {"a"}, [(r.sid, r.node) for r in b.runs]
+
+
+def test_cancel_drops_a_queued_subtask_and_releases_the_worker_of_a_running_one():
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        long = asyncio.ensure_future(core.submit(sub("long", sleeper(30.0, 1), batch=False)))
+        queued = asyncio.ensure_future(core.submit(sub("queued", value(2), batch=False)))
+        deadline = time.monotonic() + 5
+        while core.explain("long") is None or core.explain("long").state != "running":
+            assert time.monotonic() < deadline, "the long subtask never started"
+            await asyncio.sleep(0.01)
+        queued.cancel()
+        await asyncio.sleep(0.05)
+        assert core.explain("queued").state == "cancelled"
+        long.cancel()  # running alone on its worker: the worker is released, its GPU is free again
+        await asyncio.sleep(0.05)
+        rec, released, holds = core.explain("long"), list(b.released), dict(core.holds)
+        await core.shutdown()
+        return rec, released, holds, [r.sid for r in b.runs]
+    rec, released, holds, ran = asyncio.run(main())
+    assert rec.state == "cancelled" and any("cancelled while running" in h for h in rec.history)
+    assert released == [("n1", 0)] and ("n1", 0) not in holds
+    assert "queued" not in ran
+
+
+def test_a_retry_racing_shutdown_fails_cleanly_instead_of_queueing():
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        await core.submit(sub("warm", value(0)))
+        st = sub("x", value(1), max_retries=3)
+        st.future = asyncio.get_running_loop().create_future()
+        st.record = Record("x")
+        await core.shutdown()
+        core._retry(st, "worker lost (test)")  # what a worker loss seen after shutdown does
+        return st.future.result(), core.queue
+    out, queue = asyncio.run(main())
+    assert not out.ok and "shutdown() was called" in str(out.value) and queue == []
+
+
+def test_history_does_not_grow_while_a_subtask_waits():
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        long = asyncio.ensure_future(core.submit(sub("long", sleeper(0.6, 1), batch=False)))
+        waiting = asyncio.ensure_future(core.submit(sub("w", value(2), batch=False)))
+        await asyncio.sleep(0.4)  # many scheduling rounds (telemetry every 50 ms) while "w" waits
+        n_waiting = len(core.explain("w").history)
+        await asyncio.gather(long, waiting)
+        rec = core.explain("w")
+        await core.shutdown()
+        return n_waiting, rec
+    n_waiting, rec = asyncio.run(main())
+    assert n_waiting == 0 and len(rec.history) == 1, rec.history

@@ -1,0 +1,103 @@
+"""The data plane on a real multi-node cluster (head without GPUs + 3 nodes x 2 logical GPUs): results
+are stored on the node that computed them, consumers run where their producers' data is, the refs are
+plain Ray refs; cancelling queued and running subtasks."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import ray
+from ray.exceptions import TaskCancelledError
+
+import fastgpu_ray as fastgpu
+
+pytestmark = pytest.mark.cluster
+
+MiB = 2**20
+
+
+@fastgpu.task(work_s=0.05)
+def produce(i):
+    fastgpu.emulate_work()
+    return np.full(MiB // 8, float(i)), ray.get_runtime_context().get_node_id()
+
+
+@fastgpu.task(work_s=0.05)
+def consume(x):
+    fastgpu.emulate_work()
+    return float(x[0][0]), ray.get_runtime_context().get_node_id()
+
+
+@fastgpu.task(work_s=60.0)
+def hold(s):
+    time.sleep(s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def fg(ray_cluster):
+    fastgpu.init(emulate=True)
+    yield ray_cluster
+    fastgpu.shutdown()
+
+
+def test_results_stay_on_the_node_that_computed_them_and_consumers_follow(fg):
+    head = ray.get_runtime_context().get_node_id()
+    a = produce.map(range(12))
+    b = consume.map(a)  # submitted while the producers are still queued or running
+    out = ray.get(b, timeout=120)
+    assert [v for v, _ in out] == [float(i) for i in range(12)]
+    made_on = [node for _, node in ray.get(a)]  # (this read copies them to the driver's node now)
+    assert set(made_on) <= set(fg.node_ids())
+    locs = ray.experimental.get_object_locations(a)
+    for ref, node in zip(a, made_on):  # stored where computed; the only other copy is the one just read
+        assert set(locs[ref]["node_ids"]) <= {node, head}, (locs[ref], node)
+    followed = sum(1 for (_, ran), made in zip(out, made_on) if ran == made)
+    assert followed == 12, f"only {followed} of 12 consumers ran on their producer's node"
+    rec = fastgpu.explain(b[0])
+    assert any("transfer to" in h for h in rec.history), rec.format()
+    assert rec.node_choice is not None and rec.node_choice.winner == rec.node
+
+
+def test_refs_work_with_plain_ray_tasks_wait_and_fastgpu_get(fg):
+    a = produce.map(range(4))
+    ready, _ = ray.wait(a, num_returns=4, timeout=60, fetch_local=False)
+    assert len(ready) == 4
+
+    @ray.remote(num_cpus=0)
+    def first(x):
+        return float(x[0][0])
+
+    assert ray.get([first.remote(r) for r in a], timeout=60) == [0.0, 1.0, 2.0, 3.0]
+    assert [v for v, _ in fastgpu.get(consume.map(a), progress=True)] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_cancel_a_queued_and_a_running_subtask(fg):
+    gpus = 2 * len(fg.node_ids())
+    holders = [hold.remote(60.0) for _ in range(gpus)]
+    deadline = time.monotonic() + 60
+    while sum(fastgpu.explain(h).state == "running" for h in holders) < gpus:
+        assert time.monotonic() < deadline, "the holders did not all start"
+        time.sleep(0.2)
+    queued = hold.remote(0.1)
+    time.sleep(0.5)
+    fastgpu.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        ray.get(queued, timeout=30)
+    victim = holders[0]
+    free_before = ray.available_resources().get("GPU", 0)
+    t0 = time.monotonic()
+    fastgpu.cancel(victim)
+    with pytest.raises(TaskCancelledError):
+        ray.get(victim, timeout=30)
+    while ray.available_resources().get("GPU", 0) <= free_before:  # its worker released: the GPU is back
+        assert time.monotonic() - t0 < 20, "the cancelled subtask's GPU did not come back"
+        time.sleep(0.1)
+    rec = fastgpu.explain(victim)
+    assert rec.state == "cancelled" and any("cancelled while running" in h for h in rec.history)
+    fastgpu.cancel(holders[1:])
+    for h in holders[1:]:
+        with pytest.raises(TaskCancelledError):
+            ray.get(h, timeout=30)
+    assert ray.get(produce.remote(7), timeout=120)[0][0] == 7.0  # the session still works
