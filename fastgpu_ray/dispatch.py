@@ -380,6 +380,22 @@ class DispatchCore:
                 return False
         return not d.gpu_memory_mib or self._free_memory(node, gpus) >= d.gpu_memory_mib
 
+    def can_start_now(self, d: Demand) -> bool:
+        """Whether some node has ``d.num_gpus`` GPUs that take ``d`` now: held ones with room for it, or
+        ones Ray shows available (a claim would start their workers). When none does, every queued
+        subtask of ``d``'s shape waits, and a round need not place the rest of them one by one (a
+        backlog would otherwise cost one placement per queued subtask on every round)."""
+        need = max(d.num_gpus, 1)
+        for n in self.nodes:
+            if not n.alive or n.gpu_total < need:
+                continue
+            held = [g for g in range(n.gpu_total) if (n.node_id, g) in self.holds]
+            free = sum(1 for g in held if self.fits_now(n.node_id, (g,), d))
+            free += min(n.gpu_total - len(held), int(n.gpu_available + 1e-9))
+            if free >= need:
+                return True
+        return False
+
     # ------------------------------------------------------------------------------------ scheduling
     async def _schedule_loop(self) -> None:
         while True:
@@ -448,6 +464,8 @@ class DispatchCore:
                     keep.append(item)
                     misses += 1
                     state.queue_behind(dec.node, dec.gpus, d)
+                    if not self.can_start_now(d):  # no GPU takes this shape now: the rest of it waits too
+                        failed_shapes.add((d.shape, d.gpu_types))
                     continue
                 batch = [st]
                 if st.opts.batch and st.opts.work_s <= BATCH_MAX_WORK_S and not d.input_total:  # data: placed alone
