@@ -26,8 +26,7 @@ _EXPORTS = {
     "errors": ("FastgpuError", "GpuOutOfMemoryError", "NeverFitsError", "NotInitializedError",
                "RetriesExhaustedError"),
     "options": ("TaskOptions",),
-    "session": ("init", "is_initialized", "shutdown"),
-    "telemetry": ("cluster_snapshot",),
+    "session": ("cluster_snapshot", "init", "is_initialized", "shutdown"),
     "training": ("train", "get_context", "TrainError", "TrainFnError", "TrainPlacementError", "TrainWorkerDied"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
@@ -39,8 +38,7 @@ if TYPE_CHECKING:  # static checkers see the real names and signatures
     from .errors import (FastgpuError, GpuOutOfMemoryError, NeverFitsError, NotInitializedError,
                          RetriesExhaustedError)
     from .options import TaskOptions
-    from .session import init, is_initialized, shutdown
-    from .telemetry import cluster_snapshot
+    from .session import cluster_snapshot, init, is_initialized, shutdown
     from .training import (TrainError, TrainFnError, TrainPlacementError, TrainWorkerDied, get_context,
                            train)
 

@@ -23,7 +23,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -175,7 +174,6 @@ class DispatchCore:
         self.claiming: dict[str, int] = {}  # node -> GPUs being claimed there (workers starting)
         self.queue: list[tuple[int, int, Subtask]] = []
         self.records: dict[str, Record] = {}
-        self.running: dict[str, Subtask] = {}
         # per GPU: batch id -> (estimated end, estimated duration); end None = work unknown
         self.ends: dict[tuple[str, int], dict[int, tuple[float | None, float]]] = {}
         self._seq = itertools.count()
@@ -501,7 +499,6 @@ class DispatchCore:
             rec.emulated = emulated
             rec.history.append(f"placed on {node[:12]} GPU {list(gpus)} after {now - st.enqueued:.3f}s queued"
                                + (f" (batch of {len(batch)})" if len(batch) > 1 else ""))
-            self.running[st.id] = st
         free_mib = self._free_memory(node, gpus)  # before this reservation: an OOM retry asks for more
         work = sum(st.opts.work_s for st in batch) if all(st.opts.work_s > 0 for st in batch) else None
         for g in gpus:
@@ -570,11 +567,9 @@ class DispatchCore:
                 self._retry(st, f"out of GPU memory on {node[:12]} GPU {list(gpus)} ({free_mib} MiB free); "
                                 f"asking for more than {free_mib} MiB", out.value)
             else:
-                self.running.pop(st.id, None)
                 self._resolve(st, out)
 
     def _retry(self, st: Subtask, why: str, error: Any = None) -> None:
-        self.running.pop(st.id, None)
         if st.future is not None and st.future.cancelled():
             return  # cancelled: its worker was released on purpose
         st.record.history.append(why)

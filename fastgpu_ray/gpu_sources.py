@@ -6,7 +6,7 @@ The monitor actor polls one source about once a second. Tests pass a fake ``pynv
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from placement.cost import slowdown
@@ -156,7 +156,3 @@ def open_nvml() -> Any | None:
         return pynvml
     except Exception:  # no driver, no library, no GPU: emulate
         return None
-
-
-def with_reading(r: GpuReading, **kw) -> GpuReading:
-    return replace(r, **kw)

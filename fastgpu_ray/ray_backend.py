@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 
 import ray
 from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError, NodeDiedError,
@@ -12,7 +11,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .dispatch import BatchRejected, Outcome, WorkerInfo, WorkerLost
 from .monitor import NAMESPACE, MonitorActor, monitor_name
-from .telemetry import NodeInfo, NodeTelemetry
+from .telemetry import NodeInfo, NodeTelemetry, node_infos
 from .worker import GpuWorker, Item
 
 log = logging.getLogger("fastgpu.ray")
@@ -24,18 +23,7 @@ _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, NodeDiedError, Wo
 
 
 def ray_nodes() -> list[NodeInfo]:
-    avail = ray._private.state.available_resources_per_node()
-    out = []
-    for n in ray.nodes():
-        nid = n["NodeID"]
-        tot = n.get("Resources", {})
-        av = avail.get(nid, {})
-        out.append(NodeInfo(
-            node_id=nid, alive=bool(n.get("Alive")), cpu_total=float(tot.get("CPU", 0)),
-            cpu_available=float(av.get("CPU", 0)), memory_bytes=float(tot.get("memory", 0)),
-            gpu_total=int(math.floor(tot.get("GPU", 0) + 1e-9)), gpu_available=float(av.get("GPU", 0)),
-            address=n.get("NodeManagerAddress", "")))
-    return out
+    return node_infos(ray.nodes(), ray._private.state.available_resources_per_node())
 
 
 class RayBackend:

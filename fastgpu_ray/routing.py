@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from placement import ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
+from placement.cost import CostModel
 from placement.policies.fastgpu import NOMINAL_WORK_S
 
 DEFAULT_OUTPUT_BYTES = 8 << 20  # a pending producer's output size before one of its function's is seen
@@ -42,9 +43,10 @@ class Route:
 
 
 class Router:
-    def __init__(self, policy: str, *, keep_refs: int = KEEP_REFS) -> None:
+    def __init__(self, policy: str, *, keep_refs: int = KEEP_REFS, cost: Callable[[], CostModel] = CostModel) -> None:
         registry.policy_class(policy)
         self.policy = policy
+        self.cost = cost  # the cost model at the session's link bandwidth (read on every rebuild)
         self.keep_refs = keep_refs
         self.specs: dict[str, NodeSpec] = {}
         self.produced: OrderedDict[str, tuple[str, str]] = OrderedDict()  # ref hex -> (node, fn key)
@@ -66,7 +68,7 @@ class Router:
         if self._sched is None or self._state is None:
             snap = Snapshot(tuple(self.specs[n] for n in sorted(self.specs)))
             self._state = ClusterState.from_snapshot(snap)
-            pol = registry.create(self.policy)
+            pol = registry.create(self.policy, cost=self.cost())
             pol.prepare(self._state, [d])
             self._sched = Scheduler(self._state, pol)
         return self._sched

@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from placement import registry
+from placement import Snapshot, registry
 
 from .demand import build_demand
 from .errors import NotInitializedError
@@ -50,6 +50,8 @@ class Session:
     # ------------------------------------------------------------------------------ node schedulers
     def sync_nodes(self) -> None:
         """Start a scheduler on every live GPU node that has none; forget nodes that died."""
+        from transfer import runtime_hooks
+
         from .node_scheduler import NodeScheduler, placement_options
 
         self._synced = time.monotonic()
@@ -58,6 +60,7 @@ class Session:
         for node in set(self.gpu_nodes) - set(alive):
             self.router.forget_node(node)
             self.live.pop(node, None)
+            runtime_hooks.runtime().node_lost(node)  # what was moving to it is gone with it
         self.gpu_nodes = alive
         new = [n for n in alive if n not in self.schedulers]
         for node in new:
@@ -141,9 +144,9 @@ class Session:
 def _transfer_line(d, est, node: str) -> str:
     """The transfer term as explain shows it: finished inputs (bytes local, to move, from which nodes),
     then inputs still being produced (estimated bytes, on their producer's node)."""
-    from placement.cost import CostModel
+    from transfer.runtime_hooks import runtime
 
-    done = est.for_node(node, CostModel()).describe() if est is not None and est.total else ""
+    done = est.for_node(node, runtime().cost()).describe() if est is not None and est.total else ""
     pending = d.input_total - (est.total if est is not None else 0)
     if pending <= 0:
         return done
@@ -187,7 +190,7 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
 
     runtime_hooks.reset(environ=env)  # the transfer model lives in the driver, which routes
     s = Session(uuid.uuid4().hex[:8], started, policy, (policy, idle_timeout_s, mem, bool(emulate)),
-                Router(policy))
+                Router(policy, cost=lambda: runtime_hooks.runtime().cost()))
     try:
         s.refresh(force=True)
     except BaseException:
@@ -237,6 +240,14 @@ def _stop(s: Session, timeout_s: float = 30.0) -> None:
 def alive_gpu_total() -> float:
     """GPUs of the live nodes (``ray.cluster_resources`` still counts a node that just died)."""
     return sum(n.get("Resources", {}).get("GPU", 0.0) for n in ray.nodes() if n.get("Alive"))
+
+
+def cluster_snapshot() -> Snapshot:
+    """The live GPU nodes as a placement Snapshot (needs ``fastgpu.init()``; readings are <= ~1 s old): the
+    node schedulers' last reports, without the projection of queued work."""
+    s = current()
+    s.refresh(force=True)
+    return Snapshot(tuple(s.live[n] for n in sorted(s.live) if s.live[n] is not None))
 
 
 def current() -> Session:

@@ -1,8 +1,8 @@
 """Live cluster view: Ray's nodes and GPUs + per-node monitor readings + what fastgpu holds -> Snapshot.
 
-``cluster_snapshot()`` is the call other parts of fastgpu-ray use (after ``fastgpu.init``): the session's
-node schedulers' live reports of their nodes (each polls its node's monitor about once a second).
-``build_snapshot`` is the pure function behind it (unit-tested without Ray).
+Pure functions (no Ray; unit-tested): ``node_infos`` (Ray's node list -> ``NodeInfo``), ``build_snapshot``
+(+ readings + holds -> Snapshot), ``taken_indices`` (which unheld GPUs count as taken by other Ray work).
+``fastgpu.cluster_snapshot()`` (in ``session``) merges the node schedulers' live reports.
 
 Rules (docs/design-runtime.md): a GPU fastgpu holds (a worker actor owns it in Ray) carries fastgpu's
 reservations; of the GPUs fastgpu does not hold, as many as Ray shows taken by other Ray work are marked
@@ -11,6 +11,7 @@ processes outside fastgpu - fastgpu's reservations (not fastgpu's own live usage
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -51,6 +52,32 @@ class NodeTelemetry:
     gpus: tuple[GpuReading, ...]
     fastgpu_pids: frozenset[int] = field(default_factory=frozenset)
     time: float = 0.0
+
+
+def node_infos(nodes, avail) -> list[NodeInfo]:
+    """The one translation of Ray's node list: ``ray.nodes()`` entries + available resources per node id
+    (``ray._private.state.available_resources_per_node()``) -> ``NodeInfo`` (dead nodes kept, not alive)."""
+    out = []
+    for n in nodes:
+        nid = n["NodeID"]
+        tot = n.get("Resources", {})
+        av = avail.get(nid, {})
+        out.append(NodeInfo(
+            node_id=nid, alive=bool(n.get("Alive")), cpu_total=float(tot.get("CPU", 0)),
+            cpu_available=float(av.get("CPU", 0)), memory_bytes=float(tot.get("memory", 0)),
+            gpu_total=int(math.floor(tot.get("GPU", 0) + 1e-9)), gpu_available=float(av.get("GPU", 0)),
+            address=n.get("NodeManagerAddress", "")))
+    return out
+
+
+def taken_indices(gpus, candidates, count: int) -> set[int]:
+    """The one rule for the GPUs Ray shows taken by other work without saying which: of ``candidates``
+    (indices fastgpu does not hold), the ``count`` most loaded (live utilisation), ties to the highest
+    index. So whatever placement prefers (an idle GPU) is the one least likely to be marked."""
+    if count <= 0:
+        return set()
+    order = sorted(candidates, key=lambda i: (-(gpus[i].util or 0.0), -i))
+    return set(order[:count])
 
 
 def taken_by_others(node: NodeInfo, held: int, claiming: int = 0) -> int:
@@ -101,7 +128,7 @@ def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry]
         claiming = sum(1 for h in mine.values() if h.claiming)
         others = taken_by_others(n, held, claiming)
         unheld = [g for g in range(n.gpu_total) if g not in mine]
-        taken = set(unheld[len(unheld) - others:]) if others else set()
+        taken = taken_indices([gpu_spec(readings.get(g), None, pids) for g in range(n.gpu_total)], unheld, others)
         gpus = []
         for g in range(n.gpu_total):
             r = readings.get(g)
@@ -119,12 +146,3 @@ def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry]
             name=n.node_id, cpu_milli=int(n.cpu_total * 1000), memory_mib=int(n.memory_bytes // (1 << 20)),
             gpus=tuple(gpus), cpu_used=int((n.cpu_total - n.cpu_available) * 1000), alive=n.alive))
     return Snapshot(tuple(out))
-
-
-def cluster_snapshot() -> Snapshot:
-    """The live GPU nodes as a placement Snapshot (needs ``fastgpu.init()``; readings are <= ~1 s old)."""
-    from .session import current
-
-    s = current()
-    s.refresh(force=True)
-    return Snapshot(tuple(s.live[n] for n in sorted(s.live) if s.live[n] is not None))

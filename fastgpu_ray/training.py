@@ -151,34 +151,25 @@ def ray_snapshot() -> Snapshot:
 
 
 def snapshot_from_ray(nodes: Sequence[Mapping[str, Any]], avail: Mapping[str, Mapping[str, float]]) -> Snapshot:
-    """Pure conversion of ``ray.nodes()`` + per-node available resources into a ``placement.Snapshot``."""
-    out = []
-    for n in nodes:
-        if not n.get("Alive", False):
-            continue
-        nid, tot = n["NodeID"], n.get("Resources", {})
-        free = avail.get(nid, {})
-        n_gpu = int(tot.get("GPU", 0))
-        taken = n_gpu - int(free.get("GPU", 0))
-        gpus = tuple(GpuSpec(model="GPU", milli_used=1000 if i < taken else 0) for i in range(n_gpu))
-        cpu = int(round(tot.get("CPU", 0) * 1000))
-        out.append(NodeSpec(name=nid, cpu_milli=cpu, memory_mib=int(tot.get("memory", 0) // 2**20), gpus=gpus,
-                            cpu_used=cpu - int(round(free.get("CPU", 0) * 1000))))
-    return Snapshot(tuple(out))
+    """Pure conversion of ``ray.nodes()`` + per-node available resources into a ``placement.Snapshot`` of the
+    live nodes, through the runtime's one translation (``telemetry.node_infos`` -> ``build_snapshot``)."""
+    from fastgpu_ray.telemetry import build_snapshot, node_infos
+
+    return build_snapshot([n for n in node_infos(nodes, avail) if n.alive], {}, {})
 
 
 def restrict_to_ray(snap: Snapshot, avail: Mapping[str, Mapping[str, float]]) -> Snapshot:
     """Mark as used the GPUs a live snapshot shows free but Ray cannot hand out (held by other Ray work,
-    e.g. idle fastgpu task workers): a placement group can only get what Ray has available. The most
-    loaded of a node's free GPUs are the ones marked, so the live preference survives. CPU in use is
-    Ray's figure (read just now; the telemetry's may be a second old)."""
+    e.g. idle fastgpu task workers): a placement group can only get what Ray has available. Which ones:
+    the runtime's one rule (``telemetry.taken_indices``: the most loaded). CPU in use is Ray's figure
+    (read just now; the telemetry's may be a second old)."""
+    from fastgpu_ray.telemetry import taken_indices
+
     nodes = []
     for n in snap.nodes:
         free = avail.get(n.name, {})
-        can = int(free.get("GPU", 0))
         free_idx = [i for i, g in enumerate(n.gpus) if g.milli_used == 0]
-        extra = max(0, len(free_idx) - can)
-        mark = set(sorted(free_idx, key=lambda i: -(n.gpus[i].util or 0.0))[:extra])
+        mark = taken_indices(n.gpus, free_idx, len(free_idx) - int(free.get("GPU", 0)))
         gpus = tuple(_replace_gpu(g, 1000) if i in mark else g for i, g in enumerate(n.gpus))
         cpu_used = n.cpu_milli - int(round(free.get("CPU", 0) * 1000))  # Ray's figure is the fresher one
         nodes.append(NodeSpec(n.name, n.cpu_milli, n.memory_mib, gpus, cpu_used, n.memory_used_mib, n.alive))
@@ -189,17 +180,10 @@ def _replace_gpu(g: GpuSpec, milli_used: int) -> GpuSpec:
     return replace(g, milli_used=milli_used)
 
 
-def live_snapshot() -> Snapshot:
-    """The snapshot ``train`` places by: the runtime's live telemetry (load, external processes, memory)
-    when a fastgpu session is running (``fastgpu.init``), restricted to what Ray can hand out now; Ray's
-    own logical view (:func:`ray_snapshot`, no load) otherwise."""
-    return snapshot_and_source()[0]
-
-
 def snapshot_and_source() -> tuple[Snapshot, str]:
     try:
         from fastgpu_ray.errors import NotInitializedError
-        from fastgpu_ray.telemetry import cluster_snapshot  # the runtime's live view (issue 3)
+        from fastgpu_ray.session import cluster_snapshot  # the runtime's live view
     except ImportError as e:
         return ray_snapshot(), f"ray logical resources (no live telemetry: {_first_line(e)})"
     try:

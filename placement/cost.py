@@ -8,7 +8,7 @@ functions; there is no second copy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,32 +27,21 @@ def slowdown(util):
     return 1.0 / (1.0 - u)
 
 
-_default_link_bandwidth = 125e6  # 1 Gbit/s, in bytes/s
-
-
-def set_default_link_bandwidth(bytes_per_s: float) -> None:
-    """The link bandwidth a ``CostModel()`` built without one uses, in this process.
-
-    The live runtime's dispatcher sets it once from ``transfer.bandwidth`` (explicit, environment,
-    measured or fallback), so every policy instance it creates prices transfers alike.
-    """
-    global _default_link_bandwidth
-    if not bytes_per_s > 0:
-        raise ValueError(f"link bandwidth must be > 0 bytes/s, got {bytes_per_s!r}")
-    _default_link_bandwidth = float(bytes_per_s)
-
-
-def default_link_bandwidth() -> float:
-    return _default_link_bandwidth
+DEFAULT_LINK_BANDWIDTH = 125e6  # 1 Gbit/s, in bytes/s: a CostModel built without one
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """Link bandwidth in bytes/s (default: ``default_link_bandwidth()``); ``latency_s`` per transfer
-    that moves anything."""
+    """Link bandwidth in bytes/s (default 1 Gbit/s; the runtime builds its models with the session's
+    bandwidth: ``transfer.runtime_hooks.RuntimeTransfer.cost()``); ``latency_s`` per transfer that moves
+    anything."""
 
-    link_bandwidth: float = field(default_factory=default_link_bandwidth)
+    link_bandwidth: float = DEFAULT_LINK_BANDWIDTH
     latency_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.link_bandwidth > 0:
+            raise ValueError(f"link bandwidth must be > 0 bytes/s, got {self.link_bandwidth!r}")
 
     # Each works on floats and, elementwise, on numpy arrays (placement prices all candidates at once).
     def transfer_s(self, move_bytes):

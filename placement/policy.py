@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .cost import CostModel
+
 from .model import GPU_MILLI, Demand
 from .state import ClusterState
 
@@ -23,8 +25,9 @@ class Policy:
     name: str = ""
     description: str = ""
 
-    def __init__(self, rng: np.random.Generator | None = None) -> None:
+    def __init__(self, rng: np.random.Generator | None = None, cost: CostModel | None = None) -> None:
         self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.cost = cost or CostModel()  # the one objective's prices (link bandwidth) for this policy
 
     def prepare(self, state: ClusterState, workload: Sequence[Demand] = ()) -> None:
         """Called once before a run with the demands the policy may treat as typical."""

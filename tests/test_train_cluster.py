@@ -108,7 +108,7 @@ def test_live_telemetry_steers_the_gang_away_from_a_loaded_node(cluster):
     """The product path: a fastgpu session's live snapshot (emulated load set through the runtime's API),
     no snapshot_fn. Loaded one way, then the other, so the choice cannot be luck."""
     import fastgpu_ray as fastgpu
-    from fastgpu_ray.telemetry import cluster_snapshot
+    from fastgpu_ray.session import cluster_snapshot
     c, gpu_nodes = cluster
     fastgpu.init(address=c.address)  # reuses this process's Ray connection
     try:

@@ -27,7 +27,7 @@ def test_snapshot_from_ray_marks_taken_gpus_and_skips_dead_nodes():
     snap = snapshot_from_ray(nodes, avail)
     assert [n.name for n in snap.nodes] == ["a", "b"]
     a, b = snap.nodes
-    assert [g.milli_used for g in a.gpus] == [1000, 1000, 1000, 0]  # 3 of 4 taken in Ray
+    assert [g.milli_used for g in a.gpus] == [0, 1000, 1000, 1000]  # 3 of 4 taken in Ray (highest when idle)
     assert (a.cpu_milli, a.cpu_used) == (4000, 2500)
     assert b.gpus == () and b.cpu_used == 0
     assert a.memory_mib == 8192

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 
 from placement import ClusterState, Demand, GpuSpec, NodeSpec, Scheduler, Snapshot, create
-from placement import cost as cost_mod
 from placement.cost import CostModel
 from transfer import FakeLocator, TransferOptimizer
 from transfer.runtime_hooks import RuntimeTransfer, after_place, has_inputs
@@ -39,7 +38,6 @@ class FakePrefetcher:
 
 @pytest.fixture
 def rt():
-    before = cost_mod.default_link_bandwidth()
     loc = FakeLocator()
     loc.put("w", 64 * MiB, ["C"])
     loc.put("s", 16 * MiB, ["B"])
@@ -48,11 +46,14 @@ def rt():
     r = RuntimeTransfer(opt, FakePrefetcher(), environ={"FASTGPU_LINK_BANDWIDTH": "1Gbit"},
                         gpu_nodes=lambda: ["A", "B", "C"])
     yield r
-    cost_mod.set_default_link_bandwidth(before)
 
 
-def test_bandwidth_from_the_environment_becomes_the_default(rt):
-    assert rt.bandwidth.source == "env" and CostModel().link_bandwidth == 125e6
+def test_bandwidth_from_the_environment_prices_the_session_cost_model(rt):
+    assert rt.bandwidth.source == "env" and rt.cost().link_bandwidth == 125e6
+    fast = RuntimeTransfer(TransferOptimizer(FakeLocator(), CostModel(), is_ref=lambda o: False, origin="D"),
+                           FakePrefetcher(), environ={"FASTGPU_LINK_BANDWIDTH": "8Gbit"}, gpu_nodes=lambda: [])
+    assert fast.cost().link_bandwidth == 1e9 and fast.opt.cost.link_bandwidth == 1e9
+    assert CostModel().link_bandwidth == 125e6  # nothing process-wide changed
 
 
 def test_nothing_to_locate_costs_no_lookup(rt):

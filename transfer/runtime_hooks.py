@@ -10,9 +10,9 @@
   ``placed`` (above). Waiting for a busy node that holds the data is not decided here: the dispatcher
   shows busy GPUs with their expected wait (``busy_s``) and the policy's finish time weighs it.
 
-The link bandwidth is resolved once per process (``transfer.bandwidth`` precedence; the cluster probe
-runs in a background thread and the fallback is used until it answers) and installed as
-``placement.cost``'s default, so every policy the dispatcher creates prices transfers alike.
+The link bandwidth is resolved once per session (``transfer.bandwidth`` precedence; the cluster probe
+runs in a background thread and the fallback is used until it answers); ``cost()`` is the cost model at
+that bandwidth, which the driver's routing policy is built with.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class RuntimeTransfer:
         self.is_ref = is_ref or opt.is_ref
         self._probe, self._gpu_nodes = probe, gpu_nodes
         self.bandwidth: LinkBandwidth = resolve_link_bandwidth(None, environ, measured=None)
-        cost_mod.set_default_link_bandwidth(self.bandwidth.bytes_per_s)
+        self.opt.cost = self.cost()
         self._cache: dict[int, tuple[float, list, Any]] = {}
         self._pullers_started = gpu_nodes is None
         self._probe_started = probe is None or self.bandwidth.source != "fallback"
@@ -70,10 +70,14 @@ class RuntimeTransfer:
         def run():
             bw = self._probe()
             self.bandwidth = bw
-            cost_mod.set_default_link_bandwidth(bw.bytes_per_s)
+            self.opt.cost = self.cost()
             log.info("link bandwidth: %s", bw)
 
         threading.Thread(target=run, name="fastgpu-link-probe", daemon=True).start()
+
+    def cost(self) -> "cost_mod.CostModel":
+        """The cost model at this session's link bandwidth (what routing's policy prices transfers with)."""
+        return cost_mod.CostModel(link_bandwidth=self.bandwidth.bytes_per_s)
 
     # -------------------------------------------------------------------------------------- hooks
     def inputs(self, payload: Any) -> TransferEstimate | None:
@@ -170,7 +174,7 @@ def after_place(core: Any, state: Any, pol: Any, st: Any, d: Any, dec: Any) -> N
     node = state.names[dec.node]
     est = rt.inputs(st.payload)
     if est is not None and est.total:
-        cost = getattr(pol, "cost", None) or cost_mod.CostModel()
+        cost = getattr(pol, "cost", None) or rt.cost()
         st.record.history.append(f"transfer to {node[:12]}: " + est.for_node(node, cost).describe())
         rt.placed([st.payload], node)
 

@@ -40,8 +40,7 @@ class FastGpuPolicy(FgdPolicy):
     description = "earliest estimated finish (wait + transfer + compute at live load), then least fragmentation"
 
     def __init__(self, rng=None, workload=None, cost: CostModel | None = None) -> None:
-        super().__init__(rng, workload)
-        self.cost = cost or CostModel()
+        super().__init__(rng, workload, cost)
         self.cpu_per_milli = 0.0
         self.pressure = np.zeros(0)
         self.whole = None

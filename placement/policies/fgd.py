@@ -67,8 +67,8 @@ class FgdPolicy(Policy):
     name = "fgd"
     description = "least growth of fragmentation against the typical workload (FGD, ATC '23)"
 
-    def __init__(self, rng=None, workload=None) -> None:
-        super().__init__(rng)
+    def __init__(self, rng=None, workload=None, cost=None) -> None:
+        super().__init__(rng, cost)
         self._workload = workload
         self._seen = ()
         self._scorer: FragScorer | None = None

@@ -1,0 +1,77 @@
+"""The driver's choice of node (fastgpu_ray.routing.Router), without Ray: spreading, following producers,
+moving when waiting is dearer, failing fast, bounded memory."""
+from __future__ import annotations
+
+from placement import Demand, GpuSpec, NodeSpec
+from placement.cost import CostModel
+
+from fastgpu_ray.routing import DEFAULT_OUTPUT_BYTES, Router
+
+MiB = 2**20
+
+
+def node(name: str, busy=(0.0, 0.0), util=(0.0, 0.0), mem=16384) -> NodeSpec:
+    gpus = tuple(GpuSpec(model="E", memory_mib=mem, util=u, memory_used_mib=0, busy_s=b) for b, u in zip(busy, util))
+    return NodeSpec(name, 4000, 16384, gpus)
+
+
+def demand(i=0, work=0.1, **kw) -> Demand:
+    return Demand(id=f"d{i}", num_gpus=1, gpu_milli=1000, work_s=work, **kw)
+
+
+def router(*nodes) -> Router:
+    r = Router("fastgpu", cost=lambda: CostModel(link_bandwidth=125e6))
+    r.update(nodes)
+    return r
+
+
+def test_consecutive_choices_spread_over_nodes_until_the_next_report():
+    r = router(node("a"), node("b"), node("c"))
+    picks = [r.choose(demand(i, work=1.0)).node for i in range(6)]
+    assert sorted(picks) == ["a", "a", "b", "b", "c", "c"]
+    r.update([node("a"), node("b", busy=(5.0, 5.0)), node("c")])  # a report replaces the projection
+    assert r.choose(demand(9, work=1.0)).node in ("a", "c")
+
+
+def test_a_chunk_is_priced_at_its_total_work():
+    r = router(node("a", busy=(0.0,), util=(0.0,)), node("b", busy=(0.0,), util=(0.0,)))
+    first = r.choose(demand(0, work=0.5), count=10).node
+    assert [r.choose(demand(i, work=0.5)).node for i in range(1, 10)] == ["b" if first == "a" else "a"] * 9
+
+
+def test_a_consumer_follows_its_pending_producer_when_waiting_there_is_cheaper():
+    r = router(node("a"), node("b"), node("c"))
+    r.produced_by(["ref1"], "b", "produce")
+    d = r.with_inputs(demand(0, work=0.02), located=[], pending=["ref1"])
+    assert d.input_bytes == {"b": DEFAULT_OUTPUT_BYTES} and d.input_total == DEFAULT_OUTPUT_BYTES
+    route = r.choose(d, explain=True)
+    assert route.node == "b"
+    terms = {c.node: c.terms for c in route.explanation.candidates}
+    assert terms["a"]["move_bytes"] == DEFAULT_OUTPUT_BYTES and terms["b"]["move_bytes"] == 0
+
+
+def test_sizes_are_learned_per_producer_function_and_moving_wins_when_waiting_is_long():
+    r = router(node("a"), node("b", busy=(30.0, 30.0)))
+    r.produced_by(["old", "new"], "b", "produce")
+    d = r.with_inputs(demand(0, work=0.02), located=[("old", 64 * MiB)], pending=["new"])
+    assert d.input_bytes == {"b": 64 * MiB}  # the function's last located output, not the default
+    assert r.choose(d).node == "a"  # 30 s of queue at b; moving 64 MiB at 1 Gbit/s takes ~0.5 s
+
+
+def test_never_fits_names_the_largest_gpu_and_no_gpu_node_says_so():
+    r = router(node("a", mem=16384))
+    route = r.choose(demand(0, gpu_memory_mib=10**7))
+    assert route.node is None and "the largest is GPU" in route.never and "16384 MiB" in route.never
+    empty = Router("fastgpu")
+    route = empty.choose(demand(0))
+    assert route.node is None and "no live node with a GPU" in route.never
+
+
+def test_producer_entries_are_bounded_and_forgotten_with_their_node():
+    r = Router("fastgpu", keep_refs=3)
+    r.update([node("a"), node("b")])
+    r.produced_by([f"r{i}" for i in range(5)], "a", "f")
+    assert list(r.produced) == ["r2", "r3", "r4"]
+    r.produced_by(["x"], "b", "f")
+    r.forget_node("a")
+    assert list(r.produced) == ["x"] and set(r.specs) == {"b"}
