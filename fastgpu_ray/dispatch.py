@@ -204,9 +204,11 @@ class DispatchCore:
 
     # --------------------------------------------------------------------------------------- submit
     async def submit(self, st: Subtask, *, node_choice: Explanation | None = None, history: tuple = (),
-                     rerun: str | None = None) -> Outcome:
+                     rerun: str | None = None, inputs_ready: Any = None) -> Outcome:
         """Queue ``st``; resolves to its outcome. ``rerun``: why this call is a re-execution (its scheduler
-        restarted after a node died): it counts against the subtask's ``max_retries``."""
+        restarted after a node died): it counts against the subtask's ``max_retries``. ``inputs_ready``:
+        an awaitable that the subtask waits for (state "waiting for inputs", explainable) before it is
+        queued, so waiting for a producer holds no GPU."""
         if self._closed:
             return Outcome(False, self.backend.fail("fastgpu is shut down", RuntimeError("fastgpu is shut down")))
         st.future = asyncio.get_running_loop().create_future()
@@ -220,11 +222,19 @@ class DispatchCore:
                 msg = f"subtask {st.id} gave up after 0 retries: {rerun}"
                 st.record.error = msg
                 st.record.state = "failed"
+                if hasattr(inputs_ready, "close"):
+                    inputs_ready.close()  # never awaited: nothing to wait for
                 return Outcome(False, self.backend.fail(msg, _exhausted(msg)))
             st.retries = st.record.retries = 1
             st.record.history.append(rerun)
-        self._enqueue(st)
         try:
+            if inputs_ready is not None:
+                st.record.state = "waiting for inputs"
+                await inputs_ready
+                if self.clock() - now > 0.01:
+                    st.record.history.append(f"inputs on this node after {self.clock() - now:.3f}s")
+                st.enqueued = self.clock()
+            self._enqueue(st)
             return await st.future
         except asyncio.CancelledError:  # ray.cancel(ref) / fastgpu.cancel: drop it, stop it if it runs
             self.cancel(st)

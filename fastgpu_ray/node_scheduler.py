@@ -110,9 +110,10 @@ class NodeScheduler:
 
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
         # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.deps).
-        await self.deps.ready(list(payload.refs) + list(payload.nested_refs))
+        refs = list(payload.refs) + list(payload.nested_refs)
         st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False)
-        return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun)
+        return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
+                                      inputs_ready=self.deps.ready(refs) if refs else None)
 
     async def shutdown(self) -> int:
         if self.delegate is not None or self.here != self.home:
