@@ -46,6 +46,13 @@ def _payload(args: tuple, kwargs: dict):
 
     a = tuple(slot(v) for v in args)
     k = {name: slot(v) for name, v in kwargs.items()}
+    for r in refs:
+        old = session.orphan_session(r.hex())
+        if old is not None:
+            raise ValueError(f"argument {r} is the ref of a subtask of fastgpu session {old}, which was shut "
+                             "down before that subtask finished: it will never have a value. Submit its "
+                             "producer again in this session (a ref that had finished is a plain Ray object "
+                             "and can be passed)")
     top = {id(r) for r in refs}
     nested = [r for r in find_refs(args, kwargs, lambda v: isinstance(v, ObjectRef)) if id(r) not in top]
     return Payload(cloudpickle.dumps((a, k)), refs, nested)

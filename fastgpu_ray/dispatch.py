@@ -686,6 +686,10 @@ class DispatchCore:
     def explain(self, sid: str) -> Record | None:
         return self.records.get(sid)
 
+    def unfinished(self) -> list[str]:
+        """Ids of the subtasks this core has not finished (waiting for inputs, queued or running)."""
+        return [sid for sid, r in self.records.items() if r.state in ("waiting for inputs", "queued", "running")]
+
     def queue_length(self) -> int:
         return len(self.queue)
 

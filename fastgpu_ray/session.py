@@ -211,7 +211,31 @@ def shutdown(timeout_s: float = 30.0) -> None:
     _stop(s, timeout_s)
 
 
+# Refs of subtasks a shut-down session had not finished (hex -> session id): passing one to a new
+# session's task fails at submit with the reason, instead of an opaque "actor died" in the worker.
+_orphans: OrderedDict = OrderedDict()
+
+
+def orphan_session(ref_hex: str) -> str | None:
+    return _orphans.get(ref_hex)
+
+
+def _note_orphans(s: Session) -> None:
+    try:
+        sids = set()
+        for part in ray.get([h.unfinished.remote() for h in s.schedulers.values()], timeout=10):
+            sids.update(part)
+    except Exception:
+        return
+    for h, (sid, _) in s.refs.items():
+        if sid in sids:
+            _orphans[h] = s.id
+    while len(_orphans) > KEEP_REFS:
+        _orphans.popitem(last=False)
+
+
 def _stop(s: Session, timeout_s: float = 30.0) -> None:
+    _note_orphans(s)
     try:
         before = ray.available_resources().get("GPU", 0.0)
         calls = [h.shutdown.remote() for h in s.schedulers.values()]

@@ -101,3 +101,17 @@ def test_cancel_a_queued_and_a_running_subtask(fg):
         with pytest.raises(TaskCancelledError):
             ray.get(h, timeout=30)
     assert ray.get(produce.remote(7), timeout=120)[0][0] == 7.0  # the session still works
+
+
+def test_an_unfinished_ref_of_a_shut_down_session_fails_at_submit_saying_so(ray_cluster):
+    if fastgpu.is_initialized():
+        fastgpu.shutdown()
+    fastgpu.init(emulate=True)
+    done = produce.remote(3)
+    ray.get(done, timeout=60)
+    pending = hold.remote(30.0)
+    fastgpu.shutdown()
+    fastgpu.init(emulate=True)
+    with pytest.raises(ValueError, match="was shut down before that subtask finished"):
+        consume.remote(pending)
+    assert ray.get(consume.remote(done), timeout=60)[0] == 3.0  # a finished ref is a plain Ray object
