@@ -686,9 +686,9 @@ class DispatchCore:
     def explain(self, sid: str) -> Record | None:
         return self.records.get(sid)
 
-    def unfinished(self) -> list[str]:
-        """Ids of the subtasks this core has not finished (waiting for inputs, queued or running)."""
-        return [sid for sid, r in self.records.items() if r.state in ("waiting for inputs", "queued", "running")]
+    def ended(self) -> list[str]:
+        """Ids of the subtasks whose records say they ended (finished, failed or cancelled)."""
+        return [sid for sid, r in self.records.items() if r.state in ("finished", "failed", "cancelled")]
 
     def queue_length(self) -> int:
         return len(self.queue)

@@ -115,8 +115,8 @@ class NodeScheduler:
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
                                       inputs_ready=self.deps.ready(refs) if refs else None)
 
-    def unfinished(self) -> list[str]:
-        return [] if self.delegate is not None else self.core.unfinished()
+    def ended(self) -> list[str]:
+        return [] if self.delegate is not None else self.core.ended()
 
     async def shutdown(self) -> int:
         if self.delegate is not None or self.here != self.home:

@@ -15,6 +15,12 @@ The choice is made with the configured placement policy on a projected view of t
   consumer follows its producer when waiting there is cheaper than moving the data.
 
 The node scheduler then chooses the GPU inside its node at run time (late binding within a node).
+
+Bursts: placing one subtask costs about a millisecond of policy scoring, more than Ray takes to submit a
+task. Once more subtasks were routed since the last report than 4 per GPU (a ``.remote()`` loop, not a
+handful of calls), consecutive subtasks of one shape without inputs and with little or unknown declared
+work share a placement ``LEASE`` at a time (priced as ``LEASE`` subtasks there), as a ``map`` chunk does.
+Smaller bursts, and subtasks with inputs or declared work, are placed one by one.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ from placement import ClusterState, Demand, Explanation, NodeSpec, Scheduler, Sn
 from placement.cost import CostModel
 from placement.policies.fastgpu import NOMINAL_WORK_S
 
+LEASE = 8  # in a burst, this many consecutive small subtasks of one shape share one placement
+LEASE_MAX_WORK_S = 0.05  # only subtasks that declare at most this much work (or none) share placements
 DEFAULT_OUTPUT_BYTES = 8 << 20  # a pending producer's output size before one of its function's is seen
 KEEP_REFS = 100_000  # producer entries kept (ref hex -> node); older ones are forgotten (bounded memory)
 
@@ -53,12 +61,16 @@ class Router:
         self.sizes: dict[str, float] = {}  # fn key -> bytes of its last located output
         self._state: ClusterState | None = None
         self._sched: Scheduler | None = None
+        self._leases: dict[tuple, list] = {}  # shape key -> [route, subtasks left on it]
+        self._routed = 0  # subtasks routed since the last report
 
     # ------------------------------------------------------------------------------------- the view
     def update(self, specs: Iterable[NodeSpec]) -> None:
         """Replace the view with the node schedulers' latest reports (projected node specs)."""
         self.specs = {s.name: s for s in specs}
         self._state = None
+        self._leases.clear()
+        self._routed = 0
 
     def drop(self, node: str) -> None:
         if self.specs.pop(node, None) is not None:
@@ -79,6 +91,23 @@ class Router:
         counts them as queued there until the next report."""
         if not self.specs:
             return Route(None, never=_no_gpu_node(d))
+        self._routed += count
+        key = None
+        if count == 1 and not d.input_total and d.work_s <= LEASE_MAX_WORK_S:
+            key = (d.shape, d.gpu_types, d.priority, d.work_s)
+            lease = self._leases.get(key)
+            if lease is not None and lease[1] > 0:
+                lease[1] -= 1
+                return lease[0]
+            gpus = sum(len(s.gpus) for s in self.specs.values())
+            if self._routed > 4 * max(gpus, 1):
+                count = LEASE
+        route = self._choose(d, count, explain)
+        if key is not None and count > 1 and route.node is not None:
+            self._leases[key] = [route, count - 1]
+        return route
+
+    def _choose(self, d: Demand, count: int, explain: bool) -> Route:
         work = (d.work_s if d.work_s > 0 else NOMINAL_WORK_S) * count
         dw = dataclasses.replace(d, work_s=work)
         sched = self._scheduler(dw)

@@ -221,14 +221,15 @@ def orphan_session(ref_hex: str) -> str | None:
 
 
 def _note_orphans(s: Session) -> None:
+    """Every ref of ``s`` whose subtask no scheduler reports ended (also calls still in flight)."""
     try:
-        sids = set()
-        for part in ray.get([h.unfinished.remote() for h in s.schedulers.values()], timeout=10):
-            sids.update(part)
+        ended = set()
+        for part in ray.get([h.ended.remote() for h in s.schedulers.values()], timeout=10):
+            ended.update(part)
     except Exception:
         return
     for h, (sid, _) in s.refs.items():
-        if sid in sids:
+        if sid not in ended:
             _orphans[h] = s.id
     while len(_orphans) > KEEP_REFS:
         _orphans.popitem(last=False)

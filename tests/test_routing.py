@@ -75,3 +75,22 @@ def test_producer_entries_are_bounded_and_forgotten_with_their_node():
     r.produced_by(["x"], "b", "f")
     r.forget_node("a")
     assert list(r.produced) == ["x"] and set(r.specs) == {"b"}
+
+
+def test_a_burst_of_small_subtasks_shares_placements_and_a_few_calls_do_not():
+    from fastgpu_ray.routing import LEASE
+
+    r = router(node("a"), node("b"), node("c"))  # 6 GPUs: bursts start after 24 routed
+    placements = []
+    real = r._choose
+    r._choose = lambda d, count, explain: placements.append(count) or real(d, count, explain)
+    few = [r.choose(demand(i, work=0.0)).node for i in range(6)]
+    assert sorted(few) == ["a", "a", "b", "b", "c", "c"] and placements == [1] * 6  # one by one
+    many = [r.choose(demand(i, work=0.0)).node for i in range(218)]
+    assert len(placements) < 6 + 18 + 200 / LEASE + 2 and set(placements[24:]) == {LEASE}
+    counts = [many.count(n) for n in "abc"]
+    assert max(counts) - min(counts) <= 2 * LEASE, counts  # still spread over the nodes
+    placements.clear()
+    r.update([node("a"), node("b"), node("c")])  # a new report: the burst is over
+    with_work = [r.choose(demand(i, work=1.0)).node for i in range(6)]
+    assert placements == [1] * 6 and len(set(with_work)) == 3  # declared work: always one by one

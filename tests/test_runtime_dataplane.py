@@ -110,7 +110,11 @@ def test_an_unfinished_ref_of_a_shut_down_session_fails_at_submit_saying_so(ray_
     done = produce.remote(3)
     ray.get(done, timeout=60)
     pending = hold.remote(30.0)
+    total = ray.cluster_resources()["GPU"]
+    assert ray.available_resources().get("GPU", 0) < total  # fastgpu holds some now
     fastgpu.shutdown()
+    assert ray.available_resources().get("GPU", 0) == total  # every GPU back (also the busy one's)
+    assert not fastgpu.is_initialized()
     fastgpu.init(emulate=True)
     with pytest.raises(ValueError, match="was shut down before that subtask finished"):
         consume.remote(pending)

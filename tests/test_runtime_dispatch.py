@@ -94,6 +94,14 @@ async def started(backend, **kw) -> DispatchCore:
     return core
 
 
+async def until(pred, timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll ``pred`` (the core runs on the same loop) until it holds; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def value(v):
     return lambda w: v
 
@@ -129,12 +137,12 @@ def test_queue_orders_by_priority_then_age():
             await gate.wait()
 
         first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), work_s=1.0)))
-        await asyncio.sleep(0.2)  # the GPU is now busy; the rest queue up
+        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
         order = ["low0", "low1", "high0", "mid0", "high1"]
         prio = {"low": 0, "mid": 3, "high": 9}
         futs = [asyncio.ensure_future(core.submit(sub(s, value(s), priority=prio[s[:-1]], batch=False)))
                 for s in order]
-        await asyncio.sleep(0.2)
+        await until(lambda: len(core.queue) == 5, what="the five to queue behind it")
         gate.set()
         await asyncio.gather(first, *futs)
         await core.shutdown()
@@ -263,7 +271,7 @@ def test_idle_workers_are_released():
         b = FakeBackend({"n1": [16384, 16384]})
         core = await started(b, idle_timeout_s=0.2)
         await core.submit(sub("x", value(1)))
-        await asyncio.sleep(0.6)
+        await until(lambda: not core.workers, what="the idle workers to be released")
         held = dict(core.workers)
         await core.shutdown()
         return b, held
@@ -339,15 +347,12 @@ def test_cancel_drops_a_queued_subtask_and_releases_the_worker_of_a_running_one(
         core = await started(b)
         long = asyncio.ensure_future(core.submit(sub("long", sleeper(30.0, 1), batch=False)))
         queued = asyncio.ensure_future(core.submit(sub("queued", value(2), batch=False)))
-        deadline = time.monotonic() + 5
-        while core.explain("long") is None or core.explain("long").state != "running":
-            assert time.monotonic() < deadline, "the long subtask never started"
-            await asyncio.sleep(0.01)
+        await until(lambda: core.explain("long") and core.explain("long").state == "running", what="long")
+        await until(lambda: core.explain("queued") is not None, what="queued")
         queued.cancel()
-        await asyncio.sleep(0.05)
-        assert core.explain("queued").state == "cancelled"
+        await until(lambda: core.explain("queued").state == "cancelled", what="the cancellation")
         long.cancel()  # running alone on its worker: the worker is released, its GPU is free again
-        await asyncio.sleep(0.05)
+        await until(lambda: b.released, what="the worker's release")
         rec, released, holds = core.explain("long"), list(b.released), dict(core.holds)
         await core.shutdown()
         return rec, released, holds, [r.sid for r in b.runs]
