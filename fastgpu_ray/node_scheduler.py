@@ -31,6 +31,7 @@ from .wire import FnBox, Payload, RouteInfo
 
 log = logging.getLogger("fastgpu.node")
 
+ROUND_GAP_S = 0.002  # between scheduling rounds: a flood of submissions is placed in batches
 RERUN = "re-run: its node scheduler was restarted on {here} after node {home} died"
 
 
@@ -62,7 +63,8 @@ class NodeScheduler:
         self.delegate = None
         self.backend = RayBackend(emulated_memory_mib, force_emulation, node=self.here)
         self.metrics = RayMetrics(session)
-        self.core = DispatchCore(self.backend, policy=policy, idle_timeout_s=idle_timeout_s, metrics=self.metrics)
+        self.core = DispatchCore(self.backend, policy=policy, idle_timeout_s=idle_timeout_s, metrics=self.metrics,
+                                 round_gap_s=ROUND_GAP_S)
         self.deps = DependencyWaiter()
         self._started = False
 

@@ -46,6 +46,7 @@ class Session:
     never: int = 0  # subtasks failed at submit: no GPU could ever hold them (counted as failed in status)
     _reported: float = 0.0
     _synced: float = 0.0
+    _asked: dict = field(default_factory=dict)  # report call -> node, not collected yet
 
     # ------------------------------------------------------------------------------ node schedulers
     def sync_nodes(self) -> None:
@@ -70,32 +71,38 @@ class Session:
             ray.get([self.schedulers[n].ready.remote() for n in new])
 
     def refresh(self, force: bool = False) -> None:
-        """Re-read the node schedulers' reports (at most every ``REPORT_PERIOD_S`` unless forced)."""
+        """Take the node schedulers' reports that have arrived, and ask again about every
+        ``REPORT_PERIOD_S``. Never blocks the submitting caller (a busy scheduler answers late; its last
+        report stands meanwhile), except ``force=True``, which waits up to ``REPORT_TIMEOUT_S``."""
         now = time.monotonic()
-        if not force and now - self._reported < REPORT_PERIOD_S:
-            return
         if force or now - self._synced > NODES_PERIOD_S:
             self.sync_nodes()
-        self._reported = now
-        nodes = [n for n in self.gpu_nodes if n in self.schedulers]
-        calls = [self.schedulers[n].report.remote() for n in nodes]
-        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=REPORT_TIMEOUT_S)
-        done = set(ready)
-        specs = []
-        for node, call in zip(nodes, calls):
-            rep = None
-            if call in done:
-                try:
-                    rep = ray.get(call)
-                except Exception:
-                    rep = None
+        if self._asked and (force or now - self._reported >= REPORT_PERIOD_S / 10):
+            self._collect(REPORT_TIMEOUT_S if force else 0)
+        if (force or now - self._reported >= REPORT_PERIOD_S) and not self._asked:
+            nodes = [n for n in self.gpu_nodes if n in self.schedulers]
+            self._asked = {self.schedulers[n].report.remote(): n for n in nodes}
+            self._reported = now
+            if force:
+                self._collect(REPORT_TIMEOUT_S)
+
+    def _collect(self, timeout_s: float) -> None:
+        calls = list(self._asked)
+        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=timeout_s)
+        if timeout_s == 0 and len(ready) < len(calls) and time.monotonic() - self._reported < REPORT_TIMEOUT_S:
+            return  # not all in yet: keep the old view a little longer
+        specs = {n: spec for n, spec in self.router.specs.items() if n in self.gpu_nodes}
+        for call in ready:
+            node = self._asked[call]
+            try:
+                rep = ray.get(call)
+            except Exception:
+                continue
             if rep is not None and rep[0] is not None:
-                specs.append(rep[0])
+                specs[node] = rep[0]
                 self.live[node] = rep[1]
-            elif node in self.router.specs:  # no answer in time: keep its last report
-                specs.append(self.router.specs[node])
-        self.router.update(specs)
-        self._reported = time.monotonic()
+        self._asked = {}
+        self.router.update(specs.values())
 
     # ------------------------------------------------------------------------------------- routing
     def route(self, sid: str, opts: TaskOptions, payload: Payload | None, count: int = 1,
