@@ -313,28 +313,12 @@ def local_mode(args) -> list[Result]:
 
 
 def netns_mode(args) -> list[Result]:
-    from benchmarks.netns.hosts import NetnsHosts
-    from benchmarks.netns.ray_hosts import remove_temp
+    from benchmarks.netns.ray_hosts import run_on_netns_hosts
 
-    out = Path(f"/tmp/fastgpu-locality-{os.getpid()}.json")
-    hosts = NetnsHosts(4, rate=args.rate)
-    try:
-        _run_on_hosts(hosts, args, out)
-    finally:
-        hosts.down()
-        remove_temp(hosts)
-    data = json.loads(out.read_text())
-    out.unlink()
-    return [Result(**r) for r in data]
-
-
-def _run_on_hosts(hosts, args, out: Path) -> None:
-    from benchmarks.netns.ray_hosts import run_driver_on_head
-
-    argv = ["--regimes", ",".join(r.name for r in args.regimes), "--systems", ",".join(args.systems),
-            "--json", str(out)] + (["--link-bandwidth", args.link_bandwidth] if args.link_bandwidth else [])
-    with hosts:
-        run_driver_on_head(hosts, Path(__file__).resolve(), argv, args.timeout)
+    argv = ["--regimes", ",".join(r.name for r in args.regimes), "--systems", ",".join(args.systems)]
+    argv += ["--link-bandwidth", args.link_bandwidth] if args.link_bandwidth else []
+    return [Result(**r) for r in run_on_netns_hosts(Path(__file__).resolve(), argv, args.rate, args.timeout,
+                                                    "locality")]
 
 
 def inside_mode(args) -> None:

@@ -261,22 +261,12 @@ def local_mode(args) -> list[Result]:
 
 
 def netns_mode(args) -> list[Result]:
-    from benchmarks.netns.hosts import NetnsHosts
-    from benchmarks.netns.ray_hosts import remove_temp, run_driver_on_head
+    from benchmarks.netns.ray_hosts import run_on_netns_hosts
 
-    out = Path(f"/tmp/fastgpu-pipeline-{os.getpid()}.json")
-    hosts = NetnsHosts(4, rate=args.rate)
     argv = ["--systems", ",".join(args.systems), "--n", str(args.n), "--mib", str(args.mib),
-            "--work", str(args.work), "--json", str(out)]
-    try:
-        with hosts:
-            run_driver_on_head(hosts, Path(__file__).resolve(), argv, args.timeout)
-    finally:
-        hosts.down()
-        remove_temp(hosts)
-    data = json.loads(out.read_text())
-    out.unlink()
-    return [Result(**r) for r in data]
+            "--work", str(args.work)]
+    return [Result(**r) for r in run_on_netns_hosts(Path(__file__).resolve(), argv, args.rate, args.timeout,
+                                                    "pipeline")]
 
 
 def inside_mode(args) -> None:

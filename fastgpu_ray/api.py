@@ -228,7 +228,7 @@ def explain(ref: ObjectRef) -> Record:
             raise ValueError(f"no record left for subtask {sid}: it was kept by the node scheduler of node "
                              f"{node[:12]}, which died after the subtask finished (its result had already "
                              "reached its owner, so it was not re-run)")
-        raise ValueError(f"no record left for subtask {sid} (each node keeps the last 200,000)")
+        raise ValueError(f"no record left for subtask {sid} (each node scheduler keeps the records of its last 20,000)")
     return rec
 
 

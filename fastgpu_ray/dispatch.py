@@ -39,6 +39,7 @@ log = logging.getLogger("fastgpu.dispatch")
 
 MAX_BATCH = 32
 BATCH_MAX_WORK_S = 0.05  # subtasks declaring more work than this are not batched (they benefit from placement)
+KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its explanations)
 UNPLACED_SCAN_LIMIT = 256  # per round, stop scanning after this many queued subtasks that do not fit
 
 
@@ -157,7 +158,7 @@ class NoMetrics:
 class DispatchCore:
     def __init__(self, backend: Backend, *, policy: str = registry.DEFAULT_POLICY, idle_timeout_s: float = 60.0,
                  telemetry_period_s: float = 1.0, max_batch: int = MAX_BATCH, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic, keep_records: int = 200_000,
+                 clock: Callable[[], float] = time.monotonic, keep_records: int = KEEP_RECORDS,
                  round_gap_s: float = 0.0) -> None:
         registry.policy_class(policy)  # unknown names fail here, at init
         self.backend = backend

@@ -108,3 +108,21 @@ def link_counters(veths_arg: str):
         return {h: {"up": stats[v][0], "down": stats[v][1]} for h, v in veths.items()}
 
     return counters
+
+
+def run_on_netns_hosts(script: Path, argv: list[str], rate: str, timeout_s: float, name: str):
+    """Four netns hosts on ``rate`` links, Ray on them, ``script --inside ... ARGV --json OUT`` as the
+    driver on the head; everything torn down after. Returns what the driver wrote to OUT (JSON)."""
+    import json
+
+    out = Path(f"/tmp/fastgpu-{name}-{os.getpid()}.json")
+    hosts = NetnsHosts(4, rate=rate)
+    try:
+        with hosts:
+            run_driver_on_head(hosts, script, [*argv, "--json", str(out)], timeout_s)
+    finally:
+        hosts.down()
+        remove_temp(hosts)
+    data = json.loads(out.read_text())
+    out.unlink()
+    return data
