@@ -176,6 +176,7 @@ class DispatchCore:
         self.workers: dict[tuple[str, int], WorkerInfo] = {}
         self.claiming: dict[str, int] = {}  # node -> GPUs being claimed there (workers starting)
         self.queue: list[tuple[int, int, Subtask]] = []
+        self.waiting: dict[str, Subtask] = {}  # subtasks waiting for their inputs (not queued yet)
         self.records: dict[str, Record] = {}
         # per GPU: batch id -> (estimated end, estimated duration); end None = work unknown
         self.ends: dict[tuple[str, int], dict[int, tuple[float | None, float]]] = {}
@@ -233,7 +234,11 @@ class DispatchCore:
         try:
             if inputs_ready is not None:
                 st.record.state = "waiting for inputs"
-                await inputs_ready
+                self.waiting[st.id] = st
+                try:
+                    await inputs_ready
+                finally:
+                    self.waiting.pop(st.id, None)
                 if self.clock() - now > 0.01:
                     st.record.history.append(f"inputs on this node after {self.clock() - now:.3f}s")
                 st.enqueued = self.clock()
@@ -364,7 +369,8 @@ class DispatchCore:
         if n is None or not n.alive or not n.gpu_total:
             return None
         now = self.clock()
-        queued = sum(_work_or_nominal(st) * _gpu_fraction(st) for _, _, st in self.queue)
+        ahead = [st for _, _, st in self.queue] + list(self.waiting.values())  # (inputs coming: soon queued)
+        queued = sum(_work_or_nominal(st) * _gpu_fraction(st) for st in ahead)
         busy = {}
         for g in range(n.gpu_total):
             ends = self.ends.get((node, g), {})

@@ -63,14 +63,29 @@ class Router:
         self._sched: Scheduler | None = None
         self._leases: dict[tuple, list] = {}  # shape key -> [route, subtasks left on it]
         self._routed = 0  # subtasks routed since the last report
+        self._log: list[tuple[str, tuple, Demand]] = []  # choices made since reports were last asked for
+        self._mark = 0  # choices before this index were made before the reports in flight were asked for
 
     # ------------------------------------------------------------------------------------- the view
+    def asking(self) -> None:
+        """Reports are being asked for now: choices made from here on are not in them."""
+        self._mark = len(self._log)
+
     def update(self, specs: Iterable[NodeSpec]) -> None:
-        """Replace the view with the node schedulers' latest reports (projected node specs)."""
+        """Replace the view with the node schedulers' reports (projected node specs), asked for at the last
+        ``asking()``; the choices made since then are queued again on top (a report does not show them)."""
         self.specs = {s.name: s for s in specs}
         self._state = None
         self._leases.clear()
         self._routed = 0
+        self._log, self._mark = self._log[self._mark:], 0
+        if self._log and self.specs:
+            st = self._scheduler(self._log[0][2]).state
+            index = {n: i for i, n in enumerate(st.names)}
+            for node, gpus, dw in self._log:
+                i = index.get(node)
+                if i is not None and all(g < st.gpu_count[i] for g in gpus):
+                    st.add_wait(i, gpus, dw)
 
     def drop(self, node: str) -> None:
         if self.specs.pop(node, None) is not None:
@@ -119,6 +134,7 @@ class Router:
             node = self._least_busy(st, d)  # fits a node only later (memory held outside): wait there
             return Route(node, dec.explanation) if node else Route(None, dec.explanation, never=dec.unplaced.reason)
         st.queue_behind(dec.node, dec.gpus, dw)
+        self._log.append((st.names[dec.node], dec.gpus, dw))
         return Route(st.names[dec.node], dec.explanation)
 
     @staticmethod

@@ -81,6 +81,7 @@ class Session:
             self._collect(REPORT_TIMEOUT_S if force else 0)
         if (force or now - self._reported >= REPORT_PERIOD_S) and not self._asked:
             nodes = [n for n in self.gpu_nodes if n in self.schedulers]
+            self.router.asking()
             self._asked = {self.schedulers[n].report.remote(): n for n in nodes}
             self._reported = now
             if force:

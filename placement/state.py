@@ -199,6 +199,10 @@ class ClusterState:
         it and push each GPU's wait back by its compute time there, so the next demand of the same round
         weighs waiting behind it too (the live runtime's queue, projected into one round's state)."""
         self.unbind(node, gpus, d)
+        self.add_wait(node, gpus, d)
+
+    def add_wait(self, node: int, gpus: Sequence[int], d: Demand) -> None:
+        """Push each GPU's wait back by ``d``'s compute time there (``d`` is queued there, not bound)."""
         for g in gpus:
             self.busy[node, g] += d.work_s * slowdown(self.load[node, g])
         self.has_live = True

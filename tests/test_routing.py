@@ -91,6 +91,20 @@ def test_a_burst_of_small_subtasks_shares_placements_and_a_few_calls_do_not():
     counts = [many.count(n) for n in "abc"]
     assert max(counts) - min(counts) <= 2 * LEASE, counts  # still spread over the nodes
     placements.clear()
-    r.update([node("a"), node("b"), node("c")])  # a new report: the burst is over
+    r.asking()  # reports asked for now show the whole burst
+    r.update([node("a"), node("b"), node("c")])  # they come back empty: the burst is over
     with_work = [r.choose(demand(i, work=1.0)).node for i in range(6)]
     assert placements == [1] * 6 and len(set(with_work)) == 3  # declared work: always one by one
+
+
+def test_choices_made_after_reports_were_asked_for_survive_the_update():
+    r = router(node("a", busy=(0.0,), util=(0.0,)), node("b", busy=(0.0,), util=(0.0,)))
+    before = r.choose(demand(0, work=5.0)).node  # made before the ask: the report shows it
+    r.asking()
+    after = r.choose(demand(1, work=5.0)).node  # made after: the report cannot show it
+    assert {before, after} == {"a", "b"}
+    # the reports arrive: they show the first choice's 5 s, not the second's
+    r.update([node(before, busy=(5.0,), util=(0.0,)), node(after, busy=(0.0,), util=(0.0,))])
+    st = r._scheduler(demand(2)).state
+    assert [float(st.busy[st.names.index(n), 0]) for n in ("a", "b")] == [5.0, 5.0]
+    assert float(st.free[st.names.index(after), 0]) == 1000  # queued there, not bound
