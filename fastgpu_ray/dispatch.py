@@ -39,6 +39,7 @@ log = logging.getLogger("fastgpu.dispatch")
 
 MAX_BATCH = 32
 BATCH_MAX_WORK_S = 0.05  # subtasks declaring more work than this are not batched (they benefit from placement)
+RELEASE_FOR_OTHERS_S = 0.5  # an idle worker is given back this soon when other Ray work waits for a GPU
 KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its explanations)
 UNPLACED_SCAN_LIMIT = 256  # per round, stop scanning after this many queued subtasks that do not fit
 
@@ -177,6 +178,7 @@ class DispatchCore:
         self.claiming: dict[str, int] = {}  # node -> GPUs being claimed there (workers starting)
         self.queue: list[tuple[int, int, Subtask]] = []
         self.waiting: dict[str, Subtask] = {}  # subtasks waiting for their inputs (not queued yet)
+        self.gpu_demand = 0.0  # GPUs Ray has requests for that it cannot place now (all jobs, ours too)
         self.records: dict[str, Record] = {}
         # per GPU: batch id -> (estimated end, estimated duration); end None = work unknown
         self.ends: dict[tuple[str, int], dict[int, tuple[float | None, float]]] = {}
@@ -316,6 +318,12 @@ class DispatchCore:
                 # (unlimited) and memory-packed subtasks could pile onto it.
                 tel[n.node_id] = self.telemetry[n.node_id]
         self.telemetry = tel
+        demand = getattr(self.backend, "pending_gpu_demand", None)
+        if demand is not None:
+            try:
+                self.gpu_demand = await demand()
+            except Exception:  # a GCS hiccup: keep the last answer
+                log.debug("reading Ray's pending GPU demand failed", exc_info=True)
         self._release_idle()
 
     async def _refresh_loop(self) -> None:
@@ -683,10 +691,17 @@ class DispatchCore:
             asyncio.ensure_future(self.backend.release(w))
 
     def _release_idle(self) -> None:
+        """Give back workers idle with nothing queued: after ``idle_timeout_s``, or after
+        ``RELEASE_FOR_OTHERS_S`` when Ray shows GPU demand it cannot place (beyond this core's own claims):
+        plain Ray work waits for a GPU, so none is kept idle for later. (Ray lists only requests without
+        a node constraint: another fastgpu session's node-pinned claims are not seen this way.)"""
         now = self.clock()
+        others = self.gpu_demand - sum(self.claiming.values()) > 0
         for key, w in list(self.workers.items()):
             h = self.holds.get(key)
-            if h is not None and h.running == 0 and not self.queue and now - w.idle_since > self.idle_timeout_s:
+            idle = now - w.idle_since
+            if (h is not None and h.running == 0 and not self.queue
+                    and (idle > self.idle_timeout_s or (others and idle > RELEASE_FOR_OTHERS_S))):
                 del self.workers[key]
                 self.holds.pop(key, None)
                 w.alive = False

@@ -124,11 +124,30 @@ class RayBackend:
         except Exception:
             pass
 
+    async def pending_gpu_demand(self) -> float:
+        """GPUs that tasks and actors (any job) ask Ray for and Ray cannot place now: the GCS's pending
+        resource requests (the same ones Ray's autoscaler reads)."""
+        return await asyncio.to_thread(_pending_gpus)
+
     def fail(self, message: str, exc: BaseException):
         return RayTaskError("fastgpu", message, exc)
 
     async def set_emulated(self, node: NodeInfo, index: int, **kw) -> None:
         await self.monitor(node).set_emulated.remote(index, **kw)
+
+
+_gcs = None
+
+
+def _pending_gpus() -> float:
+    global _gcs
+    from ray._raylet import GcsClient
+    from ray.autoscaler.v2.sdk import get_cluster_resource_state
+
+    if _gcs is None:
+        _gcs = GcsClient(ray.get_runtime_context().gcs_address)
+    state = get_cluster_resource_state(_gcs)
+    return float(sum(r.request.resources_bundle.get("GPU", 0.0) * r.count for r in state.pending_resource_requests))
 
 
 async def _await(ref):

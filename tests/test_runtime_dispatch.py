@@ -391,3 +391,24 @@ def test_history_does_not_grow_while_a_subtask_waits():
         return n_waiting, rec
     n_waiting, rec = asyncio.run(main())
     assert n_waiting == 0 and len(rec.history) == 1, rec.history
+
+
+def test_idle_workers_go_back_at_once_when_other_ray_work_waits_for_a_gpu():
+    class Waiting(FakeBackend):
+        demand = 0.0
+
+        async def pending_gpu_demand(self):
+            return self.demand
+
+    async def main():
+        b = Waiting({"n1": [16384, 16384]})
+        core = await started(b, idle_timeout_s=60.0)
+        await core.submit(sub("x", value(1)))
+        await asyncio.sleep(0.7)
+        kept = dict(core.workers)  # nobody else waits: kept for the idle timeout
+        b.demand = 1.0  # another job's worker (or a plain Ray task) waits for a GPU
+        await until(lambda: not core.workers, timeout_s=3.0, what="the idle workers to go back")
+        await core.shutdown()
+        return kept, b.released
+    kept, released = asyncio.run(main())
+    assert len(kept) == 2 and sorted(released) == [("n1", 0), ("n1", 1)]
