@@ -257,7 +257,9 @@ def merge_status(schedulers) -> ClusterStatus:
 
 def gpu_nodes() -> list[str]:
     """Ids of the live nodes with GPUs, in a stable order (for ``set_emulated_gpu``)."""
-    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0)
+    from transfer.ray_hooks import gpu_node_ids
+
+    return sorted(gpu_node_ids())
 
 
 def set_emulated_gpu(node_id: str, index: int, *, util: float | None = None, memory_used: Any = None,

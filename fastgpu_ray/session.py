@@ -51,13 +51,12 @@ class Session:
     # ------------------------------------------------------------------------------ node schedulers
     def sync_nodes(self) -> None:
         """Start a scheduler on every live GPU node that has none; forget nodes that died."""
-        from transfer import runtime_hooks
+        from transfer import ray_hooks, runtime_hooks
 
         from .node_scheduler import NodeScheduler, placement_options
 
         self._synced = time.monotonic()
-        alive = sorted(n["NodeID"] for n in ray.nodes()
-                       if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0)
+        alive = sorted(ray_hooks.gpu_node_ids())
         for node in set(self.gpu_nodes) - set(alive):
             self.router.forget_node(node)
             self.live.pop(node, None)

@@ -23,6 +23,7 @@ def is_object_ref(o: Any) -> bool:
 
 
 def gpu_node_ids() -> list[str]:
+    """Ids of the live nodes with GPUs (the runtime's one reading of this from ``ray.nodes()``)."""
     return [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
 
 
