@@ -414,8 +414,7 @@ class DispatchCore:
             if not n.alive or n.gpu_total < need:
                 continue
             held = [g for g in range(n.gpu_total) if (n.node_id, g) in self.holds]
-            free = sum(1 for g in held if self.fits_now(n.node_id, (g,), d))
-            free += min(n.gpu_total - len(held), int(n.gpu_available + 1e-9))
+            free = sum(1 for g in held if self.fits_now(n.node_id, (g,), d)) + max(0, self._claimable(n))
             if free >= need:
                 return True
         return False
@@ -628,14 +627,18 @@ class DispatchCore:
         self._wake.set()
 
     # ------------------------------------------------------------------------------ workers (GPUs)
+    def _claimable(self, n: NodeInfo) -> int:
+        """GPUs of ``n`` that fastgpu does not hold and Ray shows available: what a claim can get."""
+        held = sum(1 for (nd, _) in self.workers if nd == n.node_id)
+        return n.gpu_total - held - taken_count(n, held)
+
     def _claim(self, node_id: str) -> None:
         if node_id in self.claiming or self._closed:
             return
         n = next((x for x in self.nodes if x.node_id == node_id and x.alive), None)
         if n is None:
             return
-        held = sum(1 for (nd, _) in self.workers if nd == node_id)
-        count = n.gpu_total - held - taken_count(n, held)
+        count = self._claimable(n)
         if count <= 0:
             return
         self.claiming[node_id] = count
@@ -664,8 +667,7 @@ class DispatchCore:
         try:  # Ray's view of available GPUs right now, not as of the last refresh
             fresh = {x.node_id: x for x in await asyncio.to_thread(self.backend.nodes)}
             n = fresh.get(n.node_id, n)
-            held = sum(1 for (nd, _) in self.workers if nd == n.node_id)
-            count = min(count, n.gpu_total - held - taken_count(n, held)) if n.alive else 0
+            count = min(count, self._claimable(n)) if n.alive else 0
             self.claiming[n.node_id] = max(count, 0)
             t0 = self.clock()
             if count > 0:
