@@ -20,7 +20,9 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
+import math
 import itertools
 import logging
 import time
@@ -33,6 +35,7 @@ from placement.policies.fastgpu import NOMINAL_WORK_S
 
 from .demand import build_demand
 from .options import TaskOptions
+from .share_book import Share
 from .telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot
 
 log = logging.getLogger("fastgpu.dispatch")
@@ -129,6 +132,7 @@ class Subtask:
     enqueued: float = 0.0
     retries: int = 0
     min_memory_mib: int = 0
+    fair_wait_noted: bool = False  # its history says it waited for fair share (said once)
     future: asyncio.Future | None = None
     record: Record | None = None
     locate_inputs: bool = True  # False in a node scheduler: the driver already chose the node by data
@@ -182,6 +186,12 @@ class DispatchCore:
         self.records: dict[str, Record] = {}
         # per GPU: batch id -> (estimated end, estimated duration); end None = work unknown
         self.ends: dict[tuple[str, int], dict[int, tuple[float | None, float]]] = {}
+        # Fair share between jobs (fastgpu_ray.arbiter): None = no arbiter, hold what Ray gives. A core
+        # serving one node gets one Share for it; ``on_change`` is called when what it would report changes.
+        self.share: Share | None = None
+        self.share_expected_until = 0.0  # before this (clock), with no share yet, claim nothing: wait for it
+        self.run_s: dict[str, float] = {}  # function key -> moving average of its subtasks' run time
+        self.on_change: Callable[[], None] = lambda: None
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -339,7 +349,7 @@ class DispatchCore:
         """The live cluster as placement sees it. A node whose GPUs are being claimed keeps showing them
         free, so the subtasks that chose it keep choosing it (and wait) instead of claiming more nodes."""
         holds = {**self._claim_holds(), **self.holds} if self.claiming else self.holds
-        return build_snapshot(self.nodes, self.telemetry, holds)
+        return build_snapshot(self._within_share(), self.telemetry, holds)
 
     def placement_snapshot(self) -> Snapshot:
         """``snapshot()`` plus, for GPUs whose running work has known estimated ends and that have no room
@@ -366,7 +376,7 @@ class DispatchCore:
                 busy[key] = max(0.0, left)
         if not busy:
             return live
-        return build_snapshot(self.nodes, self.telemetry, {**self._claim_holds(), **self.holds}, busy)
+        return build_snapshot(self._within_share(), self.telemetry, {**self._claim_holds(), **self.holds}, busy)
 
     def projected_spec(self, node: str) -> NodeSpec | None:
         """``node`` as a new arrival would find it once the work ahead of it is done: every GPU free (at its
@@ -384,8 +394,72 @@ class DispatchCore:
             ends = self.ends.get((node, g), {})
             left = max((NOMINAL_WORK_S if e is None else max(0.0, e - now) for e, _ in ends.values()), default=0.0)
             busy[(node, g)] = left + queued / n.gpu_total * slowdown(self._external_util(node, g))
+        if self.share is not None and self.share.others_held:  # other jobs' GPUs: ours in turn (fair share)
+            n = dataclasses.replace(n, gpu_available=n.gpu_available + self.share.others_held)
         snap = build_snapshot([n], self.telemetry, {**self._claim_holds(), **self.holds}, busy)
         return snap.nodes[0]
+
+    # -------------------------------------------------------------------------- fair share (jobs)
+    def _held(self, node: str) -> int:
+        return sum(1 for (nd, _) in self.workers if nd == node)
+
+    def _within_share(self, nodes: list[NodeInfo] | None = None) -> list[NodeInfo]:
+        """``nodes`` as this job may use them: of the GPUs it does not hold, only as many look available
+        as its share lets it claim (GPUs other jobs are handing over count: a claim waits for them)."""
+        nodes = self.nodes if nodes is None else nodes
+        if self.share is None:
+            if self.clock() < self.share_expected_until:  # the arbiter's first word is on its way
+                return [dataclasses.replace(n, gpu_available=0.0) for n in nodes]
+            return nodes
+        out = []
+        for n in nodes:
+            held = self._held(n.node_id)
+            room = max(0, self.share.cap - held - self.claiming.get(n.node_id, 0))
+            out.append(dataclasses.replace(n, gpu_available=min(n.gpu_available + self.share.handing_over, room)))
+        return out
+
+    def set_share(self, share: Share | None) -> None:
+        """The arbiter's word for this job on this node: give back idle workers above the cap at once."""
+        self.share = share
+        self._enforce_share()
+        self._wake.set()
+
+    def _enforce_share(self) -> None:
+        if self.share is None:
+            return
+        for n in self.nodes:
+            excess = self._held(n.node_id) - self.share.cap
+            if excess <= 0:
+                continue
+            idle = sorted((w for key, w in self.workers.items()
+                           if key[0] == n.node_id and self.holds.get(key) and self.holds[key].running == 0),
+                          key=lambda w: w.idle_since)
+            for w in idle[:excess]:  # running work is never preempted: a busy worker goes when it is done
+                log.info("giving GPU %d on %s to another job (fair share: cap %d)", w.gpu_index,
+                         w.node_id[:12], self.share.cap)
+                self._drop_worker(w)
+
+    def share_state(self) -> dict:
+        """What this core reports to the arbiter: GPUs held, running work, and ``want`` = GPUs it could use
+        now (GPUs running its work + its queued work in GPUs, at most the node's GPUs)."""
+        gpus = sum(n.gpu_total for n in self.nodes if n.alive)
+        busy = sum(1 for key, h in self.holds.items() if h.running > 0 and key in self.workers)
+        queued = 0.0
+        for _, _, st in self.queue:  # stops once the node's GPUs are covered (a backlog is not summed)
+            queued += _gpu_fraction(st)
+            if busy + queued >= gpus:
+                break
+        held = len(self.workers) + sum(self.claiming.values())  # a claim under way counts: its GPUs are taken
+        return dict(gpu_total=gpus, held=held, want=min(gpus, busy + math.ceil(queued - 1e-9)),
+                    running=sum(h.running for h in self.holds.values()), queued=len(self.queue))
+
+    def _tiny(self, st: Subtask) -> bool:
+        """Whether ``st`` is small enough to share a worker call with others (a batch): its declared work,
+        else its function's measured run time, is at most ``BATCH_MAX_WORK_S``. A function not measured
+        yet is not batched (a 1 s subtask batched with 31 others would hold one GPU for 32 s)."""
+        if st.opts.work_s > 0:
+            return st.opts.work_s <= BATCH_MAX_WORK_S
+        return self.run_s.get(st.fn_key, float("inf")) <= BATCH_MAX_WORK_S
 
     def _claim_holds(self) -> dict:
         out = {}
@@ -434,6 +508,7 @@ class DispatchCore:
 
     def schedule_round(self) -> int:
         """Place as much of the queue as fits now; returns the number of subtasks started."""
+        self._enforce_share()
         if not self.queue:
             return 0
         t0 = time.perf_counter()
@@ -473,6 +548,7 @@ class DispatchCore:
                         failed_shapes.add((d.shape, d.gpu_types))
                         keep.append(item)
                         misses += 1
+                        self._note_fair_wait(st)
                     continue
                 try:  # transfer (issue 4): explain line, dedup, prefetch; advisory, never loses the subtask
                     transfer_after_place(self, state, pol, st, d, dec)
@@ -493,7 +569,7 @@ class DispatchCore:
                         failed_shapes.add((d.shape, d.gpu_types))
                     continue
                 batch = [st]
-                if st.opts.batch and st.opts.work_s <= BATCH_MAX_WORK_S and not d.input_total:  # data: placed alone
+                if st.opts.batch and self._tiny(st) and not d.input_total:  # data: placed alone
                     size = min(self.max_batch, max(1, (len(self.queue) + 1) // (2 * slots)))
                     key = st.batch_key()
                     while (len(batch) < size and self.queue and self.queue[0][2].batch_key() == key
@@ -512,7 +588,20 @@ class DispatchCore:
         if started:
             self.metrics.placed(started, time.perf_counter() - t0)
         self.metrics.queued(len(self.queue))
+        self.on_change()
         return started
+
+    def _note_fair_wait(self, st: Subtask) -> None:
+        """Say once in the subtask's history that it waits because its job is at its fair share here."""
+        sh = self.share
+        if sh is None or st.fair_wait_noted or sh.jobs < 2 or not self.nodes:
+            return
+        node = self.nodes[0].node_id
+        if self._held(node) + self.claiming.get(node, 0) < sh.cap or sh.cap >= self.nodes[0].gpu_total:
+            return
+        st.fair_wait_noted = True
+        st.record.history.append(f"waiting for fair share: its job may hold {sh.cap} GPU(s) on this node now "
+                                 f"(its share of the cluster: {sh.share:g} GPU(s), {sh.jobs} jobs with work)")
 
     def _start(self, batch: list[Subtask], node: str, gpus: tuple[int, ...], d: Demand,
                expl: Explanation | None, workers: list[WorkerInfo]) -> None:
@@ -587,6 +676,9 @@ class DispatchCore:
             return
         self._unreserve(node, gpus, d, batch, workers)
         dt = self.clock() - t0
+        for key in {st.fn_key for st in batch}:
+            per = dt / len(batch)
+            self.run_s[key] = per if key not in self.run_s else 0.8 * self.run_s[key] + 0.2 * per
         for st, out in zip(batch, outs):
             st.record.run_s += dt / len(batch)
             if not out.ok and out.oom:
@@ -625,15 +717,20 @@ class DispatchCore:
             if h.running == 0:
                 w.idle_since = self.clock()
         self._wake.set()
+        self.on_change()
 
     # ------------------------------------------------------------------------------ workers (GPUs)
     def _claimable(self, n: NodeInfo) -> int:
-        """GPUs of ``n`` that fastgpu does not hold and Ray shows available: what a claim can get."""
-        held = sum(1 for (nd, _) in self.workers if nd == n.node_id)
-        return n.gpu_total - held - taken_count(n, held)
+        """GPUs of ``n`` that fastgpu does not hold and Ray shows available (within the job's fair share):
+        what a claim can get."""
+        n = self._within_share([n])[0]
+        held, claiming = self._held(n.node_id), self.claiming.get(n.node_id, 0)
+        return n.gpu_total - held - claiming - taken_count(n, held, claiming)
 
     def _claim(self, node_id: str) -> None:
-        if node_id in self.claiming or self._closed:
+        """Start workers for every GPU of ``node_id`` a claim can get now (claims may overlap: one started
+        while another's workers are still starting takes only what is left)."""
+        if self._closed:
             return
         n = next((x for x in self.nodes if x.node_id == node_id and x.alive), None)
         if n is None:
@@ -641,34 +738,54 @@ class DispatchCore:
         count = self._claimable(n)
         if count <= 0:
             return
-        self.claiming[node_id] = count
+        self._count_claim(node_id, count)
         task = asyncio.ensure_future(self._do_claim(n, count))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
+    def _count_claim(self, node: str, k: int) -> None:
+        v = self.claiming.get(node, 0) + k
+        if v > 0:
+            self.claiming[node] = v
+        else:
+            self.claiming.pop(node, None)
+
     async def _do_claim(self, n: NodeInfo, count: int) -> None:
         got: list[WorkerInfo] = []
+        left = [count]  # GPUs of this claim still counted in ``self.claiming``
+
+        def settle(k: int) -> None:
+            k = min(k, left[0])
+            left[0] -= k
+            self._count_claim(n.node_id, -k)
 
         def ready(w: WorkerInfo) -> None:
             """A worker is up: use it at once (its siblings may still be starting)."""
             got.append(w)
+            settle(1)
             key = (w.node_id, w.gpu_index)
             if self._closed or (key in self.workers and self.workers[key].alive):
                 if not self._closed:  # Ray never gives one GPU twice; never keep two workers for one
                     log.error("GPU %s already held; releasing the new worker", key)
                 asyncio.ensure_future(self.backend.release(w))
                 return
+            if self.share is not None and self._held(w.node_id) >= self.share.cap:
+                asyncio.ensure_future(self.backend.release(w))  # the share shrank while it started
+                return
             w.idle_since = self.clock()
             self.workers[key] = w
             self.holds[key] = GpuHold()
-            self.claiming[n.node_id] = max(0, self.claiming.get(n.node_id, 1) - 1)
             self._wake.set()
+            self.on_change()
 
         try:  # Ray's view of available GPUs right now, not as of the last refresh
             fresh = {x.node_id: x for x in await asyncio.to_thread(self.backend.nodes)}
             n = fresh.get(n.node_id, n)
+            settle(count)  # what this claim may get, not counting itself
             count = min(count, self._claimable(n)) if n.alive else 0
-            self.claiming[n.node_id] = max(count, 0)
+            if count > 0:
+                self._count_claim(n.node_id, count)
+                left[0] = count
             t0 = self.clock()
             if count > 0:
                 await self.backend.claim(n, count, ready)
@@ -680,7 +797,7 @@ class DispatchCore:
         finally:
             if not got:  # nothing to claim after all (Ray's view was stale): back off before trying again
                 await asyncio.sleep(1.0)
-            self.claiming.pop(n.node_id, None)
+            settle(left[0])
             self._wake.set()
 
     def _drop_worker(self, w: WorkerInfo) -> None:
@@ -691,6 +808,7 @@ class DispatchCore:
             self.holds.pop(key, None)
             self.ends.pop(key, None)
             asyncio.ensure_future(self.backend.release(w))
+            self.on_change()
 
     def _release_idle(self) -> None:
         """Give back workers idle with nothing queued: after ``idle_timeout_s``, or after
@@ -704,10 +822,7 @@ class DispatchCore:
             idle = now - w.idle_since
             if (h is not None and h.running == 0 and not self.queue
                     and (idle > self.idle_timeout_s or (others and idle > RELEASE_FOR_OTHERS_S))):
-                del self.workers[key]
-                self.holds.pop(key, None)
-                w.alive = False
-                asyncio.ensure_future(self.backend.release(w))
+                self._drop_worker(w)
 
     # ---------------------------------------------------------------------------------- inspection
     def explain(self, sid: str) -> Record | None:
@@ -750,9 +865,9 @@ def transfer_after_place(core, state, pol, st, d, dec) -> None:
     after_place(core, state, pol, st, d, dec)
 
 
-def taken_count(n: NodeInfo, held: int) -> int:
+def taken_count(n: NodeInfo, held: int, claiming: int = 0) -> int:
     from .telemetry import taken_by_others
-    return taken_by_others(n, held)
+    return taken_by_others(n, held, claiming)
 
 
 def _no_batch(o: TaskOptions) -> TaskOptions:

@@ -32,6 +32,9 @@ from .wire import FnBox, Payload, RouteInfo
 log = logging.getLogger("fastgpu.node")
 
 ROUND_GAP_S = 0.002  # between scheduling rounds: a flood of submissions is placed in batches
+SHARE_REPORT_GAP_S = 0.05  # reports to the arbiter: at most this often (on change) ...
+SHARE_FIRST_WAIT_S = 2.0  # a new scheduler claims no GPU until the arbiter's first answer, or this long
+SHARE_HEARTBEAT_S = 1.0  # ... and at least this often (the arbiter drops schedulers that fall silent)
 RERUN = "re-run: its node scheduler was restarted on {here} after node {home} died"
 
 
@@ -52,14 +55,18 @@ def placement_options(session: str, home: str, gpu_nodes: list[str]) -> dict:
 @ray.remote(num_cpus=0, max_concurrency=100_000, max_restarts=-1, max_task_retries=-1)
 class NodeScheduler:
     def __init__(self, session: str, home: str, policy: str, idle_timeout_s: float, emulated_memory_mib: int,
-                 force_emulation: bool, gpu_nodes: list[str]) -> None:
+                 force_emulation: bool, job_weight: float, gpu_nodes: list[str]) -> None:
         from .metrics import RayMetrics
 
         logging.basicConfig(level=logging.INFO)
         ctx = ray.get_runtime_context()
         self.session, self.home, self.here = session, home, ctx.get_node_id()
         self.restarted = bool(ctx.was_current_actor_reconstructed)
-        self.args = (policy, idle_timeout_s, emulated_memory_mib, force_emulation, gpu_nodes)
+        self.args = (policy, idle_timeout_s, emulated_memory_mib, force_emulation, job_weight, gpu_nodes)
+        self.job_weight = job_weight
+        self.ray_job = ctx.get_job_id()
+        self._changed = asyncio.Event()
+        self._share_task = None
         self.delegate = None
         self.backend = RayBackend(emulated_memory_mib, force_emulation, node=self.here)
         self.metrics = RayMetrics(session)
@@ -80,6 +87,12 @@ class NodeScheduler:
         if not self._started:
             self._started = True
             await self.core.start()
+            self.core.on_change = self._changed.set
+            # Claim nothing until the arbiter has answered (it does within milliseconds): a new job would
+            # otherwise take every free GPU and hand most back at once. Without an answer, go on alone.
+            self.core.share_expected_until = self.core.clock() + SHARE_FIRST_WAIT_S
+            self._changed.set()
+            self._share_task = asyncio.ensure_future(self._share_loop())
         return self.here
 
     def _rerun(self) -> str | None:
@@ -117,6 +130,45 @@ class NodeScheduler:
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
                                       inputs_ready=self.deps.ready(refs) if refs else None)
 
+    # ---------------------------------------------------------------------------- fair share (jobs)
+    async def _share_loop(self) -> None:
+        """Report this job's state on this node to the cluster's arbiter: on change (at most every
+        ``SHARE_REPORT_GAP_S``) and every ``SHARE_HEARTBEAT_S``."""
+        from .arbiter import get_arbiter
+
+        arbiter, last, handle = None, None, None
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.wait(), SHARE_HEARTBEAT_S)
+            except asyncio.TimeoutError:
+                last = None  # heartbeat: send even if nothing changed
+            self._changed.clear()
+            state = dict(self.core.share_state(), weight=self.job_weight, ray_job=self.ray_job, label=self.session)
+            if state == last:
+                continue
+            try:
+                if arbiter is None:
+                    arbiter = get_arbiter()
+                    handle = ray.get_runtime_context().current_actor
+                known = await arbiter.report.remote(self.session, self.here, None if last else handle, state)
+                if not known:
+                    await arbiter.report.remote(self.session, self.here, handle, state)
+                last = state
+            except Exception:  # no arbiter now (it restarts): hold what Ray gives, retry on the next beat
+                log.warning("fastgpu arbiter unreachable; retrying", exc_info=True)
+                arbiter, last = None, None
+            await asyncio.sleep(SHARE_REPORT_GAP_S)
+
+    async def set_share(self, share) -> None:
+        """The arbiter's ``Share`` for this job on this node."""
+        if self.delegate is not None:
+            return
+        grow = self.core.share is None or share.cap > self.core.share.cap or share.handing_over
+        self.core.set_share(share)
+        if grow:  # GPUs may have come free: see Ray's view now, not at the next refresh
+            self.core.nodes = sorted(await asyncio.to_thread(self.backend.nodes), key=lambda n: n.node_id)
+            self.core._wake.set()
+
     def ended(self) -> list[str]:
         return [] if self.delegate is not None else self.core.ended()
 
@@ -124,6 +176,8 @@ class NodeScheduler:
         if self.delegate is not None or self.here != self.home:
             return 0
         handles = list(self.backend.created.values())  # held workers and those still starting
+        if self._share_task is not None:
+            self._share_task.cancel()
         await self.core.shutdown()
         self.backend.kill_all()
         await asyncio.gather(*(self.backend.wait_dead(h) for h in handles), return_exceptions=True)
@@ -132,6 +186,12 @@ class NodeScheduler:
                 ray.kill(m, no_restart=True)
             except Exception:
                 pass
+        try:  # the other jobs get these GPUs now, not when this scheduler's reports go stale
+            from .arbiter import get_arbiter
+
+            await get_arbiter().leave.remote(self.session, self.here)
+        except Exception:
+            pass
         return len(handles)
 
     # ---------------------------------------------------------------------------------- inspection

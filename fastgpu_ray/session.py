@@ -36,7 +36,7 @@ class Session:
     id: str
     started_ray: bool
     policy: str
-    scheduler_args: tuple  # (policy, idle_timeout_s, emulated memory MiB, force emulation)
+    scheduler_args: tuple  # (policy, idle_timeout_s, emulated memory MiB, force emulation, job weight)
     router: Router
     schedulers: dict = field(default_factory=dict)  # node id -> NodeScheduler handle (home node)
     live: dict = field(default_factory=dict)  # node id -> its live NodeSpec (last report)
@@ -168,7 +168,7 @@ _session: Session | None = None
 
 def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, emulate: bool | None = None,
          emulated_gpu_memory: Any = DEFAULT_EMULATED_MEMORY_MIB * (1 << 20), idle_timeout_s: float = 60.0,
-         link_bandwidth: str | float | None = None, **ray_init_kwargs: Any) -> str:
+         link_bandwidth: str | float | None = None, job_weight: float = 1.0, **ray_init_kwargs: Any) -> str:
     """Start fastgpu on a Ray cluster; returns the session id.
 
     ``address``: as ``ray.init`` (None: connect to the running cluster if there is one, else start an
@@ -178,11 +178,14 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
     ("16GiB"; per GPU with ``fastgpu.set_emulated_gpu``). ``idle_timeout_s``: a GPU worker idle that long
     gives its GPU back to Ray. ``link_bandwidth``: the network bandwidth between nodes that the transfer
     cost uses ("1Gbit", "125MB/s", or bytes/s); default: ``FASTGPU_LINK_BANDWIDTH`` or a measurement.
+    ``job_weight``: this driver's weight in the fair share of GPUs between the jobs (drivers) on the
+    cluster (default 1; a job of weight 2 gets twice the GPUs of a job of weight 1 while both have work).
     """
     global _session
     if _session is not None:
         return _session.id
     registry.policy_class(policy)  # unknown policy -> ValueError naming the valid ones
+    weight = _check_weight(job_weight)
     mem = parse_memory_mib(emulated_gpu_memory, "emulated_gpu_memory")
     env = None
     if link_bandwidth is not None:
@@ -196,7 +199,7 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
     from transfer import runtime_hooks
 
     runtime_hooks.reset(environ=env)  # the transfer model lives in the driver, which routes
-    s = Session(uuid.uuid4().hex[:8], started, policy, (policy, idle_timeout_s, mem, bool(emulate)),
+    s = Session(uuid.uuid4().hex[:8], started, policy, (policy, idle_timeout_s, mem, bool(emulate), weight),
                 Router(policy, cost=lambda: runtime_hooks.runtime().cost()))
     try:
         s.refresh(force=True)
@@ -205,6 +208,15 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
         raise
     _session = s
     return s.id
+
+
+def _check_weight(w: Any) -> float:
+    import math
+
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+        raise ValueError(f"job_weight={w!r}: must be a positive number (the job's weight in the fair share "
+                         "of GPUs between jobs; default 1)")
+    return float(w)
 
 
 def shutdown(timeout_s: float = 30.0) -> None:

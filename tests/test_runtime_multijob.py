@@ -1,0 +1,137 @@
+"""Several jobs (drivers, each its own process and Ray job) on one cluster: fair share, no hoarding, a
+killed driver's GPUs go to the others. Timing starts at each job's first submit (``benchmarks/job_driver``)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from multi_job_stats import held_idle_gaps, median, p99, window_ratios  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+GPUS = 6
+
+
+class Job:
+    def __init__(self, address: str, tmp: Path, label: str, *args: str, start_at: float = 0.0) -> None:
+        self.out = tmp / f"{label}.json"
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "job_driver.py"), "--address", address,
+               "--out", str(self.out), "--label", label, *args]
+        if start_at:
+            cmd += ["--start-at", str(start_at)]
+        self.log = open(tmp / f"{label}.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+
+    def result(self, timeout: float = 240) -> dict:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log.close()
+        assert rc == 0, f"job failed (rc {rc}); log: {Path(self.log.name).read_text()[-3000:]}"
+        return json.loads(self.out.read_text())
+
+    def finished_work(self) -> bool:
+        return self.out.exists()
+
+
+def run_time(rec: dict, i: int = 0) -> float:
+    r = rec["runs"][i]
+    return r["done"] - r["submit"]
+
+
+def spans(rec: dict) -> list:
+    return [s for r in rec["runs"] for s in r["spans"]]
+
+
+def arbiter_jobs() -> list:
+    from fastgpu_ray.arbiter import get_arbiter
+
+    return ray.get(get_arbiter().status.remote(), timeout=10)
+
+
+def test_two_equal_jobs_share_the_cluster(ray_cluster, tmp_path):
+    n, work = 36, 1.0
+    solo = run_time(Job(ray_cluster.address, tmp_path, "solo", "--n", str(n)).result())
+    start = time.time() + 5
+    a = Job(ray_cluster.address, tmp_path, "a", "--n", str(n), start_at=start)
+    b = Job(ray_cluster.address, tmp_path, "b", "--n", str(n), start_at=start)
+    ra, rb = a.result(), b.result()
+    # ideal for each: its solo run plus the other's GPU-seconds spread over the cluster
+    ideal = solo + n * work / GPUS
+    ta, tb = run_time(ra), run_time(rb)
+    print(f"solo {solo:.1f}s; together {ta:.1f}s and {tb:.1f}s; ideal {ideal:.1f}s")
+    assert len(ra["runs"][0]["spans"]) == n and len(rb["runs"][0]["spans"]) == n
+    assert max(ta, tb) <= 1.3 * ideal, f"jobs took {ta:.1f}s and {tb:.1f}s, ideal {ideal:.1f}s (solo {solo:.1f}s)"
+
+
+def test_an_idle_session_does_not_delay_another_job(ray_cluster, tmp_path):
+    solo = run_time(Job(ray_cluster.address, tmp_path, "solo", "--n", "12").result())
+    idle = Job(ray_cluster.address, tmp_path, "idle", "--n", "12", "--hold-s", "40")
+    deadline = time.monotonic() + 120
+    while not idle.finished_work():  # its work is done; its session stays open, holding warm workers
+        assert time.monotonic() < deadline and idle.proc.poll() is None, "the first job did not finish"
+        time.sleep(0.2)
+    other = run_time(Job(ray_cluster.address, tmp_path, "other", "--n", "12").result())
+    idle.proc.send_signal(signal.SIGINT)
+    print(f"solo {solo:.1f}s; next to an idle open session {other:.1f}s")
+    assert other <= solo + 2.0, f"took {other:.1f}s next to an idle session, {solo:.1f}s alone"
+
+
+def test_a_killed_driver_releases_its_gpus(ray_cluster, tmp_path):
+    victim = Job(ray_cluster.address, tmp_path, "victim", "--n", "400")
+    time.sleep(8)  # it holds GPUs and has a long backlog
+    other = Job(ray_cluster.address, tmp_path, "other", "--n", "60")
+    deadline = time.monotonic() + 60
+    while not (len(shares := arbiter_jobs()) == 2 and all(j.held >= 2 and j.running for j in shares)):
+        assert time.monotonic() < deadline, f"the two jobs never shared the GPUs: {shares}"
+        time.sleep(0.2)
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    killed, killed_wall = time.monotonic(), time.time()
+    while not (len(jobs := arbiter_jobs()) == 1 and jobs[0].held == GPUS):
+        assert time.monotonic() - killed < 5.0, f"5 s after the kill: {jobs}"
+        time.sleep(0.1)
+    took = time.monotonic() - killed
+    rec = other.result()
+    victim.log.close()
+    got = spans(rec)
+    assert len(got) == 60  # the other job lost nothing
+    after = {(s[2], tuple(s[3])) for s in got if s[0] > killed_wall}
+    print(f"the killed job's GPUs went to the other job {took:.1f}s after the kill; it then ran on {len(after)} GPUs")
+    assert len(after) == GPUS
+    dead = [a for a in ray._private.state.actors().values()
+            if a["JobID"] == jobs_of_dead_driver() and a["State"] != "DEAD"]
+    assert not dead, f"actors of the killed driver still alive: {[a['ActorClassName'] for a in dead]}"
+
+
+def jobs_of_dead_driver() -> str:
+    """The id of the most recent dead driver's Ray job."""
+    dead = [j for j in ray._private.state.jobs() if j["IsDead"]]
+    return max(dead, key=lambda j: j["StartTime"])["JobID"]
+
+
+def test_weights_two_to_one_and_priority_stays_inside_its_job(ray_cluster, tmp_path):
+    # b's subtasks all have priority 100: that orders b's own queue and must not take a's share
+    start = time.time() + 5
+    a = Job(ray_cluster.address, tmp_path, "a", "--n", "200", "--work-s", "0.5", "--weight", "2", start_at=start)
+    b = Job(ray_cluster.address, tmp_path, "b", "--n", "100", "--work-s", "0.5", "--priority", "100",
+            start_at=start)
+    ra, rb = a.result(), b.result()
+    ratios = window_ratios(spans(ra), spans(rb), 10.0)
+    same, handover = held_idle_gaps({"a": spans(ra), "b": spans(rb)})
+    print(f"GPU-seconds a:b per 10 s window {[round(r, 2) for r in ratios]}; held idle gaps p99 "
+          f"{p99(same):.2f}s over {len(same)}; hand-overs {len(handover)} (median {median(handover):.2f}s)")
+    assert len(ratios) >= 2, "the jobs did not overlap for two 10 s windows"
+    assert 1.7 <= median(ratios) <= 2.3, ratios
+    assert p99(same) <= 0.5, sorted(same)[-5:]
