@@ -5,7 +5,7 @@ Used by ``benchmarks/multi_job.py`` and ``tests/test_runtime_multijob.py``, whic
 separate processes (separate Ray jobs) on one cluster. Timing starts at the first submit, not at init.
 
     python benchmarks/job_driver.py --address ADDR --n 12 --out job.json [--system fastgpu|ray]
-        [--weight 2] [--priority 100] [--start-at EPOCH] [--hold-s 25] [--repeat 2]
+        [--weight 2] [--priority 100] [--start-at EPOCH | --go-file F --offset-s 2] [--hold-s 25]
 """
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--weight", type=float, default=1.0)
     ap.add_argument("--priority", type=int, default=0)
     ap.add_argument("--start-at", type=float, default=0.0, help="wall-clock time (epoch s) to start submitting")
+    ap.add_argument("--go-file", help="after init, write OUT.ready, wait for this file (an epoch time) and "
+                    "start submitting --offset-s after that time (so init time never shifts the start)")
+    ap.add_argument("--offset-s", type=float, default=0.0)
     ap.add_argument("--hold-s", type=float, default=0.0, help="keep the session open this long after the work")
     ap.add_argument("--repeat", type=int, default=1, help="run the map this many times (records each)")
     ap.add_argument("--label", default="job")
@@ -62,6 +65,12 @@ def main(argv=None) -> int:
         def submit():
             return [g.remote((a.work_s, a.label)) for _ in range(a.n)]
 
+    if a.go_file:
+        open(a.out + ".ready", "w").close()
+        while not os.path.exists(a.go_file):
+            time.sleep(0.01)
+        time.sleep(0.05)  # (the writer's rename is atomic; this is only politeness)
+        a.start_at = float(open(a.go_file).read()) + a.offset_s
     if a.start_at:
         time.sleep(max(0.0, a.start_at - time.time()))
     for _ in range(a.repeat):
@@ -69,8 +78,9 @@ def main(argv=None) -> int:
         spans = ray.get(submit(), timeout=600)
         rec["runs"].append({"submit": t0, "done": time.time(), "spans": [list(s[1:]) for s in spans]})
     rec["ready_to_hold"] = time.time()
-    with open(a.out, "w") as fh:  # written before holding, so a test can act while the session stays open
+    with open(a.out + ".tmp", "w") as fh:  # written before holding: a test can act while the session stays open
         json.dump(rec, fh)
+    os.replace(a.out + ".tmp", a.out)
     if a.hold_s:
         time.sleep(a.hold_s)
     if fastgpu is not None:

@@ -2,7 +2,10 @@
 (start, end, node, GPU ids) in wall-clock seconds. Pure functions, used by ``multi_job.py`` and the tests."""
 from __future__ import annotations
 
+import os
 import statistics
+import time
+from pathlib import Path
 
 
 def both_busy(jobs: dict[str, list]) -> tuple[float, float]:
@@ -62,3 +65,17 @@ def jain(xs: list[float]) -> float:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def release_together(outs: list[Path], procs: list, go: Path, timeout_s: float = 180.0) -> None:
+    """Wait until every job driver (``job_driver.py --go-file go``) has initialised (wrote OUT.ready),
+    then let them all go: they start submitting at the same instant (plus each one's ``--offset-s``)."""
+    deadline = time.monotonic() + timeout_s
+    while not all(Path(str(o) + ".ready").exists() for o in outs):
+        dead = [p for p in procs if p.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            raise RuntimeError(f"a job driver exited or did not initialise in {timeout_s:.0f}s")
+        time.sleep(0.05)
+    tmp = Path(str(go) + ".tmp")
+    tmp.write_text(repr(time.time() + 0.3))
+    os.replace(tmp, go)

@@ -251,8 +251,11 @@ def merge_status(schedulers) -> ClusterStatus:
     ray.get([h.refresh.remote() for h in hs])
     parts = [p for p in ray.get([h.status.remote() for h in hs]) if p is not None]
     rows = tuple(sorted((g for p in parts for g in p.gpus), key=lambda g: (g.node, g.gpu)))
+    from .arbiter import job_shares
+
     return ClusterStatus(rows, sum(p.queue_length for p in parts), sum(p.nodes_alive for p in parts),
-                         sum(p.placed for p in parts), sum(p.finished for p in parts), sum(p.failed for p in parts))
+                         sum(p.placed for p in parts), sum(p.finished for p in parts), sum(p.failed for p in parts),
+                         job_shares())
 
 
 def gpu_nodes() -> list[str]:

@@ -100,6 +100,14 @@ class Arbiter:
                 log.exception("arbiter sweep failed")
 
 
+def job_shares() -> tuple:
+    """Every job's share as the running arbiter sees it (``JobShare`` rows); () when none runs."""
+    try:
+        return tuple(ray.get(ray.get_actor(ARBITER_NAME, namespace=NAMESPACE).status.remote(), timeout=10))
+    except Exception:
+        return ()
+
+
 def get_arbiter():
     """The cluster's arbiter (started on first use, on the head node)."""
     return Arbiter.options(name=ARBITER_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",

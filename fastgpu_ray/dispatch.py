@@ -428,6 +428,11 @@ class DispatchCore:
         if self.share is None:
             return
         for n in self.nodes:
+            if hasattr(self.backend, "cancel_claims"):  # workers not up yet beyond the cap: stop them from
+                pending = self.backend.pending_claims(n.node_id)  # taking a GPU another job was given
+                drop = min(pending, self._held(n.node_id) + pending - self.share.cap)
+                if drop > 0:
+                    self.backend.cancel_claims(n.node_id, drop)
             excess = self._held(n.node_id) - self.share.cap
             if excess <= 0:
                 continue
@@ -440,8 +445,9 @@ class DispatchCore:
                 self._drop_worker(w)
 
     def share_state(self) -> dict:
-        """What this core reports to the arbiter: GPUs held, running work, and ``want`` = GPUs it could use
-        now (GPUs running its work + its queued work in GPUs, at most the node's GPUs)."""
+        """What this core reports to the arbiter: GPUs held (workers up) and being claimed (workers starting
+        or waiting for a GPU; those beyond the cap are cancelled), running and queued subtasks, and ``want``
+        = GPUs it could use now: GPUs running its work + its queued work in GPUs, at most the node's GPUs."""
         gpus = sum(n.gpu_total for n in self.nodes if n.alive)
         busy = sum(1 for key, h in self.holds.items() if h.running > 0 and key in self.workers)
         queued = 0.0
@@ -449,9 +455,20 @@ class DispatchCore:
             queued += _gpu_fraction(st)
             if busy + queued >= gpus:
                 break
-        held = len(self.workers) + sum(self.claiming.values())  # a claim under way counts: its GPUs are taken
-        return dict(gpu_total=gpus, held=held, want=min(gpus, busy + math.ceil(queued - 1e-9)),
+        return dict(gpu_total=gpus, held=len(self.workers), claiming=sum(self.claiming.values()),
+                    want=min(gpus, busy + math.ceil(queued - 1e-9)),
                     running=sum(h.running for h in self.holds.values()), queued=len(self.queue))
+
+    def _idle_worker(self, node: str, d: Demand, chosen: int) -> WorkerInfo | None:
+        """A worker of ours on ``node`` with nothing running whose GPU takes ``d`` now and is not more
+        loaded from outside than the ``chosen`` GPU (placement may have chosen it to avoid that load)."""
+        load = self._external_util(node, chosen) + 0.1
+        for (nd, g), w in self.workers.items():
+            h = self.holds.get((nd, g))
+            if (nd == node and w.alive and h is not None and h.running == 0 and self.fits_now(node, (g,), d)
+                    and self._external_util(node, g) <= load):
+                return w
+        return None
 
     def _tiny(self, st: Subtask) -> bool:
         """Whether ``st`` is small enough to share a worker call with others (a batch): its declared work,
@@ -554,17 +571,24 @@ class DispatchCore:
                     transfer_after_place(self, state, pol, st, d, dec)
                 except Exception:
                     log.exception("transfer hook failed for subtask %s", st.id)
-                node = state.names[dec.node]
-                workers = [self.workers.get((node, g)) for g in dec.gpus]
+                node, gpus = state.names[dec.node], dec.gpus
+                workers = [self.workers.get((node, g)) for g in gpus]
                 if not all(w is not None and w.alive for w in workers):
-                    keep.append(item)  # stays bound in this round's state: no second claim for the same GPUs
-                    self._claim(node)
-                    continue
-                if not self.fits_now(node, dec.gpus, d):  # it chose to wait for a busy GPU (earliest finish)
+                    spare = self._idle_worker(node, d, gpus[0]) if len(gpus) == 1 else None
+                    if spare is None:
+                        keep.append(item)  # stays bound in this round's state: no second claim for the same GPUs
+                        self._claim(node)
+                        continue
+                    # A worker of ours sits idle on this node: run there now rather than wait for a worker to
+                    # start on the chosen GPU (a process start; under fair share the GPU may not even come).
+                    st.record.history.append(f"chosen GPU {list(gpus)} has no worker yet: ran on idle GPU "
+                                             f"{spare.gpu_index} of the same node")
+                    gpus, workers = (spare.gpu_index,), [spare]
+                if not self.fits_now(node, gpus, d):  # it chose to wait for a busy GPU (earliest finish)
                     st.record.explanation = dec.explanation
                     keep.append(item)
                     misses += 1
-                    state.queue_behind(dec.node, dec.gpus, d)
+                    state.queue_behind(dec.node, gpus, d)
                     if not self.can_start_now(d):  # no GPU takes this shape now: the rest of it waits too
                         failed_shapes.add((d.shape, d.gpu_types))
                     continue
@@ -575,7 +599,7 @@ class DispatchCore:
                     while (len(batch) < size and self.queue and self.queue[0][2].batch_key() == key
                            and not has_inputs(self.queue[0][2].payload)):  # followers with data: alone too
                         batch.append(heapq.heappop(self.queue)[2])
-                self._start(batch, node, dec.gpus, d, dec.explanation, workers)
+                self._start(batch, node, gpus, d, dec.explanation, workers)
                 started += len(batch)
                 if d.work_s > 0 and self.queue:
                     # The next subtask must see this GPU as busy until an estimated end (so it can weigh

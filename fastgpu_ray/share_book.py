@@ -34,6 +34,7 @@ class Share:
 class _Row:
     gpu_total: int
     held: int = 0
+    claiming: int = 0
     want: int = 0
     running: int = 0
     queued: int = 0
@@ -73,14 +74,15 @@ class ShareBook:
         self._ages = itertools.count()
 
     def report(self, job: str, node: str, *, weight: float, ray_job: str, gpu_total: int, held: int, want: int,
-               running: int = 0, queued: int = 0, label: str = "") -> bool:
+               claiming: int = 0, running: int = 0, queued: int = 0, label: str = "") -> bool:
         """One node scheduler's state; returns whether the book already knew this (job, node)."""
         if job not in self.jobs:
             self.jobs[job] = _Job(float(weight), ray_job, next(self._ages), label)
         key = (job, node)
         known = key in self.rows
         r = self.rows.setdefault(key, _Row(gpu_total))
-        r.gpu_total, r.held, r.want, r.running, r.queued, r.seen = gpu_total, held, want, running, queued, self.clock()
+        r.gpu_total, r.held, r.claiming, r.want = gpu_total, held, claiming, want
+        r.running, r.queued, r.seen = running, queued, self.clock()
         return known
 
     def leave(self, job: str, node: str | None = None) -> None:
@@ -110,7 +112,7 @@ class ShareBook:
         for j, n in self.rows:
             nodes.setdefault(n, []).append(j)
         capacity = {n: max(self.rows[(j, n)].gpu_total for j in js) for n, js in nodes.items()}
-        rows = [JobNode(j, n, r.held, r.want) for (j, n), r in self.rows.items()]
+        rows = [JobNode(j, n, self._held(j, n, nodes[n], capacity[n]), r.want) for (j, n), r in self.rows.items()]
         # every job gets a row on every node (want 0 where it has no scheduler yet)
         for j in self.jobs:
             rows += [JobNode(j, n, 0, 0) for n in nodes if (j, n) not in self.rows]
@@ -128,6 +130,18 @@ class ShareBook:
             out[(j, n)] = Share(caps[(j, n)], over, sum(self.rows[(k, n)].held for k in others),
                                 round(self.shares.get(j, 0.0), 2), max(busy_jobs, 1))
         return out
+
+    def _held(self, job: str, node: str, jobs: list[str], capacity: int) -> int:
+        """GPUs ``job`` holds on ``node`` for the rule: its workers, plus its claims under way as far as the
+        node has GPUs no job's worker holds (older jobs' claims first). A claim waiting for a GPU that
+        another job's worker holds is not a hold: counting it would give one GPU to two jobs."""
+        room = capacity - sum(self.rows[(k, node)].held for k in jobs)
+        for k in sorted(jobs, key=lambda k: (self.jobs[k].age, k)):
+            got = min(self.rows[(k, node)].claiming, max(room, 0))
+            room -= got
+            if k == job:
+                return self.rows[(k, node)].held + got
+        return self.rows[(job, node)].held
 
     def changed(self) -> list[tuple[tuple[str, str], Share]]:
         """The shares that differ from what was last sent (and marks them sent)."""

@@ -84,6 +84,18 @@ def test_remote_before_init_says_what_to_do():
         f.remote()
 
 
+@pytest.mark.parametrize("w", [0, -1, float("nan"), float("inf"), "2", True])
+def test_a_bad_job_weight_fails_at_init_before_ray_starts(w):
+    if fastgpu.is_initialized():
+        pytest.skip("a session is open in this process")
+    import ray
+
+    started = ray.is_initialized()
+    with pytest.raises(ValueError, match="job_weight=.*positive number"):
+        fastgpu.init(job_weight=w)
+    assert ray.is_initialized() == started
+
+
 def test_run_without_split_is_a_clear_error():
     @fastgpu.task
     def f(x):
