@@ -15,8 +15,10 @@ The rule, in two steps (docs/design-runtime.md, "Many jobs"):
 2. **Caps per node** (``node_caps``): a job keeps the GPUs it holds where it has work, down to its share
    (hand-overs cost a worker process start, so they are made only to bring a job to its share); GPUs
    freed that way and free GPUs go to the job furthest below its share that has work queued on that node,
-   then to any job with work there (work-conserving). Where no job wants a GPU, its holder keeps it (its
-   warm worker goes back after the session's idle timeout, or as soon as another job wants the GPU).
+   then to any job with work there (work-conserving). A job gives GPUs up first where its queue per GPU is
+   shortest and gets them first where its queue is longest, so its backlog drains evenly over the nodes.
+   Where no job wants a GPU, its holder keeps it (its warm worker goes back after the session's idle
+   timeout, or as soon as another job wants the GPU).
 
 Subtask priorities do not enter here: they order work inside a job only.
 """
@@ -34,6 +36,7 @@ class JobNode:
     node: str
     held: int  # GPU workers this job holds there
     want: int  # GPUs it could use there now: GPUs running its work + its queued work there (whole GPUs)
+    queued: int = 0  # its subtasks queued there (where its backlog is longest, it keeps or gets GPUs first)
 
 
 def fair_shares(weights: dict[str, float], demand: dict[str, float], capacity: float) -> dict[str, float]:
@@ -73,6 +76,7 @@ def node_caps(rows: list[JobNode], capacity: dict[str, int], weights: dict[str, 
     age = age or {}
     want = {(r.job, r.node): min(r.want, capacity.get(r.node, 0)) for r in rows}
     held = {(r.job, r.node): r.held for r in rows}
+    backlog = {(r.job, r.node): r.queued for r in rows}
     jobs = sorted({r.job for r in rows}, key=lambda j: (age.get(j, 0), j))
     demand = {j: float(sum(w for (jj, _), w in want.items() if jj == j)) for j in jobs}
     held_by_job = {j: sum(h for (jj, _), h in held.items() if jj == j) for j in jobs}
@@ -92,7 +96,8 @@ def node_caps(rows: list[JobNode], capacity: dict[str, int], weights: dict[str, 
     # Bring jobs above their share down, first where a job below its share waits for the GPU.
     for j in jobs:
         while total[j] > target[j]:
-            k = max((k for k in cap if k[0] == j and cap[k] > 0), key=lambda k: (hungry(k[1], j), cap[k], k[1]))
+            k = max((k for k in cap if k[0] == j and cap[k] > 0),
+                    key=lambda k: (hungry(k[1], j), -backlog[k] / cap[k], cap[k], k[1]))
             cap[k] -= 1
             total[j] -= 1
             used[k[1]] -= 1
@@ -107,7 +112,7 @@ def node_caps(rows: list[JobNode], capacity: dict[str, int], weights: dict[str, 
         if not short:
             break
         j = min(short, key=lambda j: (-(target[j] - total[j]) / weights.get(j, 1.0), age.get(j, 0), j))
-        path = _augment(j, cap, want, held, used, capacity, by_node)
+        path = _augment(j, cap, want, held, used, capacity, by_node, backlog)
         if path is None:
             target[j] = total[j]  # nothing more it can get where its work is
             continue
@@ -130,7 +135,7 @@ def node_caps(rows: list[JobNode], capacity: dict[str, int], weights: dict[str, 
     return cap
 
 
-def _augment(job, cap, want, held, used, capacity, by_node):
+def _augment(job, cap, want, held, used, capacity, by_node, backlog):
     """One more GPU for ``job``: the shortest chain job -> node with a free GPU, where each node on the way
     that is full passes one GPU of another job to a further node where that job wants one. Returns the
     cap changes [((job, node), +1 | -1)], or None. Breadth-first over (job, node) edges; nodes where the
@@ -138,7 +143,7 @@ def _augment(job, cap, want, held, used, capacity, by_node):
     from collections import deque
 
     start = sorted((n for (j, n) in cap if j == job and want[(j, n)] > cap[(j, n)]),
-                   key=lambda n: (-(held[(job, n)] > cap[(job, n)]), n))
+                   key=lambda n: (-(held[(job, n)] > cap[(job, n)]), -backlog[(job, n)], n))
     prev: dict[str, tuple] = {}
     queue = deque()
     for n in start:

@@ -131,8 +131,17 @@ class Router:
         if dec.unplaced is not None:
             if dec.unplaced.never:
                 return Route(None, dec.explanation, never=dec.unplaced.reason)
-            node = self._least_busy(st, d)  # fits a node only later (memory held outside): wait there
-            return Route(node, dec.explanation) if node else Route(None, dec.explanation, never=dec.unplaced.reason)
+            node = self._least_busy(st, d)  # fits a node only later (held by others now): wait there
+            if node is None:
+                return Route(None, dec.explanation, never=dec.unplaced.reason)
+            # Count it as queued there, so a burst routed while every GPU is taken spreads over the nodes
+            # instead of piling on the one that looked least busy first.
+            i = st.names.index(node)
+            busy = np.nan_to_num(st.busy[i, :st.gpu_count[i]], nan=np.inf)
+            gpus = tuple(int(g) for g in np.argsort(busy)[:max(d.num_gpus, 1)])
+            st.add_wait(i, gpus, dw)
+            self._log.append((node, gpus, dw))
+            return Route(node, dec.explanation)
         st.queue_behind(dec.node, dec.gpus, dw)
         self._log.append((st.names[dec.node], dec.gpus, dw))
         return Route(st.names[dec.node], dec.explanation)

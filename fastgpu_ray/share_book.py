@@ -112,7 +112,8 @@ class ShareBook:
         for j, n in self.rows:
             nodes.setdefault(n, []).append(j)
         capacity = {n: max(self.rows[(j, n)].gpu_total for j in js) for n, js in nodes.items()}
-        rows = [JobNode(j, n, self._held(j, n, nodes[n], capacity[n]), r.want) for (j, n), r in self.rows.items()]
+        rows = [JobNode(j, n, self._held(j, n, nodes[n], capacity[n]), r.want, r.queued)
+                for (j, n), r in self.rows.items()]
         # every job gets a row on every node (want 0 where it has no scheduler yet)
         for j in self.jobs:
             rows += [JobNode(j, n, 0, 0) for n in nodes if (j, n) not in self.rows]

@@ -82,3 +82,12 @@ def test_nothing_wanted_nothing_moves():
     r = rows("a", [2, 1, 0], [0, 0, 0]) + rows("b", [0, 1, 2], [0, 0, 0])
     caps = node_caps(r, NODES, {"a": 1, "b": 1})
     assert caps == {(x.job, x.node): x.held for x in r}
+
+
+def test_a_job_keeps_its_gpus_where_its_backlog_is_longest():
+    # a must come down from 6 to 3 GPUs: it keeps them where most of its work waits
+    r = [JobNode("a", "n1", 2, 2, 30), JobNode("a", "n2", 2, 2, 2), JobNode("a", "n3", 2, 2, 10)]
+    r += [JobNode("b", n, 0, 2, 5) for n in NODES]
+    caps = node_caps(r, NODES, {"a": 1, "b": 1}, {"a": 0, "b": 1})
+    assert totals(caps) == {"a": 3, "b": 3}
+    assert caps[("a", "n1")] == 2 and caps[("a", "n2")] == 0
