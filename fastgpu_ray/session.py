@@ -8,6 +8,7 @@ return value of its node's scheduler, stored on that node.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from collections import OrderedDict
@@ -24,6 +25,8 @@ from .gpu_sources import DEFAULT_EMULATED_MEMORY_MIB
 from .options import TaskOptions, parse_memory_mib
 from .routing import Route, Router
 from .wire import Payload, RouteInfo
+
+log = logging.getLogger("fastgpu.session")
 
 REPORT_PERIOD_S = 0.5  # the node schedulers' reports are re-read at most this often (on submit)
 NODES_PERIOD_S = 2.0  # Ray's node list (new or dead GPU nodes) is re-read at most this often
@@ -63,11 +66,21 @@ class Session:
             runtime_hooks.runtime().node_lost(node)  # what was moving to it is gone with it
         self.gpu_nodes = alive
         new = [n for n in alive if n not in self.schedulers]
+        arbiter = None
+        if new and not self.schedulers:  # first start: the cluster's arbiter boots alongside the schedulers
+            from .arbiter import get_arbiter
+
+            arbiter = get_arbiter()
         for node in new:
             self.schedulers[node] = NodeScheduler.options(**placement_options(self.id, node, alive)).remote(
                 self.id, node, *self.scheduler_args, alive)
         if new:
             ray.get([self.schedulers[n].ready.remote() for n in new])
+        if arbiter is not None:  # so the first claims need not wait for it (they wait <= 2 s for its answer)
+            try:
+                ray.get(arbiter.version.remote(), timeout=30)
+            except Exception as e:
+                log.warning("fastgpu's GPU arbiter did not start (%s): this job will not share GPUs fairly", e)
 
     def refresh(self, force: bool = False) -> None:
         """Take the node schedulers' reports that have arrived, and ask again about every

@@ -119,3 +119,17 @@ def test_a_claim_waiting_for_another_jobs_gpu_is_not_a_hold():
     caps = {k: s.cap for k, s in book.decide().items()}
     assert caps[("a", "n1")] + caps[("b", "n1")] <= 2
     assert caps == {("a", "n1"): 1, ("b", "n1"): 1}  # shared by the rule, not by who claimed first
+
+
+def test_status_table_lists_every_job_with_its_share():
+    from fastgpu_ray.cluster_status import ClusterStatus
+
+    book = ShareBook()
+    book.report("a1b2c3d4", "n1", weight=2, ray_job="01000000", gpu_total=2, held=2, want=2, running=2, queued=9)
+    book.report("e5f6a7b8", "n1", weight=1, ray_job="02000000", gpu_total=2, held=0, want=1, running=0, queued=1)
+    book.decide()
+    text = ClusterStatus((), 10, 1, jobs=tuple(book.status())).format()
+    assert "jobs sharing the GPUs" in text
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith(("a1b2", "e5f6"))]
+    assert rows[0][:3] == ["a1b2c3d4", "01000000", "2"] and rows[0][-2:] == ["2", "9"]
+    assert rows[1][:3] == ["e5f6a7b8", "02000000", "1"] and rows[1][-2:] == ["0", "1"]
