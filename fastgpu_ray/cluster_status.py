@@ -54,10 +54,10 @@ class ClusterStatus:
                      f"placed {self.placed}, finished {self.finished}, failed {self.failed}")
         if self.jobs:
             lines.append("jobs sharing the GPUs (fair share by weight; priorities order work inside a job only):")
-            lines.append(f"  {'job':<10}{'ray job':<10}{'weight':>7}{'share':>7}{'held':>6}{'running':>9}{'queued':>8}")
+            lines.append(f"  {'job':<10}{'ray job':<10}{'weight':>7}{'share':>7}{'held':>6}{'starting':>9}{'running':>9}{'queued':>8}")
             for j in self.jobs:
                 lines.append(f"  {j.job[:9]:<10}{j.ray_job[:9]:<10}{j.weight:>7g}{j.share_gpus:>7.2f}{j.held:>6}"
-                             f"{j.running:>9}{j.queued:>8}")
+                             f"{j.claiming:>9}{j.running:>9}{j.queued:>8}")
         if self.emulated:
             lines.append("* EMULATED GPU (no NVML on that node): memory size and load are set by fastgpu, "
                          "not measured")

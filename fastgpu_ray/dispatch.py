@@ -43,6 +43,7 @@ log = logging.getLogger("fastgpu.dispatch")
 MAX_BATCH = 32
 BATCH_MAX_WORK_S = 0.05  # subtasks declaring more work than this are not batched (they benefit from placement)
 RELEASE_FOR_OTHERS_S = 0.5  # an idle worker is given back this soon when other Ray work waits for a GPU
+ABOVE_CAP_GRACE_S = 1.0  # a worker that comes up above the job's (shrunk) cap may start one batch this long
 KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its explanations)
 UNPLACED_SCAN_LIMIT = 256  # per round, stop scanning after this many queued subtasks that do not fit
 
@@ -75,6 +76,7 @@ class WorkerInfo:
     fns: set = field(default_factory=set)  # function keys this worker has loaded
     alive: bool = True
     idle_since: float = 0.0
+    grace_until: float = 0.0  # came up above the job's cap: may run one batch before this (clock) first
 
 
 class Backend(Protocol):
@@ -345,11 +347,14 @@ class DispatchCore:
                 log.exception("telemetry refresh failed")
             self._wake.set()
 
-    def snapshot(self) -> Snapshot:
-        """The live cluster as placement sees it. A node whose GPUs are being claimed keeps showing them
-        free, so the subtasks that chose it keep choosing it (and wait) instead of claiming more nodes."""
+    def snapshot(self, within_share: bool = False) -> Snapshot:
+        """The live cluster (GPUs Ray shows taken by others are full). A node whose GPUs are being claimed
+        keeps showing them free, so the subtasks that chose it keep choosing it (and wait) instead of
+        claiming more nodes. ``within_share``: as this job may use it (placement): of the GPUs it does not
+        hold, only what its fair share lets it claim look free. Reports, status and ``cluster_snapshot``
+        (training) get the plain live view."""
         holds = {**self._claim_holds(), **self.holds} if self.claiming else self.holds
-        return build_snapshot(self._within_share(), self.telemetry, holds)
+        return build_snapshot(self._within_share() if within_share else self.nodes, self.telemetry, holds)
 
     def placement_snapshot(self) -> Snapshot:
         """``snapshot()`` plus, for GPUs whose running work has known estimated ends and that have no room
@@ -357,7 +362,7 @@ class DispatchCore:
         for it instead of starting on a loaded GPU: a GPU held whole frees when all its work ends; a GPU
         packed by memory, too full for the smallest queued memory demand, frees a slot at its earliest end."""
         now = self.clock()
-        live = self.snapshot()
+        live = self.snapshot(within_share=True)
         need = min((st.opts.gpu_memory_mib for _, _, st in self.queue if st.opts.gpu_memory_mib), default=0)
         free_mib = ({(n.name, g): spec.memory_free_mib for n in live.nodes for g, spec in enumerate(n.gpus)}
                     if need else {})
@@ -428,16 +433,13 @@ class DispatchCore:
         if self.share is None:
             return
         for n in self.nodes:
-            if hasattr(self.backend, "cancel_claims"):  # workers not up yet beyond the cap: stop them from
-                pending = self.backend.pending_claims(n.node_id)  # taking a GPU another job was given
-                drop = min(pending, self._held(n.node_id) + pending - self.share.cap)
-                if drop > 0:
-                    self.backend.cancel_claims(n.node_id, drop)
             excess = self._held(n.node_id) - self.share.cap
             if excess <= 0:
                 continue
+            now = self.clock()
             idle = sorted((w for key, w in self.workers.items()
-                           if key[0] == n.node_id and self.holds.get(key) and self.holds[key].running == 0),
+                           if key[0] == n.node_id and self.holds.get(key) and self.holds[key].running == 0
+                           and w.grace_until <= now),
                           key=lambda w: w.idle_since)
             for w in idle[:excess]:  # running work is never preempted: a busy worker goes when it is done
                 log.info("giving GPU %d on %s to another job (fair share: cap %d)", w.gpu_index,
@@ -630,6 +632,8 @@ class DispatchCore:
     def _start(self, batch: list[Subtask], node: str, gpus: tuple[int, ...], d: Demand,
                expl: Explanation | None, workers: list[WorkerInfo]) -> None:
         now = self.clock()
+        for w in workers:
+            w.grace_until = 0.0
         emulated = any(r.emulated for r in self.telemetry.get(node, NodeTelemetry(node, False, ())).gpus)
         for st in batch:
             rec = st.record
@@ -794,8 +798,9 @@ class DispatchCore:
                 asyncio.ensure_future(self.backend.release(w))
                 return
             if self.share is not None and self._held(w.node_id) >= self.share.cap:
-                asyncio.ensure_future(self.backend.release(w))  # the share shrank while it started
-                return
+                # The share shrank while it started: its process start is paid, so it runs one batch (as
+                # if it had been running when the cap shrank: no preemption), then goes back.
+                w.grace_until = self.clock() + ABOVE_CAP_GRACE_S
             w.idle_since = self.clock()
             self.workers[key] = w
             self.holds[key] = GpuHold()

@@ -35,8 +35,6 @@ class RayBackend:
         self.node = node
         self.monitors: dict[str, object] = {}
         self.created: dict[bytes, object] = {}  # every worker handle not yet released, started or not
-        self.created_on: dict[bytes, str] = {}  # its node
-        self.up: set[bytes] = set()  # of those, the workers that came up
 
     def nodes(self) -> list[NodeInfo]:
         nodes = ray_nodes()
@@ -70,7 +68,6 @@ class RayBackend:
         ).remote(node.node_id, monitor_name(node.node_id), NAMESPACE) for _ in range(count)]
         for h in handles:
             self.created[h._actor_id.binary()] = h
-            self.created_on[h._actor_id.binary()] = node.node_id
 
         async def start(h):
             try:
@@ -78,11 +75,10 @@ class RayBackend:
             except Exception:
                 self._kill(h)
                 return
-            if h._actor_id.binary() not in self.created:  # its claim was cancelled as it came up
+            if h._actor_id.binary() not in self.created:  # killed (shutdown) as it came up
                 self._kill(h)
                 return
             w = WorkerInfo(h, nid, int(gpus[0]), pid)
-            self.up.add(h._actor_id.binary())
             mon.register_pids.remote([pid])
             ready(w)
 
@@ -104,23 +100,9 @@ class RayBackend:
             raise BatchRejected(e) from e
         return [Outcome(True, r[1]) if r[0] == "ok" else Outcome(False, r[1], bool(r[2])) for r in res]
 
-    def _pending(self, node: str) -> list:
-        return [h for k, h in self.created.items() if k not in self.up and self.created_on.get(k) == node]
-
-    def pending_claims(self, node: str) -> int:
-        """Workers of ``node`` created and not up yet (waiting for Ray to give them a GPU, or starting)."""
-        return len(self._pending(node))
-
-    def cancel_claims(self, node: str, count: int) -> None:
-        """Kill up to ``count`` of ``node``'s workers that are not up yet (their claim ends without them)."""
-        for h in self._pending(node)[-count:] if count > 0 else ():
-            self._kill(h)
-
     def _kill(self, handle) -> None:
         key = handle._actor_id.binary()
         self.created.pop(key, None)
-        self.created_on.pop(key, None)
-        self.up.discard(key)
         try:
             ray.kill(handle, no_restart=True)
         except Exception:

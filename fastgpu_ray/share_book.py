@@ -61,6 +61,7 @@ class JobShare:
     held: int
     running: int
     queued: int
+    claiming: int = 0  # GPUs its workers are starting on (or waiting for)
 
 
 class ShareBook:
@@ -158,5 +159,6 @@ class ShareBook:
         for j, info in sorted(self.jobs.items(), key=lambda kv: kv[1].age):
             rows = [r for (jj, _), r in self.rows.items() if jj == j]
             out.append(JobShare(j, info.ray_job, info.label, info.weight, round(self.shares.get(j, 0.0), 2),
-                                sum(r.held for r in rows), sum(r.running for r in rows), sum(r.queued for r in rows)))
+                                sum(r.held for r in rows), sum(r.running for r in rows), sum(r.queued for r in rows),
+                                sum(r.claiming for r in rows)))
         return out
