@@ -34,7 +34,7 @@ class JobNode:
 
     job: str
     node: str
-    held: int  # GPU workers this job holds there
+    held: int  # GPU workers this job holds there (or was granted there and is claiming)
     want: int  # GPUs it could use there now: GPUs running its work + its queued work there (whole GPUs)
     queued: int = 0  # its subtasks queued there (where its backlog is longest, it keeps or gets GPUs first)
 
@@ -83,11 +83,17 @@ def node_caps(rows: list[JobNode], capacity: dict[str, int], weights: dict[str, 
     shares = fair_shares({j: weights.get(j, 1.0) for j in jobs}, demand, sum(capacity.values()))
     target = whole_gpus(shares, sum(capacity.values()), held_by_job, age)
 
-    cap = {k: min(held[k], want[k]) for k in want}  # keep warm workers that have work
+    cap = {k: min(held[k], want[k]) for k in want}  # keep warm workers (or standing grants) that have work
     total = {j: sum(c for (jj, _), c in cap.items() if jj == j) for j in jobs}
     used = {n: 0 for n in capacity}
     for (_, n), c in cap.items():
         used[n] = used.get(n, 0) + c
+    for n in capacity:  # holds may overlap (a worker going back, another job's grant): fit the node
+        while used[n] > capacity[n]:
+            k = max((k for k in cap if k[1] == n and cap[k] > 0), key=lambda k: (total[k[0]] - target[k[0]], k[0]))
+            cap[k] -= 1
+            total[k[0]] -= 1
+            used[n] -= 1
 
     def hungry(node: str, but: str) -> bool:  # another job below its share wants more on this node
         return any(j != but and total[j] < target[j] and want[(j, node)] > cap[(j, node)]

@@ -134,16 +134,16 @@ class ShareBook:
         return out
 
     def _held(self, job: str, node: str, jobs: list[str], capacity: int) -> int:
-        """GPUs ``job`` holds on ``node`` for the rule: its workers, plus its claims under way as far as the
-        node has GPUs no job's worker holds (older jobs' claims first). A claim waiting for a GPU that
-        another job's worker holds is not a hold: counting it would give one GPU to two jobs."""
-        room = capacity - sum(self.rows[(k, node)].held for k in jobs)
-        for k in sorted(jobs, key=lambda k: (self.jobs[k].age, k)):
-            got = min(self.rows[(k, node)].claiming, max(room, 0))
-            room -= got
-            if k == job:
-                return self.rows[(k, node)].held + got
-        return self.rows[(job, node)].held
+        """GPUs ``job`` holds on ``node`` for the rule (what it keeps unless the share says otherwise): its
+        workers, plus its claims under way up to the cap it was last sent there (a standing grant: without
+        it a job whose workers are still starting would see its grant moved at every report), plus other
+        claims as far as the node has GPUs no job's worker holds. Overlaps (a worker going back while
+        another job's grant stands) are fitted to the node by ``node_caps``."""
+        r = self.rows[(job, node)]
+        sent = self.sent.get((job, node))
+        granted = min(r.claiming, max(0, sent.cap - r.held)) if sent is not None else 0
+        room = capacity - sum(self.rows[(k, node)].held + (0 if k != job else granted) for k in jobs)
+        return r.held + granted + min(r.claiming - granted, max(room, 0))
 
     def changed(self) -> list[tuple[tuple[str, str], Share]]:
         """The shares that differ from what was last sent (and marks them sent)."""

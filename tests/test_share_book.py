@@ -133,3 +133,22 @@ def test_status_table_lists_every_job_with_its_share():
     rows = [line.split() for line in text.splitlines() if line.strip().startswith(("a1b2", "e5f6"))]
     assert rows[0][:3] == ["a1b2c3d4", "01000000", "2"] and rows[0][-2:] == ["2", "9"]
     assert rows[1][:3] == ["e5f6a7b8", "02000000", "1"] and rows[1][-2:] == ["0", "1"]
+
+
+def test_a_grant_stands_while_its_worker_starts():
+    book = ShareBook()
+    book.report("a", "n1", weight=1, ray_job="01", gpu_total=2, held=2, want=2, queued=20)
+    book.report("a", "n2", weight=1, ray_job="01", gpu_total=2, held=2, want=2, queued=20)
+    for n in ("n1", "n2"):
+        book.report("b", n, weight=1, ray_job="02", gpu_total=2, held=0, want=2, queued=20)
+    first = {k: s.cap for k, s in book.changed()}
+    granted = [n for n in ("n1", "n2") if first[("b", n)] > 0]
+    # a's workers are still busy there; b's workers are starting (claims), its queues shift a little:
+    # b keeps the grants it was given instead of seeing them moved to the other node
+    for i in range(5):
+        for n in ("n1", "n2"):
+            book.report("b", n, weight=1, ray_job="02", gpu_total=2, held=0, claiming=first[("b", n)], want=2,
+                        queued=20 + (i if n == "n1" else -i))
+        caps = {k: s.cap for k, s in book.decide().items()}
+        assert [n for n in ("n1", "n2") if caps[("b", n)] > 0] == granted
+        assert sum(caps[("b", n)] for n in ("n1", "n2")) == 2
