@@ -18,7 +18,8 @@ The rule, in two steps (docs/design-runtime.md, "Many jobs"):
    then to any job with work there (work-conserving). A job gives GPUs up first where its queue per GPU is
    shortest and gets them first where its queue is longest, so its backlog drains evenly over the nodes.
    Where no job wants a GPU, its holder keeps it (its warm worker goes back after the session's idle
-   timeout, or as soon as another job wants the GPU).
+   timeout, or as soon as another job wants the GPU); a GPU nobody holds or wants goes to the job with
+   work queued on that node (one claim starts all its workers at once).
 
 Subtask priorities do not enter here: they order work inside a job only.
 """
@@ -138,6 +139,17 @@ def node_caps(rows: list[JobNode], capacity: dict[str, int], weights: dict[str, 
         if extra > 0:
             cap[k] += extra
             used[k[1]] += extra
+    # GPUs still free that nobody wants: to the job with work on that node (the longest queue there), so
+    # one claim starts workers for all of them at once rather than one process start per new subtask;
+    # they go back at once when another job wants them (they are idle then).
+    for n in capacity:
+        if capacity[n] - used[n] <= 0:
+            continue
+        busy = [k for k in cap if k[1] == n and want[k] > 0]
+        if busy:
+            k = max(busy, key=lambda k: (backlog[k], -age.get(k[0], 0), k[0]))
+            cap[k] += capacity[n] - used[n]
+            used[n] = capacity[n]
     return cap
 
 

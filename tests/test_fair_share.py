@@ -91,3 +91,13 @@ def test_a_job_keeps_its_gpus_where_its_backlog_is_longest():
     caps = node_caps(r, NODES, {"a": 1, "b": 1}, {"a": 0, "b": 1})
     assert totals(caps) == {"a": 3, "b": 3}
     assert caps[("a", "n1")] == 2 and caps[("a", "n2")] == 0
+
+
+def test_free_gpus_nobody_wants_go_to_the_job_with_work_on_that_node():
+    # one subtask queued on n1: the job may claim both GPUs of n1 at once (one claim, one start-up), not
+    # one now and one at the next subtask; n2 stays with nobody (no work there)
+    caps = node_caps([JobNode("a", "n1", 0, 1, 1), JobNode("a", "n2", 0, 0, 0)], {"n1": 2, "n2": 2}, {"a": 1})
+    assert caps == {("a", "n1"): 2, ("a", "n2"): 0}
+    # with another job waiting on n1 too, each gets what it wants first
+    caps = node_caps([JobNode("a", "n1", 0, 1, 1), JobNode("b", "n1", 0, 1, 5)], {"n1": 2}, {"a": 1, "b": 1})
+    assert caps == {("a", "n1"): 1, ("b", "n1"): 1}
