@@ -311,8 +311,7 @@ class DispatchCore:
     # ------------------------------------------------------------------------------------- telemetry
     async def refresh(self) -> None:
         """Re-read Ray's nodes and every node's monitor; notice dead nodes and workers."""
-        nodes = await asyncio.to_thread(self.backend.nodes)
-        self.nodes = sorted(nodes, key=lambda n: n.node_id)
+        await self.reread_nodes()
         alive = {n.node_id for n in self.nodes if n.alive}
         for key, w in list(self.workers.items()):
             if key[0] not in alive:
@@ -338,6 +337,12 @@ class DispatchCore:
                 log.debug("reading Ray's pending GPU demand failed", exc_info=True)
         self._release_idle()
 
+    async def reread_nodes(self) -> None:
+        """Ray's node list (and available resources) now, not as of the last refresh; the next round
+        places on it."""
+        self.nodes = sorted(await asyncio.to_thread(self.backend.nodes), key=lambda n: n.node_id)
+        self._wake.set()
+
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.period)
@@ -347,22 +352,23 @@ class DispatchCore:
                 log.exception("telemetry refresh failed")
             self._wake.set()
 
-    def snapshot(self, within_share: bool = False) -> Snapshot:
+    def snapshot(self) -> Snapshot:
         """The live cluster (GPUs Ray shows taken by others are full). A node whose GPUs are being claimed
         keeps showing them free, so the subtasks that chose it keep choosing it (and wait) instead of
-        claiming more nodes. ``within_share``: as this job may use it (placement): of the GPUs it does not
-        hold, only what its fair share lets it claim look free. Reports, status and ``cluster_snapshot``
-        (training) get the plain live view."""
+        claiming more nodes. Reports, status and ``cluster_snapshot`` (training) get this plain view;
+        placement (``placement_snapshot``) sees only what the job's fair share lets it claim."""
         holds = {**self._claim_holds(), **self.holds} if self.claiming else self.holds
-        return build_snapshot(self._within_share() if within_share else self.nodes, self.telemetry, holds)
+        return build_snapshot(self.nodes, self.telemetry, holds)
 
     def placement_snapshot(self) -> Snapshot:
-        """``snapshot()`` plus, for GPUs whose running work has known estimated ends and that have no room
+        """``snapshot()`` within the job's fair share, plus, for GPUs whose running work has known estimated ends and that have no room
         now, that GPU as it will be then (``busy_s`` = seconds left), so a subtask may choose to wait
         for it instead of starting on a loaded GPU: a GPU held whole frees when all its work ends; a GPU
         packed by memory, too full for the smallest queued memory demand, frees a slot at its earliest end."""
         now = self.clock()
-        live = self.snapshot(within_share=True)
+        nodes = self._within_share()
+        holds = {**self._claim_holds(), **self.holds}
+        live = build_snapshot(nodes, self.telemetry, holds)
         need = min((st.opts.gpu_memory_mib for _, _, st in self.queue if st.opts.gpu_memory_mib), default=0)
         free_mib = ({(n.name, g): spec.memory_free_mib for n in live.nodes for g, spec in enumerate(n.gpus)}
                     if need else {})
@@ -381,7 +387,7 @@ class DispatchCore:
                 busy[key] = max(0.0, left)
         if not busy:
             return live
-        return build_snapshot(self._within_share(), self.telemetry, {**self._claim_holds(), **self.holds}, busy)
+        return build_snapshot(nodes, self.telemetry, holds, busy)
 
     def projected_spec(self, node: str) -> NodeSpec | None:
         """``node`` as a new arrival would find it once the work ahead of it is done: every GPU free (at its
@@ -822,7 +828,7 @@ class DispatchCore:
         except Exception:
             log.exception("claiming GPUs on %s failed", n.node_id)
         try:
-            self.nodes = sorted(await asyncio.to_thread(self.backend.nodes), key=lambda x: x.node_id)
+            await self.reread_nodes()
         finally:
             if not got:  # nothing to claim after all (Ray's view was stale): back off before trying again
                 await asyncio.sleep(1.0)

@@ -70,18 +70,28 @@ def whole_gpus(shares: dict[str, float], capacity: int, held: dict[str, int], ag
     return out
 
 
+def job_demands(rows: list[JobNode], capacity: dict[str, int]) -> dict[str, float]:
+    """Each job's demand: the GPUs it could use now, summed over nodes (each at most the node's GPUs)."""
+    out: dict[str, float] = {}
+    for r in rows:
+        out[r.job] = out.get(r.job, 0.0) + min(r.want, capacity.get(r.node, 0))
+    return out
+
+
 def node_caps(rows: list[JobNode], capacity: dict[str, int], weights: dict[str, float],
-              age: dict[str, int] | None = None) -> dict[tuple[str, str], int]:
+              age: dict[str, int] | None = None, shares: dict[str, float] | None = None) -> dict[tuple[str, str], int]:
     """The cap of GPU workers each (job, node) may hold; every row gets one. ``capacity``: GPUs per node
-    fastgpu may use; ``weights``: per job (every job of ``rows``); ``age``: arrival order (ties)."""
+    fastgpu may use; ``weights``: per job (every job of ``rows``); ``age``: arrival order (ties);
+    ``shares``: the jobs' ``fair_shares`` of these rows when the caller has them already."""
     age = age or {}
     want = {(r.job, r.node): min(r.want, capacity.get(r.node, 0)) for r in rows}
     held = {(r.job, r.node): r.held for r in rows}
     backlog = {(r.job, r.node): r.queued for r in rows}
     jobs = sorted({r.job for r in rows}, key=lambda j: (age.get(j, 0), j))
-    demand = {j: float(sum(w for (jj, _), w in want.items() if jj == j)) for j in jobs}
     held_by_job = {j: sum(h for (jj, _), h in held.items() if jj == j) for j in jobs}
-    shares = fair_shares({j: weights.get(j, 1.0) for j in jobs}, demand, sum(capacity.values()))
+    if shares is None:
+        shares = fair_shares({j: weights.get(j, 1.0) for j in jobs}, job_demands(rows, capacity),
+                             sum(capacity.values()))
     target = whole_gpus(shares, sum(capacity.values()), held_by_job, age)
 
     cap = {k: min(held[k], want[k]) for k in want}  # keep warm workers (or standing grants) that have work

@@ -150,8 +150,8 @@ class NodeScheduler:
                 if arbiter is None:
                     arbiter = get_arbiter()
                     handle = ray.get_runtime_context().current_actor
-                known = await arbiter.report.remote(self.session, self.here, None if last else handle, state)
-                if not known:
+                known = await arbiter.report.remote(self.session, self.here, None, state)
+                if not known:  # first report, or the arbiter restarted: it needs this scheduler's handle
                     await arbiter.report.remote(self.session, self.here, handle, state)
                 last = state
             except Exception:  # no arbiter now (it restarts): hold what Ray gives, retry on the next beat
@@ -166,8 +166,7 @@ class NodeScheduler:
         grow = self.core.share is None or share.cap > self.core.share.cap or share.handing_over
         self.core.set_share(share)
         if grow:  # GPUs may have come free: see Ray's view now, not at the next refresh
-            self.core.nodes = sorted(await asyncio.to_thread(self.backend.nodes), key=lambda n: n.node_id)
-            self.core._wake.set()
+            await self.core.reread_nodes()
 
     def ended(self) -> list[str]:
         return [] if self.delegate is not None else self.core.ended()

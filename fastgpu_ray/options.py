@@ -98,9 +98,14 @@ def make_options(base: TaskOptions | None = None, **kw: Any) -> TaskOptions:
     return opts
 
 
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool): what numeric options and ``job_weight`` must be."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def _validate(o: TaskOptions) -> None:
     n = o.num_gpus
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n):
+    if not is_number(n):
         raise ValueError(f"num_gpus={n!r}: must be a number of GPUs (e.g. 1, 0.25, 2)")
     if n <= 0:
         raise ValueError(f"num_gpus={n!r}: must be > 0 (fastgpu runs GPU subtasks; use @ray.remote for "

@@ -101,8 +101,7 @@ class RayBackend:
         return [Outcome(True, r[1]) if r[0] == "ok" else Outcome(False, r[1], bool(r[2])) for r in res]
 
     def _kill(self, handle) -> None:
-        key = handle._actor_id.binary()
-        self.created.pop(key, None)
+        self.created.pop(handle._actor_id.binary(), None)
         try:
             ray.kill(handle, no_restart=True)
         except Exception:

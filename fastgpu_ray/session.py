@@ -22,7 +22,7 @@ from placement import Snapshot, registry
 from .demand import build_demand
 from .errors import NotInitializedError
 from .gpu_sources import DEFAULT_EMULATED_MEMORY_MIB
-from .options import TaskOptions, parse_memory_mib
+from .options import TaskOptions, is_number, parse_memory_mib
 from .routing import Route, Router
 from .wire import Payload, RouteInfo
 
@@ -224,9 +224,7 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
 
 
 def _check_weight(w: Any) -> float:
-    import math
-
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+    if not is_number(w) or w <= 0:
         raise ValueError(f"job_weight={w!r}: must be a positive number (the job's weight in the fair share "
                          "of GPUs between jobs; default 1)")
     return float(w)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .fair_share import JobNode, fair_shares, node_caps
+from .fair_share import JobNode, fair_shares, job_demands, node_caps
 
 STALE_S = 10.0  # a (job, node) that has not reported for this long is dropped (its scheduler is gone)
 
@@ -119,12 +119,10 @@ class ShareBook:
         for j in self.jobs:
             rows += [JobNode(j, n, 0, 0) for n in nodes if (j, n) not in self.rows]
         weights = {j: info.weight for j, info in self.jobs.items()}
-        caps = node_caps(rows, capacity, weights, {j: info.age for j, info in self.jobs.items()})
-        demand = {j: 0.0 for j in self.jobs}
-        for r in rows:
-            demand[r.job] += min(r.want, capacity[r.node])
+        demand = job_demands(rows, capacity)
         self.shares = fair_shares(weights, demand, sum(capacity.values()))
-        busy_jobs = sum(1 for j in self.jobs if demand[j] > 0)
+        caps = node_caps(rows, capacity, weights, {j: info.age for j, info in self.jobs.items()}, self.shares)
+        busy_jobs = sum(1 for j in self.jobs if demand.get(j, 0) > 0)
         out = {}
         for (j, n) in self.rows:
             others = [k for k in nodes[n] if k != j]
