@@ -92,8 +92,9 @@ class RemoteFunction(Generic[P, R]):
         s = session.current()
         sid = self._sid()
         payload = _payload(args, kwargs)
-        route, info = s.route(sid, self._wire_opts, payload)
-        return self._send(s, route, info, [sid], [payload], self._fnbox(s))[0]
+        with s.lock:  # the chosen node's scheduler does not retire between the choice and the call
+            route, info = s.route(sid, self._wire_opts, payload)
+            return self._send(s, route, info, [sid], [payload], self._fnbox(s))[0]
 
     def map(self, items: Iterable[Any], *, chunk_size: int | None = None) -> "list[ObjectRef[R]]":
         """One subtask per item (``f(item)``); the refs come back in the items' order.
@@ -116,15 +117,25 @@ class RemoteFunction(Generic[P, R]):
         for i in range(0, len(items), chunk_size):
             chunk = payloads[i:i + chunk_size]
             sids = [self._sid() for _ in chunk]
-            route, info = s.route(sids[0], self._wire_opts, chunk[0] if len(chunk) == 1 else None, len(chunk))
-            refs.extend(self._send(s, route, info, sids, chunk, box))
+            with s.lock:
+                route, info = s.route(sids[0], self._wire_opts, chunk[0] if len(chunk) == 1 else None, len(chunk))
+                refs.extend(self._send(s, route, info, sids, chunk, box))
         return refs
 
     def _send(self, s: session.Session, route, info, sids: list[str], payloads: list, box) -> list:
-        if route.node is None:  # no GPU, live or to come, can hold it: fail at once, with the reason
+        if route.wait is not None:  # waits for a node the autoscaler launches, in the session's lobby
+            lobby = s.to_lobby()
+            if len(sids) == 1:
+                out = [lobby.submit.remote(sids[0], self._wire_opts, box, payloads[0], info, route.wait, route.wait_s)]
+            else:
+                out = list(lobby.submit_many.options(num_returns=len(sids)).remote(
+                    sids, self._wire_opts, box, payloads, info, route.wait, route.wait_s))
+            s.remember(out, sids, session.LOBBY, self._key)
+            return out
+        if route.node is None:  # no GPU, live or launchable, can hold it: fail at once, with the reason
             s.never += len(sids)
             return [_never_fits.remote(route.never) for _ in sids]
-        h = s.schedulers[route.node]
+        h = s.scheduler(route.node)
         if len(sids) == 1:
             out = [h.submit.remote(sids[0], self._wire_opts, box, payloads[0], info)]
         else:
@@ -238,24 +249,27 @@ def status() -> ClusterStatus:
     s.refresh(force=True)
     deadline = time.monotonic() + 20.0
     while True:  # a node's monitor may still be starting (first call after init): wait for its reading
-        st = merge_status(s.schedulers.values())
+        st = merge_status(s.schedulers.values(), [s.lobby] if s.lobby is not None else [])
         st = dataclasses.replace(st, failed=st.failed + s.never)
         if all(g.util is not None for g in st.gpus) or time.monotonic() > deadline:
             return st
         time.sleep(0.5)
 
 
-def merge_status(schedulers) -> ClusterStatus:
-    """One table from every node scheduler's rows (a scheduler restarted away from home has none)."""
+def merge_status(schedulers, lobbies=()) -> ClusterStatus:
+    """One table from every node scheduler's rows (a scheduler restarted away from home has none), the
+    subtasks waiting in the lobbies for a node, the jobs and the autoscaler as the arbiter sees them."""
     hs = list(schedulers)
     ray.get([h.refresh.remote() for h in hs])
     parts = [p for p in ray.get([h.status.remote() for h in hs]) if p is not None]
     rows = tuple(sorted((g for p in parts for g in p.gpus), key=lambda g: (g.node, g.gpu)))
-    from .arbiter import job_shares
+    waits = ray.get([lb.status.remote() for lb in lobbies])
+    from .arbiter import autoscaler_line, job_shares
 
     return ClusterStatus(rows, sum(p.queue_length for p in parts), sum(p.nodes_alive for p in parts),
                          sum(p.placed for p in parts), sum(p.finished for p in parts), sum(p.failed for p in parts),
-                         job_shares())
+                         job_shares(), sum(n for n, _ in waits), next((w for n, w in waits if n), ""),
+                         autoscaler_line())
 
 
 def gpu_nodes() -> list[str]:

@@ -30,6 +30,9 @@ class ClusterStatus:
     finished: int = 0
     failed: int = 0
     jobs: tuple = ()  # ``share_book.JobShare`` per job (driver) on the cluster, from the arbiter
+    waiting: int = 0  # subtasks in the lobby, waiting for a node to be launched
+    waiting_for: str = ""  # what the first of them waits for
+    autoscaler: str = ""  # the autoscaler as the arbiter reads it, and what fastgpu asks it for
 
     @property
     def emulated(self) -> bool:
@@ -52,6 +55,10 @@ class ClusterStatus:
                 f"{'-' if g.power_w is None else f'{g.power_w:.0f}W':>7}")
         lines.append(f"queue: {self.queue_length} subtask(s) waiting; {self.nodes_alive} node(s) alive; "
                      f"placed {self.placed}, finished {self.finished}, failed {self.failed}")
+        if self.waiting:
+            lines.append(f"waiting for a node: {self.waiting} subtask(s); the first: {self.waiting_for}")
+        if self.autoscaler:
+            lines.append(f"autoscaler: {self.autoscaler}")
         if self.jobs:
             lines.append("jobs sharing the GPUs (fair share by weight; priorities order work inside a job only):")
             lines.append(f"  {'job':<10}{'ray job':<10}{'weight':>7}{'share':>7}{'held':>6}{'starting':>9}{'running':>9}{'queued':>8}")

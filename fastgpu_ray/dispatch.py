@@ -467,6 +467,16 @@ class DispatchCore:
                     want=min(gpus, busy + math.ceil(queued - 1e-9)),
                     running=sum(h.running for h in self.holds.values()), queued=len(self.queue))
 
+    def room(self) -> float:
+        """GPUs' worth of work this core could start now without queueing it: its node's GPUs (at most its
+        fair-share cap) less the GPUs running its work and its queued work (the lobby hands subtasks
+        waiting for a node to a core with room)."""
+        gpus = sum(n.gpu_total for n in self.nodes if n.alive)
+        if self.share is not None:
+            gpus = min(gpus, self.share.cap)
+        busy = sum(1 for key, h in self.holds.items() if h.running > 0 and key in self.workers)
+        return gpus - busy - sum(_gpu_fraction(st) for _, _, st in self.queue)
+
     def _idle_worker(self, node: str, d: Demand, chosen: int) -> WorkerInfo | None:
         """A worker of ours on ``node`` with nothing running whose GPU takes ``d`` now and is not more
         loaded from outside than the ``chosen`` GPU (placement may have chosen it to avoid that load)."""

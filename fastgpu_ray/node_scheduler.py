@@ -35,6 +35,8 @@ ROUND_GAP_S = 0.002  # between scheduling rounds: a flood of submissions is plac
 SHARE_REPORT_GAP_S = 0.05  # reports to the arbiter: at most this often (on change) ...
 SHARE_FIRST_WAIT_S = 2.0  # a new scheduler claims no GPU until the arbiter's first answer, or this long
 SHARE_HEARTBEAT_S = 1.0  # ... and at least this often (the arbiter drops schedulers that fall silent)
+SCALING_BEATS = 5  # the autoscaler's idle timeout (which bounds how long idle GPUs are kept) is re-read every
+#                    this many heartbeats
 RERUN = "re-run: its node scheduler was restarted on {here} after node {home} died"
 
 
@@ -74,6 +76,8 @@ class NodeScheduler:
                                  round_gap_s=ROUND_GAP_S)
         self.deps = DependencyWaiter()
         self._started = False
+        self._inflight = 0  # submit calls that have not returned (queued, waiting for inputs, running)
+        self._last_busy = 0.0  # when this scheduler last had a call in flight or a GPU worker
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def ready(self) -> str:
@@ -86,6 +90,7 @@ class NodeScheduler:
             return self.here
         if not self._started:
             self._started = True
+            self._last_busy = self.core.clock()
             await self.core.start()
             self.core.on_change = self._changed.set
             # Claim nothing until the arbiter has answered (it does within milliseconds): a new job would
@@ -99,6 +104,13 @@ class NodeScheduler:
         return RERUN.format(here=self.here[:12], home=self.home[:12]) if self.restarted else None
 
     async def submit(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
+        self._inflight += 1  # first, before any await: a retire() called after this call sees it
+        try:
+            return await self._submit_one(sid, opts, fn, payload, info)
+        finally:
+            self._done_call()
+
+    async def _submit_one(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
         await self.ready()
         if self.delegate is not None:
             got = await asyncio.gather(self.delegate.rerun.remote(sid, opts, fn, payload, info, self._rerun()),
@@ -109,6 +121,18 @@ class NodeScheduler:
 
     async def submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
                           info: RouteInfo):
+        self._inflight += 1
+        try:
+            return await self._submit_many(sids, opts, fn, payloads, info)
+        finally:
+            self._done_call()
+
+    def _done_call(self) -> None:
+        self._inflight -= 1
+        self._last_busy = self.core.clock()
+
+    async def _submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
+                           info: RouteInfo):
         await self.ready()
         if self.delegate is not None:
             return tuple(await asyncio.gather(*(self.delegate.rerun.remote(s, opts, fn, p, info, self._rerun())
@@ -120,8 +144,28 @@ class NodeScheduler:
     async def rerun(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo,
                     why: str | None):
         """A call forwarded by a restarted scheduler (``why`` says which node died)."""
-        await self.ready()
-        return (await self._submit(sid, opts, fn, payload, info, why)).value
+        self._inflight += 1
+        try:
+            await self.ready()
+            return (await self._submit(sid, opts, fn, payload, info, why)).value
+        finally:
+            self._done_call()
+
+    async def retire(self, idle_s: float) -> bool:
+        """Shut down if this job has had nothing on this node (no call in flight, no GPU worker held or
+        starting) for ``idle_s``: returns True, and the caller kills this actor. On an autoscaling
+        cluster the driver retires idle schedulers so that the node can be removed (Ray counts a node
+        with any actor on it as busy); the driver starts a new one when it routes work here again."""
+        if self.delegate is not None or not self._started:
+            return False
+        now = self.core.clock()
+        if self._inflight or self.core.workers or any(self.core.claiming.values()) or self.core.queue:
+            self._last_busy = now
+            return False
+        if now - self._last_busy < idle_s:
+            return False
+        await self.shutdown()
+        return True
 
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
         # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.deps).
@@ -136,13 +180,16 @@ class NodeScheduler:
         ``SHARE_REPORT_GAP_S``) and every ``SHARE_HEARTBEAT_S``."""
         from .arbiter import get_arbiter
 
-        arbiter, last, handle = None, None, None
+        arbiter, last, handle, beats = None, None, None, 0
         while True:
             try:
                 await asyncio.wait_for(self._changed.wait(), SHARE_HEARTBEAT_S)
             except asyncio.TimeoutError:
                 last = None  # heartbeat: send even if nothing changed
+                beats += 1
             self._changed.clear()
+            if arbiter is not None and beats % SCALING_BEATS == 1:
+                await self._idle_bound(arbiter)
             state = dict(self.core.share_state(), weight=self.job_weight, ray_job=self.ray_job, label=self.session)
             if state == last:
                 continue
@@ -158,6 +205,16 @@ class NodeScheduler:
                 log.warning("fastgpu arbiter unreachable; retrying", exc_info=True)
                 arbiter, last = None, None
             await asyncio.sleep(SHARE_REPORT_GAP_S)
+
+    async def _idle_bound(self, arbiter) -> None:
+        """On an autoscaling cluster, keep an idle GPU at most ``Scaling.hold_idle_s`` (a fifth of the
+        autoscaler's idle timeout), however long ``idle_timeout_s`` is: idle GPUs must not keep nodes up."""
+        try:
+            sc = await arbiter.scaling.remote()
+        except Exception:
+            return
+        own = self.args[1]
+        self.core.idle_timeout_s = min(own, sc.hold_idle_s()) if sc.autoscaler else own
 
     async def set_share(self, share) -> None:
         """The arbiter's ``Share`` for this job on this node."""
@@ -200,6 +257,14 @@ class NodeScheduler:
             return None
         live = self.core.snapshot()
         return self.core.projected_spec(self.here), (live.nodes[0] if live.nodes else None)
+
+    async def room(self) -> tuple[str, float]:
+        """(this node, GPUs' worth of work it could start now): the lobby hands waiting subtasks to nodes
+        with room (``DispatchCore.room``)."""
+        await self.ready()
+        if self.delegate is not None:
+            return await self.delegate.room.remote()
+        return self.here, self.core.room()
 
     async def explain(self, sid: str) -> Record | None:
         await self.ready()

@@ -21,6 +21,13 @@ task. Once more subtasks were routed since the last report than 4 per GPU (a ``.
 handful of calls), consecutive subtasks of one shape without inputs and with little or unknown declared
 work share a placement ``LEASE`` at a time (priced as ``LEASE`` subtasks there), as a ``map`` chunk does.
 Smaller bursts, and subtasks with inputs or declared work, are placed one by one.
+
+Autoscaling (``scaling``, read from the autoscaler by the arbiter): a subtask that no live node can hold
+waits for a node to be launched (``Route.wait`` says of which type) when a node type the autoscaler can
+launch could hold it, and fails at once only when none could. Where the cluster can still grow, a subtask
+that would queue behind busy GPUs waits too, rather than being bound now to a live node: waiting subtasks
+go to the session's lobby (``fastgpu_ray.lobby``), which hands each to the first node that has room for
+it, live now or launched for it.
 """
 from __future__ import annotations
 
@@ -35,6 +42,8 @@ from placement import ClusterState, Demand, Explanation, NodeSpec, Scheduler, Sn
 from placement.cost import CostModel
 from placement.policies.fastgpu import NOMINAL_WORK_S
 
+from .scaling import Scaling
+
 LEASE = 8  # in a burst, this many consecutive small subtasks of one shape share one placement
 LEASE_MAX_WORK_S = 0.05  # only subtasks that declare at most this much work (or none) share placements
 DEFAULT_OUTPUT_BYTES = 8 << 20  # a pending producer's output size before one of its function's is seen
@@ -43,17 +52,24 @@ KEEP_REFS = 100_000  # producer entries kept (ref hex -> node); older ones are f
 
 @dataclass(frozen=True)
 class Route:
-    """Where one subtask (or chunk) goes: ``node``, or ``never`` = why no GPU can ever hold it."""
+    """Where one subtask (or chunk) goes: ``node``; or ``wait`` = what it waits for in the lobby (a node
+    the autoscaler launches; ``wait_s``: for at most this long, None = as long as it takes); or
+    ``never`` = why no GPU, live or launchable, can ever hold it."""
 
     node: str | None
     explanation: Explanation | None = None
     never: str | None = None
+    wait: str | None = None
+    wait_s: float | None = None
 
 
 class Router:
-    def __init__(self, policy: str, *, keep_refs: int = KEEP_REFS, cost: Callable[[], CostModel] = CostModel) -> None:
+    def __init__(self, policy: str, *, keep_refs: int = KEEP_REFS, cost: Callable[[], CostModel] = CostModel,
+                 scale_wait_s: float = 600.0) -> None:
         registry.policy_class(policy)
         self.policy = policy
+        self.scaling = Scaling()  # what the autoscaler can launch (set by the session from the arbiter)
+        self.scale_wait_s = scale_wait_s  # how long to wait for a node when the launchable types are unknown
         self.cost = cost  # the cost model at the session's link bandwidth (read on every rebuild)
         self.keep_refs = keep_refs
         self.specs: dict[str, NodeSpec] = {}
@@ -87,6 +103,11 @@ class Router:
                 if i is not None and all(g < st.gpu_count[i] for g in gpus):
                     st.add_wait(i, gpus, dw)
 
+    def set_spec(self, spec: NodeSpec) -> None:
+        """Replace one node's view (a node whose scheduler retired: as it was last seen, idle)."""
+        self.specs[spec.name] = spec
+        self._state = None
+
     def drop(self, node: str) -> None:
         if self.specs.pop(node, None) is not None:
             self._state = None
@@ -105,7 +126,9 @@ class Router:
         """The node for ``count`` subtasks of demand ``d`` (a map chunk shares one choice); the view
         counts them as queued there until the next report."""
         if not self.specs:
-            return Route(None, never=_no_gpu_node(d))
+            if self.scaling.autoscaler:
+                return self._wait_or_never(d, None, "the cluster has no live node with a GPU")
+            return Route(None, never=_no_gpu_node(d, self.scaling))
         self._routed += count
         key = None
         if count == 1 and not d.input_total and d.work_s <= LEASE_MAX_WORK_S:
@@ -130,7 +153,9 @@ class Router:
         st = sched.state
         if dec.unplaced is not None:
             if dec.unplaced.never:
-                return Route(None, dec.explanation, never=dec.unplaced.reason)
+                return self._wait_or_never(d, dec.explanation, dec.unplaced.reason, never_live=True)
+            if self.scaling.can_grow(d.num_gpus):
+                return self._wait_or_never(d, dec.explanation, dec.unplaced.reason)
             node = self._least_busy(st, d)  # fits a node only later (held by others now): wait there
             if node is None:
                 return Route(None, dec.explanation, never=dec.unplaced.reason)
@@ -142,9 +167,37 @@ class Router:
             st.add_wait(i, gpus, dw)
             self._log.append((node, gpus, dw))
             return Route(node, dec.explanation)
+        if self.scaling.can_grow(d.num_gpus) and float(np.nanmax(st.busy[dec.node, list(dec.gpus)])) > 0:
+            # Every GPU that could take it is busy and the cluster can grow: do not bind it to a live node's
+            # queue now; the lobby hands it to whichever node has room first, live or launched for it.
+            return self._wait_or_never(d, dec.explanation, "every GPU that could take it is busy")
         st.queue_behind(dec.node, dec.gpus, dw)
         self._log.append((st.names[dec.node], dec.gpus, dw))
         return Route(st.names[dec.node], dec.explanation)
+
+    def _wait_or_never(self, d: Demand, expl: Explanation | None, why: str, never_live: bool = False) -> Route:
+        """No live node takes ``d`` now (``why``): wait for the autoscaler if a node it can launch could
+        hold ``d`` (or, where its node types are unknown, for at most ``scale_wait_s``); else fail.
+        ``never_live``: no live node could hold it even empty, so node types with nodes up cannot either
+        (the GPUs of a type are known only once one of its nodes is up: a type not seen yet may hold it)."""
+        sc = self.scaling
+        if sc.autoscaler and not sc.known:
+            return Route(None, expl, wait=(f"{why}; waiting for the autoscaler to launch a node (fastgpu cannot "
+                                           f"read its node types: fails after {self.scale_wait_s:g} s)"),
+                         wait_s=self.scale_wait_s)
+        t = sc.launch_for(d.num_gpus, unseen_only=never_live)
+        if t is not None and t.gpus is None:
+            return Route(None, expl, wait=(f"{why}; waiting for a node of type {t.name}, whose GPUs its config "
+                                           f"does not declare (fails after {self.scale_wait_s:g} s)"),
+                         wait_s=self.scale_wait_s)
+        if t is not None:  # (whether it has room now is not asked: the autoscaler's counts lag)
+            coming = sc.launching.get(t.name, 0)
+            return Route(None, expl, wait=(f"{why}; waiting for a node of type {t.name} ({t.gpus} GPU(s)) "
+                                           + (f"that the autoscaler is launching ({coming} launching)" if coming
+                                              else "to be launched by the autoscaler")))
+        if not sc.autoscaler:
+            return Route(None, expl, never=why)
+        return Route(None, expl, never=f"{why.rstrip('.')}. {_launchable(sc)}")
 
     @staticmethod
     def _least_busy(st: ClusterState, d: Demand) -> str | None:
@@ -194,6 +247,16 @@ class Router:
         return dataclasses.replace(d, input_bytes=ib, input_total=d.input_total + sum(extra.values()))
 
 
-def _no_gpu_node(d: Demand) -> str:
-    return (f"subtask {d.id} asks for {max(d.num_gpus, 1)} GPU(s) but the cluster has no live node with a "
-            "GPU; add GPU nodes (or start Ray with num_gpus=...) and submit again")
+def _no_gpu_node(d: Demand, sc: Scaling) -> str:
+    return (f"subtask {d.id} asks for {max(d.num_gpus, 1)} GPU(s) but the cluster has no live node with a GPU. "
+            f"{_launchable(sc)} Add GPU nodes (or start Ray with num_gpus=...) and submit again.")
+
+
+def _launchable(sc: Scaling) -> str:
+    """What the autoscaler could add, for a 'never fits' message."""
+    if not sc.autoscaler:
+        return "The cluster has no autoscaler."
+    big = sc.largest()
+    if big is None:
+        return "None of the node types its autoscaler can launch has GPUs."
+    return f"The largest node type its autoscaler can launch is {big.describe()}."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -31,7 +32,10 @@ log = logging.getLogger("fastgpu.session")
 REPORT_PERIOD_S = 0.5  # the node schedulers' reports are re-read at most this often (on submit)
 NODES_PERIOD_S = 2.0  # Ray's node list (new or dead GPU nodes) is re-read at most this often
 REPORT_TIMEOUT_S = 2.0
+RETIRE_S = 5.0  # autoscaling clusters: a node scheduler with nothing of its job on its node this long retires
+#                (or sooner: ``Scaling.hold_idle_s``, a fifth of the autoscaler's idle timeout)
 KEEP_REFS = 100_000  # ref -> subtask entries kept for explain (bounded; the oldest are forgotten)
+LOBBY = "lobby"  # the "node" of a subtask that went to the session's lobby to wait for a node
 
 
 @dataclass
@@ -47,13 +51,20 @@ class Session:
     fn_refs: dict = field(default_factory=dict)  # function key -> ObjectRef of its cloudpickle
     gpu_nodes: list = field(default_factory=list)
     never: int = 0  # subtasks failed at submit: no GPU could ever hold them (counted as failed in status)
+    lobby: Any = None  # the lobby actor (subtasks waiting for a node), started on first use
+    arbiter: Any = None
+    _scaling_call: Any = None
+    retired: dict = field(default_factory=dict)  # node -> None: GPU nodes whose idle scheduler retired
+    lock: Any = field(default_factory=threading.RLock)  # routing vs retiring (the housekeeping thread)
+    closed: Any = field(default_factory=threading.Event)
     _reported: float = 0.0
     _synced: float = 0.0
     _asked: dict = field(default_factory=dict)  # report call -> node, not collected yet
 
     # ------------------------------------------------------------------------------ node schedulers
-    def sync_nodes(self) -> None:
-        """Start a scheduler on every live GPU node that has none; forget nodes that died."""
+    def sync_nodes(self, wait: bool = True) -> None:
+        """Start a scheduler on every live GPU node that has none; forget nodes that died. ``wait``: until
+        the new schedulers are up (calls to one not up yet queue in Ray)."""
         from transfer import ray_hooks, runtime_hooks
 
         from .node_scheduler import NodeScheduler, placement_options
@@ -65,22 +76,118 @@ class Session:
             self.live.pop(node, None)
             runtime_hooks.runtime().node_lost(node)  # what was moving to it is gone with it
         self.gpu_nodes = alive
-        new = [n for n in alive if n not in self.schedulers]
+        for node in [n for n in self.retired if n not in alive]:
+            del self.retired[node]
+        new = [n for n in alive if n not in self.schedulers and n not in self.retired]
         arbiter = None
-        if new and not self.schedulers:  # first start: the cluster's arbiter boots alongside the schedulers
+        if self.arbiter is None:  # first start: the cluster's arbiter boots alongside the schedulers
             from .arbiter import get_arbiter
 
-            arbiter = get_arbiter()
+            arbiter = self.arbiter = get_arbiter()
         for node in new:
             self.schedulers[node] = NodeScheduler.options(**placement_options(self.id, node, alive)).remote(
                 self.id, node, *self.scheduler_args, alive)
-        if new:
+        if new and wait:
             ray.get([self.schedulers[n].ready.remote() for n in new])
         if arbiter is not None:  # so the first claims need not wait for it (they wait <= 2 s for its answer)
             try:
-                ray.get(arbiter.version.remote(), timeout=30)
+                self.router.scaling = ray.get(arbiter.scaling.remote(), timeout=30)
             except Exception as e:
-                log.warning("fastgpu's GPU arbiter did not start (%s): this job will not share GPUs fairly", e)
+                log.warning("fastgpu's GPU arbiter did not start (%s): this job will not share GPUs fairly, "
+                            "nor ask the autoscaler for nodes", e)
+        self._read_scaling()
+
+    def _read_scaling(self) -> None:
+        """Take the arbiter's last reading of the autoscaler if it came, and ask again (never blocks)."""
+        if self._scaling_call is not None:
+            ready, _ = ray.wait([self._scaling_call], timeout=0)
+            if not ready:
+                return
+            try:
+                self.router.scaling = ray.get(self._scaling_call)
+            except Exception:
+                pass
+        self._scaling_call = self.arbiter.scaling.remote() if self.arbiter is not None else None
+
+    def scheduler(self, node: str):
+        """The node's scheduler; one that retired (idle, autoscaling cluster) is started again, without
+        waiting for it: calls queue at the new actor until it is up."""
+        h = self.schedulers.get(node)
+        if h is None:
+            from .node_scheduler import NodeScheduler, placement_options
+
+            self.retired.pop(node, None)
+            h = self.schedulers[node] = NodeScheduler.options(
+                **placement_options(self.id, node, self.gpu_nodes)).remote(self.id, node, *self.scheduler_args,
+                                                                           self.gpu_nodes)
+        return h
+
+    def housekeep(self) -> None:
+        """Autoscaling clusters only: retire the node schedulers whose job has had nothing on their node
+        for ``RETIRE_S`` (their GPUs were already given back), so that the autoscaler may remove the node
+        (Ray counts a node with any actor on it as busy). Holds the routing lock while it does: a node is
+        never chosen for a subtask while its scheduler goes."""
+        if not self.router.scaling.autoscaler:
+            return
+        from .node_scheduler import scheduler_name
+        from .monitor import NAMESPACE
+
+        if time.monotonic() - self._synced > NODES_PERIOD_S:
+            with self.lock:  # new nodes, and the schedulers the lobby started while the driver was idle
+                self.sync_nodes(wait=False)
+        if self.lobby is not None and ray.get(self.lobby.status.remote(), timeout=5.0)[0]:
+            return  # subtasks wait for nodes: the lobby is about to hand them to these schedulers
+        for node, h in list(self.schedulers.items()):
+            with self.lock:
+                if self.schedulers.get(node) is not h:
+                    continue
+                try:
+                    gone = ray.get(h.retire.remote(min(RETIRE_S, self.router.scaling.hold_idle_s())), timeout=2.0)
+                except Exception:
+                    continue
+                if not gone:
+                    continue
+                ray.kill(h, no_restart=True)
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:  # its name must be free before a new one may take it
+                    try:
+                        ray.get_actor(scheduler_name(self.id, node), namespace=NAMESPACE)
+                    except ValueError:
+                        break
+                    time.sleep(0.02)
+                del self.schedulers[node]
+                self.retired[node] = None
+                if self.live.get(node) is not None:  # idle now: not as busy as its last projected report
+                    self.router.set_spec(self.live[node])
+                from transfer import runtime_hooks
+
+                runtime_hooks.runtime().node_idle(node)
+                log.info("node %s: nothing of this job there; its scheduler retired (the autoscaler may remove "
+                         "the node)", node[:12])
+
+    def start_housekeeping(self) -> None:
+        def loop() -> None:
+            while not self.closed.wait(1.0):
+                try:
+                    self.housekeep()
+                except Exception:
+                    log.debug("housekeeping failed", exc_info=True)
+
+        threading.Thread(target=loop, daemon=True, name=f"fastgpu-housekeeping-{self.id}").start()
+
+    def to_lobby(self):
+        """The session's lobby (``fastgpu_ray.lobby``), started on first use, on the driver's node."""
+        if self.lobby is None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            from .lobby import Lobby, lobby_name
+            from .monitor import NAMESPACE
+
+            here = ray.get_runtime_context().get_node_id()
+            self.lobby = Lobby.options(name=lobby_name(self.id), namespace=NAMESPACE, get_if_exists=True,
+                                       scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote(
+                self.id, self.scheduler_args)
+        return self.lobby
 
     def refresh(self, force: bool = False) -> None:
         """Take the node schedulers' reports that have arrived, and ask again about every
@@ -140,18 +247,20 @@ class Session:
         return r, RouteInfo(r.explanation, history)
 
     def remember(self, refs: list, sids: list[str], node: str, fn_key: str) -> None:
+        """``node``: where the subtasks were sent (``LOBBY``: to wait for a node; no producer node yet)."""
         hexes = [r.hex() for r in refs]
         for h, sid in zip(hexes, sids):
             self.refs[h] = (sid, node)
         while len(self.refs) > KEEP_REFS:
             self.refs.popitem(last=False)
-        self.router.produced_by(hexes, node, fn_key)
+        if node != LOBBY:
+            self.router.produced_by(hexes, node, fn_key)
 
     def scheduler_of(self, ref_hex: str):
         hit = self.refs.get(ref_hex)
         if hit is None:
             return None, None
-        return hit[0], self.schedulers.get(hit[1])
+        return hit[0], (self.lobby if hit[1] == LOBBY else self.schedulers.get(hit[1]))
 
     def workers(self) -> list[tuple[str, int, int]]:
         """(node, GPU index, pid) of every GPU worker the session's schedulers hold now."""
@@ -181,7 +290,8 @@ _session: Session | None = None
 
 def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, emulate: bool | None = None,
          emulated_gpu_memory: Any = DEFAULT_EMULATED_MEMORY_MIB * (1 << 20), idle_timeout_s: float = 60.0,
-         link_bandwidth: str | float | None = None, job_weight: float = 1.0, **ray_init_kwargs: Any) -> str:
+         link_bandwidth: str | float | None = None, job_weight: float = 1.0, scale_wait_s: float = 600.0,
+         **ray_init_kwargs: Any) -> str:
     """Start fastgpu on a Ray cluster; returns the session id.
 
     ``address``: as ``ray.init`` (None: connect to the running cluster if there is one, else start an
@@ -193,12 +303,18 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
     cost uses ("1Gbit", "125MB/s", or bytes/s); default: ``FASTGPU_LINK_BANDWIDTH`` or a measurement.
     ``job_weight``: this driver's weight in the fair share of GPUs between the jobs (drivers) on the
     cluster (default 1; a job of weight 2 gets twice the GPUs of a job of weight 1 while both have work).
+    ``scale_wait_s``: on an autoscaling cluster whose node types fastgpu cannot read, how long a subtask
+    that no live node can take waits for the autoscaler to add one before it fails (where the types are
+    known, it waits as long as a node that can hold it may still be launched).
     """
     global _session
     if _session is not None:
         return _session.id
     registry.policy_class(policy)  # unknown policy -> ValueError naming the valid ones
     weight = _check_weight(job_weight)
+    if not is_number(scale_wait_s) or scale_wait_s <= 0:
+        raise ValueError(f"scale_wait_s={scale_wait_s!r}: must be a positive number of seconds (how long a "
+                         "subtask waits for the autoscaler when its node types are unknown; default 600)")
     mem = parse_memory_mib(emulated_gpu_memory, "emulated_gpu_memory")
     env = None
     if link_bandwidth is not None:
@@ -213,12 +329,15 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
 
     runtime_hooks.reset(environ=env)  # the transfer model lives in the driver, which routes
     s = Session(uuid.uuid4().hex[:8], started, policy, (policy, idle_timeout_s, mem, bool(emulate), weight),
-                Router(policy, cost=lambda: runtime_hooks.runtime().cost()))
+                Router(policy, cost=lambda: runtime_hooks.runtime().cost(), scale_wait_s=float(scale_wait_s)))
     try:
         s.refresh(force=True)
     except BaseException:
         _stop(s)
         raise
+    if s.router.scaling.autoscaler:  # the lobby is ready before the first subtask waits in it for a node
+        ray.get(s.to_lobby().ping.remote(), timeout=60)
+    s.start_housekeeping()
     _session = s
     return s.id
 
@@ -266,6 +385,9 @@ def _note_orphans(s: Session) -> None:
 
 
 def _stop(s: Session, timeout_s: float = 30.0) -> None:
+    s.closed.set()
+    with s.lock:  # a retirement in progress finishes first
+        pass
     _note_orphans(s)
     try:
         before = ray.available_resources().get("GPU", 0.0)
@@ -283,9 +405,14 @@ def _stop(s: Session, timeout_s: float = 30.0) -> None:
         while ray.available_resources().get("GPU", 0.0) < target - 1e-6 and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
-        for h in s.schedulers.values():
+        for h in list(s.schedulers.values()) + ([s.lobby] if s.lobby is not None else []):
             try:
                 ray.kill(h, no_restart=True)
+            except Exception:
+                pass
+        if s.arbiter is not None:
+            try:
+                s.arbiter.leave.remote(s.id)  # also drops what its lobby asked the autoscaler for
             except Exception:
                 pass
         if s.started_ray:

@@ -80,6 +80,11 @@ class Prefetcher:
     def forget(self, node: str) -> None:
         self._pullers.pop(node, None)
 
+    def close_node(self, node: str) -> None:
+        a = self._pullers.pop(node, None)
+        if a is not None:
+            ray.kill(a)
+
     def close(self) -> None:
         for a in self._pullers.values():
             ray.kill(a)

@@ -137,6 +137,11 @@ class RuntimeTransfer:
         self.opt.node_lost(node)
         self.prefetcher.forget(node)
 
+    def node_idle(self, node: str) -> None:
+        """The session has nothing on ``node`` (autoscaling cluster): its puller goes, so that Ray may see
+        the node idle; a later prefetch there starts a new one."""
+        self.prefetcher.close_node(node)
+
 
 def _weak(obj: Any):
     try:

@@ -29,7 +29,12 @@ def run(args) -> int:
             session = names[0][len(prefix):].split("-", 1)[0]
             mine = [ray.get_actor(n, namespace=NAMESPACE) for n in names if n.startswith(f"{prefix}{session}-")]
             print(f"(fastgpu session {session})")
-            print(merge_status(mine).format())
+            from fastgpu_ray.lobby import lobby_name
+
+            lobby = [ray.get_actor(a["name"], namespace=NAMESPACE)
+                     for a in ray.util.list_named_actors(all_namespaces=True)
+                     if a.get("namespace") == NAMESPACE and a.get("name") == lobby_name(session)]
+            print(merge_status(mine, lobby).format())
         else:
             fastgpu.init(emulate=args.emulate or None)
             try:

@@ -1,0 +1,243 @@
+"""The session's lobby: subtasks that wait for a node, handed to the first node with room for them.
+
+A subtask goes to the lobby when no live node can take it now and the cluster can grow
+(``fastgpu_ray.routing``: at zero GPU nodes, a subtask larger than every live node but not than a node
+type the autoscaler can launch, or a backlog beyond the busy GPUs). The lobby is one actor per session on
+the driver's node, ``num_cpus=0``. It reports the GPUs its subtasks need to the arbiter, which asks Ray's
+autoscaler for them (``Arbiter.wait_for_node``); as nodes come up it starts the session's scheduler there
+(the same named actor the driver would start) and hands each subtask, in priority order, to a node whose
+scheduler has room for it (``NodeScheduler.room``), live before or launched for it: late binding, so a
+backlog spreads over every node that arrives instead of piling on the first.
+
+Cost, stated: the ref the user holds is the lobby's call, so the result of a subtask that waited here is
+copied once from the node that computed it to the driver's node (a subtask routed to a live node at
+submit has no such copy). Subtasks whose node types are unknown wait at most ``wait_s``, then fail with
+``NeverFitsError`` saying so.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import heapq
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from .dispatch import Record, _gpu_fraction
+from .errors import NeverFitsError
+from .options import TaskOptions
+from .wire import FnBox, Payload, RouteInfo
+
+log = logging.getLogger("fastgpu.lobby")
+
+LOOP_S = 0.1  # waiting subtasks are matched to nodes' room this often
+NODES_S = 0.25  # new GPU nodes are looked for this often while subtasks wait
+KEEP = 100_000  # handed subtasks remembered for explain (the oldest are forgotten)
+REPORT_S = 1.0  # the arbiter hears the waiting GPUs on change and at least this often (soft state)
+
+
+@dataclass(order=True)
+class _Entry:
+    rank: tuple
+    sid: str = field(compare=False)
+    opts: TaskOptions = field(compare=False)
+    fn: FnBox = field(compare=False)
+    payload: Payload = field(compare=False)
+    info: RouteInfo = field(compare=False)
+    wait: str = field(compare=False)
+    deadline: float | None = field(compare=False)
+    submitted: float = field(compare=False)
+    future: Any = field(compare=False, default=None)
+
+    @property
+    def gpus(self) -> float:
+        return _gpu_fraction(self)
+
+
+def lobby_name(session: str) -> str:
+    return f"fastgpu-lobby-{session}"
+
+
+@ray.remote(num_cpus=0, max_concurrency=100_000)
+class Lobby:
+    def __init__(self, session: str, scheduler_args: tuple) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.session, self.args = session, scheduler_args
+        self.heap: list[_Entry] = []
+        self.where: OrderedDict[str, tuple[str, Any]] = OrderedDict()  # sid -> (node, scheduler) it went to
+        self.waiting: dict[str, _Entry] = {}
+        self.scheds: dict[str, Any] = {}  # node -> its scheduler (ready)
+        self._starting: set[str] = set()  # nodes whose scheduler is being started
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._task = None
+        self._nodes_at = -1e9
+        self._reported: tuple = ()
+        self._reported_at = -1e9
+        self.handed = 0
+        self._arbiter = None
+
+    # ------------------------------------------------------------------------------------ the calls
+    async def submit(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo, wait: str,
+                     wait_s: float | None):
+        now = time.monotonic()
+        e = _Entry((-opts.priority, next(self._seq)), sid, opts, fn, payload, info, wait,
+                   None if wait_s is None else now + wait_s, now, asyncio.get_running_loop().create_future())
+        while True:
+            heapq.heappush(self.heap, e)
+            self.waiting[sid] = e
+            self._kick()
+            node, handle = await e.future  # raises NeverFitsError when it waited past its deadline
+            waited = time.monotonic() - now
+            sent = dataclasses.replace(info, history=tuple(info.history) + (
+                f"waited {waited:.2f}s in the lobby ({wait}); handed to node {node[:12]}",))
+            got = await asyncio.gather(handle.submit.remote(sid, opts, fn, payload, sent), return_exceptions=True)
+            if not isinstance(got[0], RayActorError):
+                return got[0]  # a RayTaskError value is stored as this call's error, as the node scheduler's was
+            # That scheduler retired (idle) before the call reached it: wait again, for any node.
+            if self.scheds.get(node) is handle:
+                del self.scheds[node]
+            self.where.pop(sid, None)
+            e = dataclasses.replace(e, rank=(e.rank[0], next(self._seq)),
+                                    future=asyncio.get_running_loop().create_future())
+
+    async def submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
+                          info: RouteInfo, wait: str, wait_s: float | None):
+        return tuple(await asyncio.gather(*(self.submit(s, opts, fn, p, info, wait, wait_s)
+                                            for s, p in zip(sids, payloads)), return_exceptions=True))
+
+    async def explain(self, sid: str) -> Record | None:
+        if sid in self.where:
+            return await self.where[sid][1].explain.remote(sid)
+        e = self.waiting.get(sid)
+        if e is None:
+            return None
+        return Record(sid, state="waiting for a node", submitted=e.submitted,
+                      queued_s=time.monotonic() - e.submitted, history=[e.wait], node_choice=e.info.node_choice)
+
+    def ping(self) -> bool:
+        return True
+
+    def status(self) -> tuple[int, str]:
+        """(subtasks waiting for a node, what the first of them waits for)."""
+        first = min(self.waiting.values(), default=None)
+        return len(self.waiting), (first.wait if first is not None else "")
+
+    # ------------------------------------------------------------------------------------ matching
+    def _kick(self) -> None:
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), LOOP_S if self.waiting else REPORT_S)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self._expire()
+                if self.waiting:
+                    await self._nodes()
+                    await self._hand_out()
+                await self._report()
+            except Exception:
+                log.exception("lobby round failed")
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for e in [e for e in self.waiting.values() if e.deadline is not None and now > e.deadline]:
+            self._drop(e)
+            e.future.set_exception(NeverFitsError(
+                f"subtask {e.sid} waited {now - e.submitted:.0f}s for a GPU node and none came: {e.wait}. The "
+                "autoscaler's node types could not be read (set FASTGPU_AUTOSCALING_CONFIG to its config file "
+                "on the head node), or it cannot launch such a node; raise fastgpu.init(scale_wait_s=...) "
+                "to wait longer"))
+
+    def _drop(self, e: _Entry) -> None:
+        self.waiting.pop(e.sid, None)
+        self.heap = [x for x in self.heap if x.sid != e.sid]
+        heapq.heapify(self.heap)
+
+    async def _nodes(self) -> None:
+        """Start (or find) the session's scheduler on every GPU node that came up."""
+        if time.monotonic() - self._nodes_at < NODES_S:
+            return
+        self._nodes_at = time.monotonic()
+        from transfer.ray_hooks import gpu_node_ids
+
+        alive = sorted(await asyncio.to_thread(gpu_node_ids))
+        for n in [n for n in self.scheds if n not in alive]:
+            del self.scheds[n]
+        for n in alive:
+            if n not in self.scheds and n not in self._starting:
+                self._starting.add(n)
+                asyncio.ensure_future(self._start(n, alive))
+
+    async def _start(self, node: str, alive: list[str]) -> None:
+        from .node_scheduler import NodeScheduler, placement_options
+
+        t0 = time.monotonic()
+        try:
+            h = NodeScheduler.options(**placement_options(self.session, node, alive)).remote(
+                self.session, node, *self.args, alive)
+            await h.ready.remote()
+            self.scheds[node] = h
+            log.info("node %s: the session's scheduler is up after %.2fs; %d subtask(s) wait", node[:12],
+                     time.monotonic() - t0, len(self.waiting))
+            self._kick()
+        except Exception as e:
+            log.info("no scheduler on node %s yet: %s", node[:12], e)
+        finally:
+            self._starting.discard(node)
+
+    async def _hand_out(self) -> None:
+        if not self.scheds:
+            return
+        nodes = list(self.scheds.items())
+        got = await asyncio.gather(*(asyncio.wait_for(h.room.remote(), 2.0) for _, h in nodes),
+                                   return_exceptions=True)
+        room = {n: r[1] for (n, _), r in zip(nodes, got) if isinstance(r, tuple)}
+        skipped = []
+        while self.heap and any(r > 1e-9 for r in room.values()):
+            e = heapq.heappop(self.heap)
+            if e.sid not in self.waiting:
+                continue
+            need = e.gpus
+            fits = [n for n, r in room.items() if r >= need - 1e-9]
+            if not fits:
+                skipped.append(e)
+                continue
+            node = max(fits, key=lambda n: room[n])
+            room[node] -= need
+            del self.waiting[e.sid]
+            self.where[e.sid] = (node, self.scheds[node])
+            if len(self.where) > KEEP:
+                self.where.popitem(last=False)
+            self.handed += 1
+            e.future.set_result((node, self.scheds[node]))
+        for e in skipped:
+            heapq.heappush(self.heap, e)
+
+    async def _report(self) -> None:
+        gpus = tuple(sorted(e.gpus for e in self.waiting.values()))
+        now = time.monotonic()
+        if gpus == self._reported and (not gpus or now - self._reported_at < REPORT_S):
+            return
+        from .arbiter import get_arbiter
+
+        self._reported, self._reported_at = gpus, now
+        try:
+            if self._arbiter is None:
+                self._arbiter = get_arbiter()
+            await self._arbiter.wait_for_node.remote(self.session, list(gpus))
+        except Exception as e:
+            self._arbiter = None
+            log.warning("could not tell the arbiter about %d subtask(s) waiting for a node: %s", len(gpus), e)
