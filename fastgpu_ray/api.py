@@ -249,21 +249,34 @@ def status() -> ClusterStatus:
     s.refresh(force=True)
     deadline = time.monotonic() + 20.0
     while True:  # a node's monitor may still be starting (first call after init): wait for its reading
-        st = merge_status(s.schedulers.values(), [s.lobby] if s.lobby is not None else [])
+        with s.lock:
+            hs = list(s.schedulers.values())
+        st = merge_status(hs, [s.lobby] if s.lobby is not None else [])
         st = dataclasses.replace(st, failed=st.failed + s.never)
         if all(g.util is not None for g in st.gpus) or time.monotonic() > deadline:
             return st
         time.sleep(0.5)
 
 
+def _answers(calls: list) -> list:
+    """Each call's answer, None for a scheduler that went meanwhile (retired on an idle node)."""
+    out = []
+    for c in calls:
+        try:
+            out.append(ray.get(c))
+        except ray.exceptions.RayActorError:
+            out.append(None)
+    return out
+
+
 def merge_status(schedulers, lobbies=()) -> ClusterStatus:
     """One table from every node scheduler's rows (a scheduler restarted away from home has none), the
     subtasks waiting in the lobbies for a node, the jobs and the autoscaler as the arbiter sees them."""
     hs = list(schedulers)
-    ray.get([h.refresh.remote() for h in hs])
-    parts = [p for p in ray.get([h.status.remote() for h in hs]) if p is not None]
+    _answers([h.refresh.remote() for h in hs])
+    parts = [p for p in _answers([h.status.remote() for h in hs]) if p is not None]
     rows = tuple(sorted((g for p in parts for g in p.gpus), key=lambda g: (g.node, g.gpu)))
-    waits = ray.get([lb.status.remote() for lb in lobbies])
+    waits = [w for w in _answers([lb.status.remote() for lb in lobbies]) if w is not None]
     from .arbiter import autoscaler_line, job_shares
 
     return ClusterStatus(rows, sum(p.queue_length for p in parts), sum(p.nodes_alive for p in parts),

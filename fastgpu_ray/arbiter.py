@@ -45,7 +45,9 @@ class Arbiter:
         self._scaling = Scaling()
         self._scaling_at = -1e9
         self.waiting: dict[str, tuple[list[float], float]] = {}  # job -> (GPUs of each lobby subtask, seen)
-        self._requested: list | None = None  # the last resource request sent (None: never sent one)
+        self._requested: list | None = None  # the last resource request Ray holds (None: unknown)
+        self._requested_ever = False  # whether fastgpu ever sent one (a request it did not make stays)
+        self._request_lock = asyncio.Lock()  # one request at a time, so Ray holds the last one computed
 
     async def report(self, job: str, node: str, handle, state: dict) -> bool:
         """A node scheduler's state (``state``: weight, ray_job, gpu_total, held, want, running, queued,
@@ -118,20 +120,22 @@ class Arbiter:
         """Send the autoscaler fastgpu's demand if it changed: work on live nodes + subtasks waiting."""
         if not self._scaling.autoscaler:
             return
-        want = sum(r.want for r in self.book.rows.values())
-        bundles = demand_bundles(want, [g for gs, _ in self.waiting.values() for g in gs])
-        if bundles == self._requested or (self._requested is None and not bundles):
-            return  # (never clear a request fastgpu did not make)
-        from .autoscaler import request
+        async with self._request_lock:
+            want = sum(r.want for r in self.book.rows.values())
+            bundles = demand_bundles(want, [g for gs, _ in self.waiting.values() for g in gs])
+            if bundles == self._requested or (not self._requested_ever and not bundles):
+                return  # (never clear a request fastgpu did not make)
+            from .autoscaler import request
 
-        self._requested = bundles
-        log.info("asking the autoscaler for %d GPU(s) in %d bundle(s) (%d on live nodes, %d waiting for a node)",
-                 sum(b["GPU"] for b in bundles), len(bundles), want, sum(len(g) for g, _ in self.waiting.values()))
-        try:
-            await asyncio.to_thread(request, bundles)
-        except Exception:
-            log.exception("resource request to the autoscaler failed")
-            self._requested = None
+            log.info("asking the autoscaler for %d GPU(s) in %d bundle(s) (%d on live nodes, %d waiting for a "
+                     "node)", sum(b["GPU"] for b in bundles), len(bundles), want,
+                     sum(len(g) for g, _ in self.waiting.values()))
+            try:
+                await asyncio.to_thread(request, bundles)
+                self._requested, self._requested_ever = bundles, True
+            except Exception:
+                log.exception("resource request to the autoscaler failed (retried at the next sweep)")
+                self._requested = None
 
     def _push(self) -> None:
         for key, share in self.book.changed():

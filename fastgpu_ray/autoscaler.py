@@ -35,8 +35,14 @@ def read_scaling() -> Scaling:
     status = _status()
     types, source = _types_from_gcs()
     idle = DEFAULT_NODE_IDLE_S
-    if types is None:
-        types, source, idle = _types_from_file()
+    if types is None and (status or os.environ.get(ENV_CONFIG)):  # (no autoscaler: no file to look for)
+        path = os.environ.get(ENV_CONFIG)
+        if not path:
+            seen, path = _monitor_config_path(_gcs_address())
+            if seen and not path:  # Ray's autoscaler process in read-only mode: a cluster of fixed size
+                return Scaling(autoscaler=False, types=())
+        if path:
+            types, source, idle = _types_from_file(path)
     running = bool(status) or types is not None
     if not running:
         return Scaling(autoscaler=False, types=())
@@ -92,10 +98,7 @@ def _types_from_gcs() -> tuple[tuple[NodeType, ...] | None, str]:
     return types, "the cluster config the autoscaler published in the GCS"
 
 
-def _types_from_file() -> tuple[tuple[NodeType, ...] | None, str, float]:
-    path = os.environ.get(ENV_CONFIG) or _monitor_config_path(_gcs_address())
-    if not path:
-        return None, "", DEFAULT_NODE_IDLE_S
+def _types_from_file(path: str) -> tuple[tuple[NodeType, ...] | None, str, float]:
     try:
         with open(os.path.expanduser(path)) as f:
             text = f.read()
@@ -117,9 +120,10 @@ def _gcs_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def _monitor_config_path(gcs_address: str) -> str | None:
-    """The ``--autoscaling-config`` of the autoscaler process of this cluster (the one given
-    ``gcs_address``) on this node, if it runs here."""
+def _monitor_config_path(gcs_address: str) -> tuple[bool, str | None]:
+    """(whether the autoscaler process of this cluster, the one given ``gcs_address``, runs on this node;
+    its ``--autoscaling-config``). Found without one: it runs read-only (``ray start --head`` without an
+    autoscaling config: the cluster has the nodes it was given)."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -128,11 +132,12 @@ def _monitor_config_path(gcs_address: str) -> str | None:
                 args = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if not any(a.endswith("monitor.py") for a in args) or f"--gcs-address={gcs_address}" not in args:
+        if not any(os.path.basename(a) == "monitor.py" for a in args) or f"--gcs-address={gcs_address}" not in args:
             continue
         for i, a in enumerate(args):
             if a.startswith("--autoscaling-config="):
-                return a.split("=", 1)[1]
+                return True, a.split("=", 1)[1]
             if a == "--autoscaling-config" and i + 1 < len(args):
-                return args[i + 1]
-    return None
+                return True, args[i + 1]
+        return True, None
+    return False, None

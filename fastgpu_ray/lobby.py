@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from .dispatch import Record, _gpu_fraction
 from .errors import NeverFitsError
@@ -93,7 +93,11 @@ class Lobby:
             heapq.heappush(self.heap, e)
             self.waiting[sid] = e
             self._kick()
-            node, handle = await e.future  # raises NeverFitsError when it waited past its deadline
+            try:
+                node, handle = await e.future  # raises NeverFitsError when it waited past its deadline
+            finally:  # (also when the call is cancelled: it waits no more)
+                if self.waiting.get(sid) is e:
+                    self._drop(e)
             waited = time.monotonic() - now
             sent = dataclasses.replace(info, history=tuple(info.history) + (
                 f"waited {waited:.2f}s in the lobby ({wait}); handed to node {node[:12]}",))
@@ -109,8 +113,11 @@ class Lobby:
 
     async def submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
                           info: RouteInfo, wait: str, wait_s: float | None):
-        return tuple(await asyncio.gather(*(self.submit(s, opts, fn, p, info, wait, wait_s)
-                                            for s, p in zip(sids, payloads)), return_exceptions=True))
+        got = await asyncio.gather(*(self.submit(s, opts, fn, p, info, wait, wait_s)
+                                     for s, p in zip(sids, payloads)), return_exceptions=True)
+        # An exception of one subtask is that return's error (Ray raises a RayTaskError value from get).
+        return tuple(RayTaskError("fastgpu", str(g), g) if isinstance(g, Exception) and not isinstance(
+            g, RayTaskError) else g for g in got)
 
     async def explain(self, sid: str) -> Record | None:
         if sid in self.where:
@@ -155,15 +162,16 @@ class Lobby:
         now = time.monotonic()
         for e in [e for e in self.waiting.values() if e.deadline is not None and now > e.deadline]:
             self._drop(e)
-            e.future.set_exception(NeverFitsError(
-                f"subtask {e.sid} waited {now - e.submitted:.0f}s for a GPU node and none came: {e.wait}. The "
-                "autoscaler's node types could not be read (set FASTGPU_AUTOSCALING_CONFIG to its config file "
-                "on the head node), or it cannot launch such a node; raise fastgpu.init(scale_wait_s=...) "
-                "to wait longer"))
+            if not e.future.done():
+                e.future.set_exception(NeverFitsError(
+                    f"subtask {e.sid} waited {now - e.submitted:.0f}s for a GPU node and none came: {e.wait}. "
+                    "The autoscaler's node types could not be read (set FASTGPU_AUTOSCALING_CONFIG to its "
+                    "config file on the head node), or it cannot launch such a node; raise "
+                    "fastgpu.init(scale_wait_s=...) to wait longer"))
 
     def _drop(self, e: _Entry) -> None:
         self.waiting.pop(e.sid, None)
-        self.heap = [x for x in self.heap if x.sid != e.sid]
+        self.heap = [x for x in self.heap if x is not e]
         heapq.heapify(self.heap)
 
     async def _nodes(self) -> None:
@@ -204,27 +212,32 @@ class Lobby:
         nodes = list(self.scheds.items())
         got = await asyncio.gather(*(asyncio.wait_for(h.room.remote(), 2.0) for _, h in nodes),
                                    return_exceptions=True)
-        room = {n: r[1] for (n, _), r in zip(nodes, got) if isinstance(r, tuple)}
+        for (n, h), r in zip(nodes, got):
+            if isinstance(r, RayActorError) and self.scheds.get(n) is h:
+                del self.scheds[n]  # retired (idle): started again by ``_nodes`` if work waits for it
+        room = {n: r[1] for (n, _), r in zip(nodes, got) if isinstance(r, tuple) and n in self.scheds}
         skipped = []
-        while self.heap and any(r > 1e-9 for r in room.values()):
-            e = heapq.heappop(self.heap)
-            if e.sid not in self.waiting:
-                continue
-            need = e.gpus
-            fits = [n for n, r in room.items() if r >= need - 1e-9]
-            if not fits:
-                skipped.append(e)
-                continue
-            node = max(fits, key=lambda n: room[n])
-            room[node] -= need
-            del self.waiting[e.sid]
-            self.where[e.sid] = (node, self.scheds[node])
-            if len(self.where) > KEEP:
-                self.where.popitem(last=False)
-            self.handed += 1
-            e.future.set_result((node, self.scheds[node]))
-        for e in skipped:
-            heapq.heappush(self.heap, e)
+        try:
+            while self.heap and any(r > 1e-9 for r in room.values()):
+                e = heapq.heappop(self.heap)
+                if self.waiting.get(e.sid) is not e or e.future.done():
+                    continue
+                need = e.gpus
+                fits = [n for n, r in room.items() if r >= need - 1e-9]
+                if not fits:
+                    skipped.append(e)
+                    continue
+                node = max(fits, key=lambda n: room[n])
+                room[node] -= need
+                del self.waiting[e.sid]
+                self.where[e.sid] = (node, self.scheds[node])
+                if len(self.where) > KEEP:
+                    self.where.popitem(last=False)
+                self.handed += 1
+                e.future.set_result((node, self.scheds[node]))
+        finally:
+            for e in skipped:
+                heapq.heappush(self.heap, e)
 
     async def _report(self) -> None:
         gpus = tuple(sorted(e.gpus for e in self.waiting.values()))

@@ -77,7 +77,7 @@ class NodeScheduler:
         self.deps = DependencyWaiter()
         self._started = False
         self._inflight = 0  # submit calls that have not returned (queued, waiting for inputs, running)
-        self._last_busy = 0.0  # when this scheduler last had a call in flight or a GPU worker
+        self._last_busy = self.core.clock()  # when it last had a call in flight or a GPU worker
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def ready(self) -> str:
@@ -90,7 +90,6 @@ class NodeScheduler:
             return self.here
         if not self._started:
             self._started = True
-            self._last_busy = self.core.clock()
             await self.core.start()
             self.core.on_change = self._changed.set
             # Claim nothing until the arbiter has answered (it does within milliseconds): a new job would
@@ -151,21 +150,19 @@ class NodeScheduler:
         finally:
             self._done_call()
 
-    async def retire(self, idle_s: float) -> bool:
-        """Shut down if this job has had nothing on this node (no call in flight, no GPU worker held or
-        starting) for ``idle_s``: returns True, and the caller kills this actor. On an autoscaling
-        cluster the driver retires idle schedulers so that the node can be removed (Ray counts a node
-        with any actor on it as busy); the driver starts a new one when it routes work here again."""
-        if self.delegate is not None or not self._started:
-            return False
+    def retire(self, idle_s: float) -> bool:
+        """Whether this scheduler may go: its job has had nothing on this node (no call in flight, no GPU
+        worker held or starting) for ``idle_s``. Decides only (at once, no await): the caller kills the
+        actor, with its monitor, and tells the arbiter. On an autoscaling cluster the driver retires idle
+        schedulers so that the node can be removed (Ray counts a node with any actor on it as busy); it
+        starts a new one when it routes work here again."""
         now = self.core.clock()
-        if self._inflight or self.core.workers or any(self.core.claiming.values()) or self.core.queue:
+        busy = self._inflight or (self.delegate is None and (
+            self.core.workers or any(self.core.claiming.values()) or self.core.queue))
+        if busy:
             self._last_busy = now
             return False
-        if now - self._last_busy < idle_s:
-            return False
-        await self.shutdown()
-        return True
+        return now - self._last_busy >= idle_s
 
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
         # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.deps).

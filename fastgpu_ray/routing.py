@@ -154,8 +154,8 @@ class Router:
         if dec.unplaced is not None:
             if dec.unplaced.never:
                 return self._wait_or_never(d, dec.explanation, dec.unplaced.reason, never_live=True)
-            if self.scaling.can_grow(d.num_gpus):
-                return self._wait_or_never(d, dec.explanation, dec.unplaced.reason)
+            if self.scaling.can_grow(d.num_gpus):  # a live node can hold it later: no deadline
+                return self._wait_for_room(d, dec.explanation, dec.unplaced.reason)
             node = self._least_busy(st, d)  # fits a node only later (held by others now): wait there
             if node is None:
                 return Route(None, dec.explanation, never=dec.unplaced.reason)
@@ -167,13 +167,21 @@ class Router:
             st.add_wait(i, gpus, dw)
             self._log.append((node, gpus, dw))
             return Route(node, dec.explanation)
-        if self.scaling.can_grow(d.num_gpus) and float(np.nanmax(st.busy[dec.node, list(dec.gpus)])) > 0:
+        whole = d.gpu_milli >= 1000 and not d.gpu_memory_mib  # (a GPU share may fit beside running work)
+        if whole and self.scaling.can_grow(d.num_gpus) and float(np.nanmax(st.busy[dec.node, list(dec.gpus)])) > 0:
             # Every GPU that could take it is busy and the cluster can grow: do not bind it to a live node's
             # queue now; the lobby hands it to whichever node has room first, live or launched for it.
-            return self._wait_or_never(d, dec.explanation, "every GPU that could take it is busy")
+            return self._wait_for_room(d, dec.explanation, "every GPU that could take it is busy")
         st.queue_behind(dec.node, dec.gpus, dw)
         self._log.append((st.names[dec.node], dec.gpus, dw))
         return Route(st.names[dec.node], dec.explanation)
+
+    def _wait_for_room(self, d: Demand, expl: Explanation | None, why: str) -> Route:
+        """A live node can hold ``d`` once its work ends, and the cluster can grow: wait in the lobby for
+        whichever comes first (no deadline: a live node will take it)."""
+        t = self.scaling.launch_for(d.num_gpus)
+        return Route(None, expl, wait=f"{why}; waiting for room on a live node or for a new node"
+                     + (f" of type {t.name}" if t is not None else ""))
 
     def _wait_or_never(self, d: Demand, expl: Explanation | None, why: str, never_live: bool = False) -> Route:
         """No live node takes ``d`` now (``why``): wait for the autoscaler if a node it can launch could

@@ -57,6 +57,7 @@ class Session:
     retired: dict = field(default_factory=dict)  # node -> None: GPU nodes whose idle scheduler retired
     lock: Any = field(default_factory=threading.RLock)  # routing vs retiring (the housekeeping thread)
     closed: Any = field(default_factory=threading.Event)
+    housekeeper: Any = None  # the housekeeping thread
     _reported: float = 0.0
     _synced: float = 0.0
     _asked: dict = field(default_factory=dict)  # report call -> node, not collected yet
@@ -78,6 +79,7 @@ class Session:
         self.gpu_nodes = alive
         for node in [n for n in self.retired if n not in alive]:
             del self.retired[node]
+        self._adopt_restarted()
         new = [n for n in alive if n not in self.schedulers and n not in self.retired]
         arbiter = None
         if self.arbiter is None:  # first start: the cluster's arbiter boots alongside the schedulers
@@ -87,8 +89,10 @@ class Session:
         for node in new:
             self.schedulers[node] = NodeScheduler.options(**placement_options(self.id, node, alive)).remote(
                 self.id, node, *self.scheduler_args, alive)
-        if new and wait:
-            ray.get([self.schedulers[n].ready.remote() for n in new])
+        if new:
+            calls = [self.schedulers[n].ready.remote() for n in new]
+            if wait:
+                ray.get(calls)
         if arbiter is not None:  # so the first claims need not wait for it (they wait <= 2 s for its answer)
             try:
                 self.router.scaling = ray.get(arbiter.scaling.remote(), timeout=30)
@@ -108,6 +112,22 @@ class Session:
             except Exception:
                 pass
         self._scaling_call = self.arbiter.scaling.remote() if self.arbiter is not None else None
+
+    def _adopt_restarted(self) -> None:
+        """Retired nodes whose scheduler the lobby started again (it hands waiting work to any node):
+        take that scheduler back, so that its reports reach the router and it can retire again."""
+        if not self.retired:
+            return
+        from .monitor import NAMESPACE
+        from .node_scheduler import scheduler_name
+
+        for node in list(self.retired):
+            try:
+                h = ray.get_actor(scheduler_name(self.id, node), namespace=NAMESPACE)
+            except ValueError:
+                continue
+            del self.retired[node]
+            self.schedulers[node] = h
 
     def scheduler(self, node: str):
         """The node's scheduler; one that retired (idle, autoscaling cluster) is started again, without
@@ -129,41 +149,47 @@ class Session:
         never chosen for a subtask while its scheduler goes."""
         if not self.router.scaling.autoscaler:
             return
-        from .node_scheduler import scheduler_name
-        from .monitor import NAMESPACE
-
         if time.monotonic() - self._synced > NODES_PERIOD_S:
             with self.lock:  # new nodes, and the schedulers the lobby started while the driver was idle
+                if self.closed.is_set():
+                    return
                 self.sync_nodes(wait=False)
         if self.lobby is not None and ray.get(self.lobby.status.remote(), timeout=5.0)[0]:
             return  # subtasks wait for nodes: the lobby is about to hand them to these schedulers
         for node, h in list(self.schedulers.items()):
             with self.lock:
-                if self.schedulers.get(node) is not h:
+                if self.closed.is_set() or self.schedulers.get(node) is not h:
                     continue
-                try:
-                    gone = ray.get(h.retire.remote(min(RETIRE_S, self.router.scaling.hold_idle_s())), timeout=2.0)
+                try:  # (decides at once: the routing lock is held)
+                    if not ray.get(h.retire.remote(min(RETIRE_S, self.router.scaling.hold_idle_s())), timeout=2.0):
+                        continue
                 except Exception:
                     continue
-                if not gone:
-                    continue
-                ray.kill(h, no_restart=True)
-                deadline = time.monotonic() + 2.0
-                while time.monotonic() < deadline:  # its name must be free before a new one may take it
-                    try:
-                        ray.get_actor(scheduler_name(self.id, node), namespace=NAMESPACE)
-                    except ValueError:
-                        break
-                    time.sleep(0.02)
-                del self.schedulers[node]
-                self.retired[node] = None
-                if self.live.get(node) is not None:  # idle now: not as busy as its last projected report
-                    self.router.set_spec(self.live[node])
-                from transfer import runtime_hooks
+                self._retire(node, h)
 
-                runtime_hooks.runtime().node_idle(node)
-                log.info("node %s: nothing of this job there; its scheduler retired (the autoscaler may remove "
-                         "the node)", node[:12])
+    def _retire(self, node: str, h) -> None:
+        from transfer import runtime_hooks
+
+        from .monitor import NAMESPACE
+        from .node_scheduler import scheduler_name
+
+        ray.kill(h, no_restart=True)  # its monitor actor (owned by it) goes with it
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # its name must be free before a new one may take it
+            try:
+                ray.get_actor(scheduler_name(self.id, node), namespace=NAMESPACE)
+            except ValueError:
+                break
+            time.sleep(0.02)
+        del self.schedulers[node]
+        self.retired[node] = None
+        if self.arbiter is not None:  # the other jobs may have this node's GPUs now, not in 10 s
+            self.arbiter.leave.remote(self.id, node)
+        if self.live.get(node) is not None:  # idle now: not as busy as its last projected report
+            self.router.set_spec(self.live[node])
+        runtime_hooks.runtime().node_idle(node)
+        log.info("node %s: nothing of this job there; its scheduler retired (the autoscaler may remove "
+                 "the node)", node[:12])
 
     def start_housekeeping(self) -> None:
         def loop() -> None:
@@ -171,9 +197,11 @@ class Session:
                 try:
                     self.housekeep()
                 except Exception:
-                    log.debug("housekeeping failed", exc_info=True)
+                    log.warning("fastgpu housekeeping (retiring idle node schedulers) failed; retrying",
+                                exc_info=True)
 
-        threading.Thread(target=loop, daemon=True, name=f"fastgpu-housekeeping-{self.id}").start()
+        self.housekeeper = threading.Thread(target=loop, daemon=True, name=f"fastgpu-housekeeping-{self.id}")
+        self.housekeeper.start()
 
     def to_lobby(self):
         """The session's lobby (``fastgpu_ray.lobby``), started on first use, on the driver's node."""
@@ -193,6 +221,10 @@ class Session:
         """Take the node schedulers' reports that have arrived, and ask again about every
         ``REPORT_PERIOD_S``. Never blocks the submitting caller (a busy scheduler answers late; its last
         report stands meanwhile), except ``force=True``, which waits up to ``REPORT_TIMEOUT_S``."""
+        with self.lock:
+            self._refresh(force)
+
+    def _refresh(self, force: bool) -> None:
         now = time.monotonic()
         if force or now - self._synced > NODES_PERIOD_S:
             self.sync_nodes()
@@ -265,7 +297,9 @@ class Session:
     def workers(self) -> list[tuple[str, int, int]]:
         """(node, GPU index, pid) of every GPU worker the session's schedulers hold now."""
         out: list = []
-        for part in ray.get([h.workers.remote() for h in self.schedulers.values()]):
+        with self.lock:
+            calls = [h.workers.remote() for h in self.schedulers.values()]
+        for part in ray.get(calls):
             out.extend(part)
         return out
 
@@ -385,9 +419,9 @@ def _note_orphans(s: Session) -> None:
 
 
 def _stop(s: Session, timeout_s: float = 30.0) -> None:
-    s.closed.set()
-    with s.lock:  # a retirement in progress finishes first
-        pass
+    s.closed.set()  # (checked under the lock: no retirement starts after this)
+    if s.housekeeper is not None:
+        s.housekeeper.join(timeout=10.0)
     _note_orphans(s)
     try:
         before = ray.available_resources().get("GPU", 0.0)

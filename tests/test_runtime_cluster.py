@@ -85,6 +85,9 @@ def test_never_fitting_subtask_fails_fast_naming_the_largest_gpu(fg):
     with pytest.raises(fastgpu.NeverFitsError, match=r"the largest is GPU \d on .*16384 MiB"):
         ray.get(huge.remote(), timeout=60)
     assert time.monotonic() - t0 < 10
+    # A cluster of fixed size (Ray's autoscaler process runs read-only): nothing waits for a node.
+    from fastgpu_ray import session
+    assert not session.current().router.scaling.autoscaler
 
 
 def test_explain_and_status(fg):
@@ -97,7 +100,7 @@ def test_explain_and_status(fg):
     st = fastgpu.status()
     assert len(st.gpus) == 6 and {g.node for g in st.gpus} == set(fg.node_ids())
     assert all(g.emulated and g.memory_total_mib == 16384 for g in st.gpus)
-    assert "EMULATED" in st.format()
+    assert "EMULATED" in st.format() and "autoscaler:" not in st.format()
     # counters behind the ray.util.metrics counters: the earlier tests' subtasks, two of them failed
     assert st.finished >= 12 and st.failed >= 2 and st.placed >= st.finished
 
