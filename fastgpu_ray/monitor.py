@@ -30,14 +30,15 @@ class NodeMonitor:
     """Plain class (tested without Ray); the actor below wraps it."""
 
     def __init__(self, node_id: str, logical_gpus: int, emulated_memory_mib: int, force_emulation: bool,
-                 nvml=None) -> None:
+                 nvml=None, poll: bool = True) -> None:
+        """``poll``: keep NVML readings fresh in a thread (False: one reading, for a one-off ``read``)."""
         self.node_id = node_id
         nvml = None if force_emulation else (nvml or open_nvml())
         self.source = NvmlSource(nvml) if nvml is not None else EmulatedSource(logical_gpus, emulated_memory_mib)
         self.pids: set[int] = set()
         self._last = self.source.read()
         self._lock = threading.Lock()
-        if not self.source.emulated:
+        if poll and not self.source.emulated:
             threading.Thread(target=self._poll, daemon=True, name="fastgpu-nvml-poll").start()
 
     def _poll(self) -> None:

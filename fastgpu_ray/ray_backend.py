@@ -10,7 +10,7 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutErr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .dispatch import BatchRejected, Outcome, WorkerInfo, WorkerLost
-from .monitor import NAMESPACE, MonitorActor, monitor_name
+from .monitor import NAMESPACE, MonitorActor, NodeMonitor, monitor_name
 from .telemetry import NodeInfo, NodeTelemetry, node_infos
 from .worker import GpuWorker, Item
 
@@ -18,6 +18,7 @@ log = logging.getLogger("fastgpu.ray")
 
 CLAIM_TIMEOUT_S = 60.0  # a worker process may take a while to start on a loaded machine
 READ_TIMEOUT_S = 5.0
+FIRST_READ_WAIT_S = 0.3  # a node's first reading: waits this long for a monitor actor still starting ...
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, NodeDiedError, WorkerCrashedError,
          ObjectLostError, OwnerDiedError)
 
@@ -35,6 +36,7 @@ class RayBackend:
         self.node = node
         self.monitors: dict[str, object] = {}
         self.created: dict[bytes, object] = {}  # every worker handle not yet released, started or not
+        self._read_once: set[str] = set()
 
     def nodes(self) -> list[NodeInfo]:
         nodes = ray_nodes()
@@ -51,8 +53,21 @@ class RayBackend:
         return m
 
     async def read(self, node: NodeInfo) -> NodeTelemetry | None:
+        """The node's monitor's reading. The first one of this scheduler's own node, if its monitor actor
+        is still starting (seconds on a node just launched), is read in this process instead (NVML or the
+        emulation's defaults, as a new monitor would report them), so the first placement does not wait
+        for a second process start."""
+        first = node.node_id == self.node and node.node_id not in self._read_once
         try:
-            return await asyncio.wait_for(self.monitor(node).read.remote(), READ_TIMEOUT_S)
+            call = self.monitor(node).read.remote()
+            if first:
+                self._read_once.add(node.node_id)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(_await(call)), FIRST_READ_WAIT_S)
+                except (asyncio.TimeoutError, GetTimeoutError):
+                    return NodeMonitor(node.node_id, node.gpu_total, self.emulated_memory_mib, self.force_emulation,
+                                       poll=False).read()
+            return await asyncio.wait_for(call, READ_TIMEOUT_S)
         except (asyncio.TimeoutError, GetTimeoutError):
             return None
         except _LOST:
