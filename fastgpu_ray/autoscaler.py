@@ -124,14 +124,7 @@ def _monitor_config_path(gcs_address: str) -> tuple[bool, str | None]:
     """(whether the autoscaler process of this cluster, the one given ``gcs_address``, runs on this node;
     its ``--autoscaling-config``). Found without one: it runs read-only (``ray start --head`` without an
     autoscaling config: the cluster has the nodes it was given)."""
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                args = f.read().decode(errors="replace").split("\0")
-        except OSError:
-            continue
+    for _, args in proc_cmdlines():
         if not any(os.path.basename(a) == "monitor.py" for a in args) or f"--gcs-address={gcs_address}" not in args:
             continue
         for i, a in enumerate(args):
@@ -141,3 +134,15 @@ def _monitor_config_path(gcs_address: str) -> tuple[bool, str | None]:
                 return True, args[i + 1]
         return True, None
     return False, None
+
+
+def proc_cmdlines():
+    """(pid, argument list) of every process of this machine that can be read."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                yield int(d), f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue

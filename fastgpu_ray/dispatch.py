@@ -457,7 +457,7 @@ class DispatchCore:
         or waiting for a GPU; those beyond the cap are cancelled), running and queued subtasks, and ``want``
         = GPUs it could use now: GPUs running its work + its queued work in GPUs, at most the node's GPUs."""
         gpus = sum(n.gpu_total for n in self.nodes if n.alive)
-        busy = sum(1 for key, h in self.holds.items() if h.running > 0 and key in self.workers)
+        busy = self._busy_gpus()
         queued = 0.0
         for _, _, st in self.queue:  # stops once the node's GPUs are covered (a backlog is not summed)
             queued += _gpu_fraction(st)
@@ -467,6 +467,10 @@ class DispatchCore:
                     want=min(gpus, busy + math.ceil(queued - 1e-9)),
                     running=sum(h.running for h in self.holds.values()), queued=len(self.queue))
 
+    def _busy_gpus(self) -> int:
+        """GPUs whose worker is running this core's work."""
+        return sum(1 for key, h in self.holds.items() if h.running > 0 and key in self.workers)
+
     def room(self) -> float:
         """GPUs' worth of work this core could start now without queueing it: its node's GPUs (at most its
         fair-share cap) less the GPUs running its work and its queued work (the lobby hands subtasks
@@ -474,7 +478,7 @@ class DispatchCore:
         gpus = sum(n.gpu_total for n in self.nodes if n.alive)
         if self.share is not None:
             gpus = min(gpus, self.share.cap)
-        busy = sum(1 for key, h in self.holds.items() if h.running > 0 and key in self.workers)
+        busy = self._busy_gpus()
         return gpus - busy - sum(_gpu_fraction(st) for _, _, st in self.queue)
 
     def _idle_worker(self, node: str, d: Demand, chosen: int) -> WorkerInfo | None:

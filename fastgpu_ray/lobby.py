@@ -190,12 +190,11 @@ class Lobby:
                 asyncio.ensure_future(self._start(n, alive))
 
     async def _start(self, node: str, alive: list[str]) -> None:
-        from .node_scheduler import NodeScheduler, placement_options
+        from .node_scheduler import start_scheduler
 
         t0 = time.monotonic()
         try:
-            h = NodeScheduler.options(**placement_options(self.session, node, alive)).remote(
-                self.session, node, *self.args, alive)
+            h = start_scheduler(self.session, node, self.args, alive)
             await h.ready.remote()
             self.scheds[node] = h
             log.info("node %s: the session's scheduler is up after %.2fs; %d subtask(s) wait", node[:12],

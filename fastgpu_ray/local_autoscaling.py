@@ -115,15 +115,6 @@ class LocalAutoscalingCluster:
 
 
 def _pids_matching(marks: list[str]) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if any(m in cmd for m in marks):
-            out.append(int(d))
-    return out
+    from .autoscaler import proc_cmdlines
+
+    return [pid for pid, args in proc_cmdlines() if any(m in " ".join(args) for m in marks)]

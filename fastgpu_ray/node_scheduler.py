@@ -16,6 +16,7 @@ that computes it), and counts each call as a retry of that subtask (``max_retrie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 
@@ -83,9 +84,7 @@ class NodeScheduler:
     async def ready(self) -> str:
         if self.here != self.home:  # restarted away from home: the scheduler of this node does the work
             if self.delegate is None:
-                self.delegate = NodeScheduler.options(
-                    **placement_options(self.session, self.here, self.args[-1])).remote(
-                    self.session, self.here, *self.args)
+                self.delegate = start_scheduler(self.session, self.here, self.args[:-1], self.args[-1])
                 await self.delegate.ready.remote()
             return self.here
         if not self._started:
@@ -102,12 +101,19 @@ class NodeScheduler:
     def _rerun(self) -> str | None:
         return RERUN.format(here=self.here[:12], home=self.home[:12]) if self.restarted else None
 
-    async def submit(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
-        self._inflight += 1  # first, before any await: a retire() called after this call sees it
+    @contextlib.contextmanager
+    def _counted(self):
+        """Count a call in flight. Entered first, before any await: a retire() called after it sees it."""
+        self._inflight += 1
         try:
-            return await self._submit_one(sid, opts, fn, payload, info)
+            yield
         finally:
-            self._done_call()
+            self._inflight -= 1
+            self._last_busy = self.core.clock()
+
+    async def submit(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
+        with self._counted():
+            return await self._submit_one(sid, opts, fn, payload, info)
 
     async def _submit_one(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
         await self.ready()
@@ -120,15 +126,8 @@ class NodeScheduler:
 
     async def submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
                           info: RouteInfo):
-        self._inflight += 1
-        try:
+        with self._counted():
             return await self._submit_many(sids, opts, fn, payloads, info)
-        finally:
-            self._done_call()
-
-    def _done_call(self) -> None:
-        self._inflight -= 1
-        self._last_busy = self.core.clock()
 
     async def _submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
                            info: RouteInfo):
@@ -143,12 +142,9 @@ class NodeScheduler:
     async def rerun(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo,
                     why: str | None):
         """A call forwarded by a restarted scheduler (``why`` says which node died)."""
-        self._inflight += 1
-        try:
+        with self._counted():
             await self.ready()
             return (await self._submit(sid, opts, fn, payload, info, why)).value
-        finally:
-            self._done_call()
 
     def retire(self, idle_s: float) -> bool:
         """Whether this scheduler may go: its job has had nothing on this node (no call in flight, no GPU
@@ -311,3 +307,18 @@ class NodeScheduler:
         if self.delegate is not None:
             return []
         return [(w.node_id, w.gpu_index, w.pid) for w in self.core.workers.values()]
+
+
+def start_scheduler(session: str, node: str, args: tuple, gpu_nodes: list[str]):
+    """The session's scheduler on ``node`` (the named one already there, if any), not waited for: calls
+    queue at it until it is up. ``args``: the session's scheduler arguments (``Session.scheduler_args``)."""
+    return NodeScheduler.options(**placement_options(session, node, gpu_nodes)).remote(session, node, *args,
+                                                                                      gpu_nodes)
+
+
+def find_scheduler(session: str, node: str):
+    """The session's scheduler on ``node`` if one is registered under its name, else None."""
+    try:
+        return ray.get_actor(scheduler_name(session, node), namespace=NAMESPACE)
+    except ValueError:
+        return None

@@ -68,7 +68,7 @@ class Session:
         the new schedulers are up (calls to one not up yet queue in Ray)."""
         from transfer import ray_hooks, runtime_hooks
 
-        from .node_scheduler import NodeScheduler, placement_options
+        from .node_scheduler import start_scheduler
 
         self._synced = time.monotonic()
         alive = sorted(ray_hooks.gpu_node_ids())
@@ -87,8 +87,7 @@ class Session:
 
             arbiter = self.arbiter = get_arbiter()
         for node in new:
-            self.schedulers[node] = NodeScheduler.options(**placement_options(self.id, node, alive)).remote(
-                self.id, node, *self.scheduler_args, alive)
+            self.schedulers[node] = start_scheduler(self.id, node, self.scheduler_args, alive)
         if new:
             calls = [self.schedulers[n].ready.remote() for n in new]
             if wait:
@@ -116,30 +115,23 @@ class Session:
     def _adopt_restarted(self) -> None:
         """Retired nodes whose scheduler the lobby started again (it hands waiting work to any node):
         take that scheduler back, so that its reports reach the router and it can retire again."""
-        if not self.retired:
-            return
-        from .monitor import NAMESPACE
-        from .node_scheduler import scheduler_name
+        from .node_scheduler import find_scheduler
 
         for node in list(self.retired):
-            try:
-                h = ray.get_actor(scheduler_name(self.id, node), namespace=NAMESPACE)
-            except ValueError:
-                continue
-            del self.retired[node]
-            self.schedulers[node] = h
+            h = find_scheduler(self.id, node)
+            if h is not None:
+                del self.retired[node]
+                self.schedulers[node] = h
 
     def scheduler(self, node: str):
         """The node's scheduler; one that retired (idle, autoscaling cluster) is started again, without
         waiting for it: calls queue at the new actor until it is up."""
         h = self.schedulers.get(node)
         if h is None:
-            from .node_scheduler import NodeScheduler, placement_options
+            from .node_scheduler import start_scheduler
 
             self.retired.pop(node, None)
-            h = self.schedulers[node] = NodeScheduler.options(
-                **placement_options(self.id, node, self.gpu_nodes)).remote(self.id, node, *self.scheduler_args,
-                                                                           self.gpu_nodes)
+            h = self.schedulers[node] = start_scheduler(self.id, node, self.scheduler_args, self.gpu_nodes)
         return h
 
     def housekeep(self) -> None:
@@ -170,17 +162,12 @@ class Session:
     def _retire(self, node: str, h) -> None:
         from transfer import runtime_hooks
 
-        from .monitor import NAMESPACE
-        from .node_scheduler import scheduler_name
+        from .node_scheduler import find_scheduler
 
         ray.kill(h, no_restart=True)  # its monitor actor (owned by it) goes with it
         deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:  # its name must be free before a new one may take it
-            try:
-                ray.get_actor(scheduler_name(self.id, node), namespace=NAMESPACE)
-            except ValueError:
-                break
-            time.sleep(0.02)
+        while find_scheduler(self.id, node) is not None and time.monotonic() < deadline:
+            time.sleep(0.02)  # its name must be free before a new one may take it
         del self.schedulers[node]
         self.retired[node] = None
         if self.arbiter is not None:  # the other jobs may have this node's GPUs now, not in 10 s

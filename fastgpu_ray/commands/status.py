@@ -23,17 +23,16 @@ def run(args) -> int:
     try:
         # A running fastgpu session knows its queues and subtasks: ask its node schedulers if there is one.
         prefix = "fastgpu-node-"
-        names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                       if a.get("namespace") == NAMESPACE and a.get("name", "").startswith(prefix))
+        ours = {a.get("name", "") for a in ray.util.list_named_actors(all_namespaces=True)
+                if a.get("namespace") == NAMESPACE}
+        names = sorted(n for n in ours if n.startswith(prefix))
         if names:
             session = names[0][len(prefix):].split("-", 1)[0]
             mine = [ray.get_actor(n, namespace=NAMESPACE) for n in names if n.startswith(f"{prefix}{session}-")]
             print(f"(fastgpu session {session})")
             from fastgpu_ray.lobby import lobby_name
 
-            lobby = [ray.get_actor(a["name"], namespace=NAMESPACE)
-                     for a in ray.util.list_named_actors(all_namespaces=True)
-                     if a.get("namespace") == NAMESPACE and a.get("name") == lobby_name(session)]
+            lobby = [ray.get_actor(lobby_name(session), namespace=NAMESPACE)] if lobby_name(session) in ours else []
             print(merge_status(mine, lobby).format())
         else:
             fastgpu.init(emulate=args.emulate or None)
