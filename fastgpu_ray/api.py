@@ -93,15 +93,16 @@ class RemoteFunction(Generic[P, R]):
         sid = self._sid()
         payload = _payload(args, kwargs)
         with s.lock:  # the chosen node's scheduler does not retire between the choice and the call
-            route, info = s.route(sid, self._wire_opts, payload)
+            route, info = s.route(sid, self._wire_opts, payload, fn_key=self._key)
             return self._send(s, route, info, [sid], [payload], self._fnbox(s))[0]
 
     def map(self, items: Iterable[Any], *, chunk_size: int | None = None) -> "list[ObjectRef[R]]":
         """One subtask per item (``f(item)``); the refs come back in the items' order.
 
         Items go to the node schedulers in chunks (one call each; a chunk's refs become ready together).
-        Default: one by one for subtasks that declare ``work_s`` or take ObjectRefs (they are worth
-        placing one by one: by load, or next to their data), else chunks of up to 64, at least ~32
+        Default: one by one for subtasks whose work (declared ``work_s``, or learned from earlier runs) is
+        over 50 ms or that take ObjectRefs (they are worth placing one by one: by load, or next to their
+        data), else chunks of up to 64, at least ~32
         chunks per map so results still stream back and spread over the nodes.
         """
         items = list(items)
@@ -111,14 +112,16 @@ class RemoteFunction(Generic[P, R]):
         box = self._fnbox(s)
         payloads = [_payload((x,), {}) for x in items]
         if chunk_size is None:
-            one_by_one = self._opts.work_s > 0.05 or any(p.refs or p.nested_refs for p in payloads)
+            work = s.estimate(self._key, self._opts)[1]  # declared or learned (unknown: chunked)
+            one_by_one = (work.known and work.seconds > 0.05) or any(p.refs or p.nested_refs for p in payloads)
             chunk_size = 1 if one_by_one else max(1, min(MAP_CHUNK, len(items) // 32))
         refs: list = []
         for i in range(0, len(items), chunk_size):
             chunk = payloads[i:i + chunk_size]
             sids = [self._sid() for _ in chunk]
             with s.lock:
-                route, info = s.route(sids[0], self._wire_opts, chunk[0] if len(chunk) == 1 else None, len(chunk))
+                route, info = s.route(sids[0], self._wire_opts, chunk[0] if len(chunk) == 1 else None, len(chunk),
+                                      fn_key=self._key)
                 refs.extend(self._send(s, route, info, sids, chunk, box))
         return refs
 

@@ -5,9 +5,13 @@ calls go through a small ``Backend`` (``fastgpu_ray.ray_backend``), so unit test
 
 Contract:
 * ``submit(subtask)`` enqueues and resolves to the subtask's ``Outcome`` (value or error), exactly once.
-* The queue is ordered by priority (higher first), then age. A subtask that fits nowhere now waits; one
-  that no GPU could ever hold (``Unplaced.never``) fails at once with placement's reason (names the
-  largest GPU).
+* The queue is ordered by priority (higher first), then age; among the queued subtasks of the highest
+  priority present, the one with the shortest estimated run goes first (best match; waiting ages a
+  subtask: ``AGING``). A subtask that fits nowhere now waits; one that no GPU could ever hold
+  (``Unplaced.never``) fails at once with placement's reason (names the largest GPU).
+* Durations are estimated (``placement.durations``: declared ``work_s``, else learned from this node's
+  finished subtasks and the driver's, else unknown) and every running subtask has an estimated end, so
+  waiting for a busy GPU is priced against starting on a loaded one.
 * Placement uses ``placement.Scheduler`` with the configured policy on ``telemetry.build_snapshot``.
   Choosing a GPU fastgpu does not hold yet claims that node's available GPUs (one worker per GPU);
   the subtask is placed again once the workers exist.
@@ -31,7 +35,7 @@ from typing import Any, Callable, Protocol
 
 from placement import GPU_MILLI, ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
 from placement.cost import slowdown
-from placement.policies.fastgpu import NOMINAL_WORK_S
+from placement.durations import DurationModel, Estimate, duration_key
 
 from .demand import build_demand
 from .options import TaskOptions
@@ -46,6 +50,9 @@ RELEASE_FOR_OTHERS_S = 0.5  # an idle worker is given back this soon when other 
 ABOVE_CAP_GRACE_S = 1.0  # a worker that comes up above the job's (shrunk) cap may start one batch this long
 KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its explanations)
 UNPLACED_SCAN_LIMIT = 256  # per round, stop scanning after this many queued subtasks that do not fit
+BEST_MATCH_WINDOW = 64  # best match looks at this many queued subtasks of the top priority
+AGING = 0.5  # best match: each second queued counts as this many seconds less estimated run (no starvation)
+OVERDUE_LEFT = 0.25  # a run past its estimated end is expected to need this fraction of its elapsed time more
 
 
 class WorkerLost(Exception):
@@ -106,6 +113,7 @@ class Record:
     history: list[str] = field(default_factory=list)
     error: str | None = None
     emulated: bool = False
+    estimate: str = ""  # the duration estimate placement used, and its source
     node_choice: Explanation | None = None  # the driver's choice of node (every candidate node, score terms)
 
     def format(self) -> str:
@@ -113,6 +121,8 @@ class Record:
         lines = [f"subtask {self.id}: {self.state}, {where}" + (" (EMULATED GPU)" if self.emulated else ""),
                  f"  policy={self.policy} queued {self.queued_s:.3f}s, ran {self.run_s:.3f}s, "
                  f"retries={self.retries}, batch of {self.batch_size}"]
+        if self.estimate:
+            lines.append(f"  duration estimate: {self.estimate}")
         lines += [f"  history: {h}" for h in self.history]
         if self.error:
             lines.append(f"  error: {self.error}")
@@ -142,6 +152,10 @@ class Subtask:
     def demand(self) -> Demand:
         return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib,
                             payload=self.payload if self.locate_inputs else None)
+
+    @property
+    def duration_key(self) -> str:
+        return duration_key(self.fn_key, self.opts.gpu_count, self.opts.gpu_milli)
 
     def batch_key(self) -> tuple:
         return (self.fn_key, self.opts.priority, self.min_memory_mib, self.opts.gpu_milli, self.opts.gpu_util,
@@ -192,7 +206,8 @@ class DispatchCore:
         # serving one node gets one Share for it; ``on_change`` is called when what it would report changes.
         self.share: Share | None = None
         self.share_expected_until = 0.0  # before this (clock), with no share yet, claim nothing: wait for it
-        self.run_s: dict[str, float] = {}  # function key -> moving average of its subtasks' run time
+        self.durations = DurationModel()  # learned run times (placement.durations)
+        self._qkeys: dict[str, int] = {}  # duration key -> queued subtasks with it (best match needs >= 2)
         self.on_change: Callable[[], None] = lambda: None
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -297,14 +312,41 @@ class DispatchCore:
             for k in list(itertools.islice(self.records, len(self.records) - self.keep_records)):
                 del self.records[k]
 
-    def _resolve(self, st: Subtask, out: Outcome) -> None:
+    def handed_off(self, st: Subtask, node: str, here_s: float, there_s: float) -> None:
+        """``st`` (taken off the queue by ``fastgpu_ray.handoff.pick``) runs on ``node`` instead."""
+        rec = st.record
+        rec.state, rec.node = "handed off", node
+        rec.queued_s += self.clock() - st.enqueued
+        rec.history.append(f"handed to node {node[:12]} after {self.clock() - st.enqueued:.3f}s queued: estimated "
+                           f"to finish there in {there_s:.2f}s (inputs moved), here in {here_s:.2f}s")
+
+    def ran_elsewhere(self, st: Subtask, there: Record | None) -> None:
+        """Copy where and how a handed-off subtask ran (the other node's record) into its record here."""
+        if there is None:
+            return
+        rec = st.record
+        rec.gpus, rec.run_s, rec.explanation, rec.estimate = there.gpus, there.run_s, there.explanation, there.estimate
+        rec.emulated, rec.retries = there.emulated, rec.retries + there.retries
+        rec.history += [f"on {there.node[:12] if there.node else 'the other node'}: {h}" for h in there.history]
+
+    def finish_elsewhere(self, st: Subtask, out: Outcome) -> None:
+        """The outcome of a subtask handed to another node (that node counted it)."""
+        self._resolve(st, out, count=False)
+
+    def take_back(self, st: Subtask, why: str) -> None:
+        """A handed-off subtask the other node could not run: queued here again."""
+        st.record.history.append(why)
+        self._enqueue(st)
+
+    def _resolve(self, st: Subtask, out: Outcome, count: bool = True) -> None:
         rec = st.record
         if st.future is not None and st.future.cancelled():
             return
         rec.state = "finished" if out.ok else "failed"
         if not out.ok and rec.error is None:
             rec.error = _short(out.value)
-        self.metrics.finished(out.ok)
+        if count:
+            self.metrics.finished(out.ok)
         if st.future is not None and not st.future.done():
             st.future.set_result(out)
 
@@ -375,16 +417,13 @@ class DispatchCore:
         busy = {}
         for key, ends in self.ends.items():
             h = self.holds.get(key)
-            if h is None or not ends or any(e is None for e, _ in ends.values()):
+            if h is None or not ends:
                 continue
             whole = h.milli_used >= GPU_MILLI
             if not (whole or (need and free_mib.get(key, 0) < need)):
                 continue
-            lefts = [e - now for e, _ in ends.values()]
-            left = max(lefts) if whole else min(lefts)
-            dur = max(d for _, d in ends.values())
-            if left > -max(1.0, 0.5 * dur):  # far overdue: the estimate is wrong, do not count on it
-                busy[key] = max(0.0, left)
+            lefts = [time_left(e, dur, now) for e, dur in ends.values()]
+            busy[key] = max(lefts) if whole else min(lefts)
         if not busy:
             return live
         return build_snapshot(nodes, self.telemetry, holds, busy)
@@ -392,19 +431,19 @@ class DispatchCore:
     def projected_spec(self, node: str) -> NodeSpec | None:
         """``node`` as a new arrival would find it once the work ahead of it is done: every GPU free (at its
         outside load; GPUs other Ray work holds stay full), ``busy_s`` = estimated seconds of work ahead
-        on it: its running work's estimated end (unknown work: ``NOMINAL_WORK_S`` from now) plus its share
-        of this node's queue, at the GPU's load. What the driver's ``Router`` chooses nodes with."""
+        on it: its running work's estimated end plus its share of this node's queue (estimated durations),
+        at the GPU's load. What the driver's ``Router`` chooses nodes with."""
         n = next((x for x in self.nodes if x.node_id == node), None)
         if n is None or not n.alive or not n.gpu_total:
             return None
         now = self.clock()
         ahead = [st for _, _, st in self.queue] + list(self.waiting.values())  # (inputs coming: soon queued)
-        queued = sum(_work_or_nominal(st) * _gpu_fraction(st) for st in ahead)
+        queued = sum(self.estimate(st).seconds * gpu_fraction(st) for st in ahead)
         busy = {}
         for g in range(n.gpu_total):
             ends = self.ends.get((node, g), {})
-            left = max((NOMINAL_WORK_S if e is None else max(0.0, e - now) for e, _ in ends.values()), default=0.0)
-            busy[(node, g)] = left + queued / n.gpu_total * slowdown(self._external_util(node, g))
+            left = max((time_left(e, dur, now) for e, dur in ends.values()), default=0.0)
+            busy[(node, g)] = left + queued / n.gpu_total * slowdown(self.external_util(node, g))
         if self.share is not None and self.share.others_held:  # other jobs' GPUs: ours in turn (fair share)
             n = dataclasses.replace(n, gpu_available=n.gpu_available + self.share.others_held)
         snap = build_snapshot([n], self.telemetry, {**self._claim_holds(), **self.holds}, busy)
@@ -460,7 +499,7 @@ class DispatchCore:
         busy = self._busy_gpus()
         queued = 0.0
         for _, _, st in self.queue:  # stops once the node's GPUs are covered (a backlog is not summed)
-            queued += _gpu_fraction(st)
+            queued += gpu_fraction(st)
             if busy + queued >= gpus:
                 break
         return dict(gpu_total=gpus, held=len(self.workers), claiming=sum(self.claiming.values()),
@@ -479,26 +518,29 @@ class DispatchCore:
         if self.share is not None:
             gpus = min(gpus, self.share.cap)
         busy = self._busy_gpus()
-        return gpus - busy - sum(_gpu_fraction(st) for _, _, st in self.queue)
+        return gpus - busy - sum(gpu_fraction(st) for _, _, st in self.queue)
 
     def _idle_worker(self, node: str, d: Demand, chosen: int) -> WorkerInfo | None:
         """A worker of ours on ``node`` with nothing running whose GPU takes ``d`` now and is not more
         loaded from outside than the ``chosen`` GPU (placement may have chosen it to avoid that load)."""
-        load = self._external_util(node, chosen) + 0.1
+        load = self.external_util(node, chosen) + 0.1
         for (nd, g), w in self.workers.items():
             h = self.holds.get((nd, g))
             if (nd == node and w.alive and h is not None and h.running == 0 and self.fits_now(node, (g,), d)
-                    and self._external_util(node, g) <= load):
+                    and self.external_util(node, g) <= load):
                 return w
         return None
 
+    def estimate(self, st: Subtask) -> Estimate:
+        """``st``'s work on an idle GPU: learned (here or by the driver), else declared, else unknown."""
+        return self.durations.estimate(st.duration_key, st.opts.work_s)
+
     def _tiny(self, st: Subtask) -> bool:
-        """Whether ``st`` is small enough to share a worker call with others (a batch): its declared work,
-        else its function's measured run time, is at most ``BATCH_MAX_WORK_S``. A function not measured
-        yet is not batched (a 1 s subtask batched with 31 others would hold one GPU for 32 s)."""
-        if st.opts.work_s > 0:
-            return st.opts.work_s <= BATCH_MAX_WORK_S
-        return self.run_s.get(st.fn_key, float("inf")) <= BATCH_MAX_WORK_S
+        """Whether ``st`` is small enough to share a worker call with others (a batch): its estimated work
+        (declared or learned) is at most ``BATCH_MAX_WORK_S``. Unknown work is not batched (a 1 s subtask
+        batched with 31 others would hold one GPU for 32 s)."""
+        est = self.estimate(st)
+        return est.known and est.seconds <= BATCH_MAX_WORK_S
 
     def _claim_holds(self) -> dict:
         out = {}
@@ -557,16 +599,27 @@ class DispatchCore:
         sched = Scheduler(state, pol)
         slots = max(1, len(self.workers))
         keep: list[tuple[int, int, Subtask]] = []
+        front = self._best_first()  # taken off the heap: served first, in this order
+
+        def pop() -> tuple[int, int, Subtask]:
+            return front.pop(0) if front else heapq.heappop(self.queue)
+
+        def head() -> Subtask | None:
+            return front[0][2] if front else (self.queue[0][2] if self.queue else None)
+
         failed_shapes: set[tuple] = set()
         started = misses = 0
         try:
-            while self.queue and misses < UNPLACED_SCAN_LIMIT:
-                item = heapq.heappop(self.queue)
+            while (front or self.queue) and misses < UNPLACED_SCAN_LIMIT:
+                item = pop()
                 st = item[2]
                 if st.future is not None and st.future.done():
                     continue
                 try:
+                    est = self.estimate(st)
                     d = st.demand()
+                    if est.known:  # placement prices unknown work itself (placement.durations)
+                        d = dataclasses.replace(d, work_s=est.seconds, work_tail_s=est.tail_s)
                     if (d.shape, d.gpu_types) in failed_shapes:
                         keep.append(item)
                         misses += 1
@@ -616,26 +669,41 @@ class DispatchCore:
                     continue
                 batch = [st]
                 if st.opts.batch and self._tiny(st) and not d.input_total:  # data: placed alone
-                    size = min(self.max_batch, max(1, (len(self.queue) + 1) // (2 * slots)))
+                    size = min(self.max_batch, max(1, (len(self.queue) + len(front) + 1) // (2 * slots)))
                     key = st.batch_key()
-                    while (len(batch) < size and self.queue and self.queue[0][2].batch_key() == key
-                           and not has_inputs(self.queue[0][2].payload)):  # followers with data: alone too
-                        batch.append(heapq.heappop(self.queue)[2])
-                self._start(batch, node, gpus, d, dec.explanation, workers)
+                    while (len(batch) < size and (nxt := head()) is not None and nxt.batch_key() == key
+                           and not has_inputs(nxt.payload)):  # followers with data: alone too
+                        batch.append(pop()[2])
+                self._start(batch, node, gpus, d, dec.explanation, workers, est)
                 started += len(batch)
-                if d.work_s > 0 and self.queue:
+                if est.seconds > BATCH_MAX_WORK_S and (front or self.queue):
                     # The next subtask must see this GPU as busy until an estimated end (so it can weigh
                     # waiting for it against a loaded GPU); this round's state only knows it is taken.
                     self._wake.set()
                     break
         finally:  # whatever happened, what this round took off the queue goes back
-            for item in keep:
+            for item in keep + front:
                 heapq.heappush(self.queue, item)
         if started:
             self.metrics.placed(started, time.perf_counter() - t0)
         self.metrics.queued(len(self.queue))
         self.on_change()
         return started
+
+    def _best_first(self) -> list[tuple[int, int, Subtask]]:
+        """Best match: the first ``BEST_MATCH_WINDOW`` queued subtasks, taken off the heap, those of the
+        top priority ordered by estimated run minus ``AGING`` x seconds queued (shortest first: the GPU
+        that frees takes what finishes soonest there; waiting ages a long one so it is not starved),
+        then the rest in queue order. One function queued: queue order (estimates are equal)."""
+        if len(self.queue) < 2:
+            return []
+        front = [heapq.heappop(self.queue) for _ in range(min(BEST_MATCH_WINDOW, len(self.queue)))]
+        top = [x for x in front if x[0] == front[0][0]]
+        if len({x[2].duration_key for x in top}) < 2:
+            return front
+        now = self.clock()
+        top.sort(key=lambda x: (self.estimate(x[2]).seconds - AGING * (now - x[2].enqueued), x[1]))
+        return top + front[len(top):]
 
     def _note_fair_wait(self, st: Subtask) -> None:
         """Say once in the subtask's history that it waits because its job is at its fair share here."""
@@ -650,7 +718,7 @@ class DispatchCore:
                                  f"(its share of the cluster: {sh.share:g} GPU(s), {sh.jobs} jobs with work)")
 
     def _start(self, batch: list[Subtask], node: str, gpus: tuple[int, ...], d: Demand,
-               expl: Explanation | None, workers: list[WorkerInfo]) -> None:
+               expl: Explanation | None, workers: list[WorkerInfo], est: Estimate) -> None:
         now = self.clock()
         for w in workers:
             w.grace_until = 0.0
@@ -661,24 +729,26 @@ class DispatchCore:
             rec.queued_s += now - st.enqueued
             rec.batch_size = len(batch)
             rec.emulated = emulated
+            rec.estimate = est.describe()
             rec.history.append(f"placed on {node[:12]} GPU {list(gpus)} after {now - st.enqueued:.3f}s queued"
                                + (f" (batch of {len(batch)})" if len(batch) > 1 else ""))
         free_mib = self._free_memory(node, gpus)  # before this reservation: an OOM retry asks for more
-        work = sum(st.opts.work_s for st in batch) if all(st.opts.work_s > 0 for st in batch) else None
+        work = est.seconds * len(batch)  # a batch holds one key (batch_key has the function and options)
         for g in gpus:
-            dur = None if work is None else work * slowdown(self._external_util(node, g))
-            self.ends.setdefault((node, g), {})[id(batch)] = (None if dur is None else now + dur, dur or 0.0)
+            dur = work * slowdown(self.external_util(node, g))
+            self.ends.setdefault((node, g), {})[id(batch)] = (now + dur, dur)
         for g in gpus:  # a batch runs its subtasks one after another: it reserves one subtask's share
             h = self.holds.setdefault((node, g), GpuHold())
             h.milli_used += d.gpu_share
             h.memory_reserved_mib += d.gpu_memory_mib
             h.running += len(batch)
             h.util_declared += batch[0].opts.gpu_util
-        task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib))
+        load = slowdown(self.external_util(node, gpus[0])) if gpus else 1.0
+        task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib, load))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    def _external_util(self, node: str, gpu: int) -> float:
+    def external_util(self, node: str, gpu: int) -> float:
         tel = self.telemetry.get(node)
         r = next((x for x in tel.gpus if x.index == gpu), None) if tel else None
         if r is None:
@@ -693,7 +763,10 @@ class DispatchCore:
             return 0
         return min((n.gpus[g].memory_free_mib for g in gpus if g < len(n.gpus)), default=0)
 
-    async def _execute(self, batch, node, gpus, d, workers: list[WorkerInfo], free_mib: int) -> None:
+    async def _execute(self, batch, node, gpus, d, workers: list[WorkerInfo], free_mib: int,
+                       load: float = 1.0) -> None:
+        """Run ``batch`` on ``workers``; ``load``: the GPU's slowdown from outside load when it started (a
+        finished run teaches its duration divided by it)."""
         worker = workers[0]  # a multi-GPU subtask runs in its first GPU's worker; the others are held
         new_fns = {st.fn_key: st.fn_ref for st in batch if st.fn_key not in worker.fns}
         t0 = self.clock()
@@ -724,9 +797,9 @@ class DispatchCore:
             return
         self._unreserve(node, gpus, d, batch, workers)
         dt = self.clock() - t0
-        for key in {st.fn_key for st in batch}:
-            per = dt / len(batch)
-            self.run_s[key] = per if key not in self.run_s else 0.8 * self.run_s[key] + 0.2 * per
+        for st, out in zip(batch, outs):
+            if out.ok:  # (a failed run teaches nothing: a function that keeps failing poisons no estimate)
+                self.durations.observe(st.duration_key, dt / len(batch), load)
         for st, out in zip(batch, outs):
             st.record.run_s += dt / len(batch)
             if not out.ok and out.oom:
@@ -885,11 +958,13 @@ class DispatchCore:
         return len(self.queue)
 
 
-def _work_or_nominal(st: Subtask) -> float:
-    return st.opts.work_s if st.opts.work_s > 0 else NOMINAL_WORK_S
+def time_left(end: float, dur: float, now: float) -> float:
+    """Estimated seconds until a run that should end at ``end`` (``dur`` long) is done: past its end, a
+    fraction of what it has run so far (it is longer than estimated: the longer, the more is left)."""
+    return max(end - now, OVERDUE_LEFT * (now - (end - dur)), 0.0)
 
 
-def _gpu_fraction(st: Subtask) -> float:
+def gpu_fraction(st: Subtask) -> float:
     """GPUs' worth of a subtask: its share, or for a memory-packed one its memory over a 16 GiB GPU."""
     o = st.opts
     share = min(1.0, o.gpu_memory_mib / 16384) if o.gpu_milli <= 1 and o.gpu_memory_mib else o.gpu_milli / GPU_MILLI

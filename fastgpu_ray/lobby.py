@@ -29,7 +29,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from .dispatch import Record, _gpu_fraction
+from .dispatch import Record, gpu_fraction
 from .errors import NeverFitsError
 from .options import TaskOptions
 from .wire import FnBox, Payload, RouteInfo
@@ -57,7 +57,7 @@ class _Entry:
 
     @property
     def gpus(self) -> float:
-        return _gpu_fraction(self)
+        return gpu_fraction(self)
 
 
 def lobby_name(session: str) -> str:

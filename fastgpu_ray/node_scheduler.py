@@ -18,17 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
 import logging
+import math
 
 import ray
 
+from placement.cost import CostModel
+
 from .cluster_status import ClusterStatus, GpuStatus
 from .deps import DependencyWaiter
-from .dispatch import DispatchCore, Record, Subtask
+from . import handoff
+from .dispatch import DispatchCore, Outcome, Record, Subtask
 from .monitor import NAMESPACE
 from .options import TaskOptions
 from .ray_backend import RayBackend
-from .wire import FnBox, Payload, RouteInfo
+from .wire import FnBox, NodeReport, Payload, RouteInfo
 
 log = logging.getLogger("fastgpu.node")
 
@@ -163,6 +168,8 @@ class NodeScheduler:
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
         # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.deps).
         refs = list(payload.refs) + list(payload.nested_refs)
+        if info.learned:  # what the driver learned from other nodes: a prior until this node has learned more
+            self.core.durations.adopt(info.learned)
         st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False)
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
                                       inputs_ready=self.deps.ready(refs) if refs else None)
@@ -245,11 +252,50 @@ class NodeScheduler:
 
     # ---------------------------------------------------------------------------------- inspection
     async def report(self):
-        """(projected spec for the driver's node choice, live spec) of this node; None when forwarding."""
+        """This node's ``NodeReport`` for the driver; None when forwarding."""
         if self.delegate is not None or not self._started:
             return None
         live = self.core.snapshot()
-        return self.core.projected_spec(self.here), (live.nodes[0] if live.nodes else None)
+        return NodeReport(self.core.projected_spec(self.here), live.nodes[0] if live.nodes else None,
+                          self.core.durations.summary(), self.core.queue_length())
+
+    async def hand_off(self, node: str, target, idle: list[float], bandwidth: float) -> int:
+        """Hand queued subtasks that would finish sooner on ``node``'s idle GPUs (outside loads ``idle``),
+        their inputs moved at ``bandwidth`` bytes/s, to its scheduler ``target`` (``fastgpu_ray.handoff``);
+        returns how many. Each one's result comes back to this call's subtask (the user's ref)."""
+        if self.delegate is not None or not self._started or not self.core.queue:
+            return 0
+        back = [x[2] for x in heapq.nlargest(handoff.scan(len(idle)), self.core.queue)]
+        try:
+            unmoved = await asyncio.to_thread(bytes_not_on, back, node)
+        except Exception:  # cannot see where the inputs are: hand nothing over
+            log.debug("locating inputs for a hand-off failed", exc_info=True)
+            return 0
+        cost = CostModel(link_bandwidth=bandwidth)
+        picked = handoff.pick(self.core, idle, lambda st: cost.transfer_s(unmoved.get(st.id, math.inf)))
+        for st, here, there in picked:
+            self.core.handed_off(st, node, here, there)
+            asyncio.ensure_future(self._forward(st, node, target))
+        return len(picked)
+
+    async def _forward(self, st: Subtask, node: str, target) -> None:
+        learned = self.core.durations.entry(st.duration_key)
+        info = RouteInfo(None, (f"handed over by node {self.here[:12]} (its queue was longer than moving the "
+                                f"inputs here)",), {st.duration_key: learned} if learned else None)
+        try:
+            value = await target.submit.remote(st.id, st.opts, FnBox(st.fn_key, st.fn_ref), st.payload, info)
+            out = Outcome(True, value)
+        except ray.exceptions.RayActorError as e:  # the other node's scheduler died: run it here after all
+            self.core.take_back(st, f"node {node[:12]} was lost before it returned ({type(e).__name__}): "
+                                    "queued here again")
+            return
+        except Exception as e:  # the subtask's own error, raised there: its result here too
+            out = Outcome(False, e)
+        try:  # explain(ref) asks this node: tell it where and how it ran there
+            self.core.ran_elsewhere(st, await target.explain.remote(st.id))
+        except Exception:
+            pass
+        self.core.finish_elsewhere(st, out)
 
     async def room(self) -> tuple[str, float]:
         """(this node, GPUs' worth of work it could start now): the lobby hands waiting subtasks to nodes
@@ -322,3 +368,23 @@ def find_scheduler(session: str, node: str):
         return ray.get_actor(scheduler_name(session, node), namespace=NAMESPACE)
     except ValueError:
         return None
+
+
+def bytes_not_on(subtasks: list[Subtask], node: str) -> dict[str, float]:
+    """Per subtask id: bytes of its inputs that are not on ``node`` (ObjectRefs located with Ray; the
+    pickled arguments travel with the call). An input whose location is unknown counts as infinite."""
+    refs = [r for st in subtasks for r in list(st.payload.refs) + list(st.payload.nested_refs)]
+    locs = ray.experimental.get_object_locations(refs) if refs else {}
+    out = {}
+    for st in subtasks:
+        total = float(len(st.payload.blob))
+        for r in list(st.payload.refs) + list(st.payload.nested_refs):
+            loc = locs.get(r) or {}
+            size = loc.get("object_size")
+            if size is None or not loc.get("node_ids"):
+                total = math.inf
+                break
+            if node not in loc["node_ids"]:
+                total += size
+        out[st.id] = total
+    return out

@@ -6,7 +6,8 @@ The choice is made with the configured placement policy on a projected view of t
 
 * every node scheduler reports its node as it will be once its running and queued work is done
   (``DispatchCore.projected_spec``: each GPU free at its outside load, ``busy_s`` = estimated seconds of
-  work ahead of a new arrival), refreshed about every half second;
+  work ahead of a new arrival), refreshed about every half second, with the run times it has learned
+  (``placement.durations``; merged into ``durations``, which price the subtasks routed here);
 * between reports, each routed subtask is queued behind the GPU the policy chose
   (``ClusterState.queue_behind``), so consecutive choices spread over the cluster;
 * inputs that are finished objects are located by the transfer model (``transfer``); inputs that are
@@ -40,7 +41,7 @@ import numpy as np
 
 from placement import ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
 from placement.cost import CostModel
-from placement.policies.fastgpu import NOMINAL_WORK_S
+from placement.durations import UNKNOWN_WORK_S, DurationModel
 
 from .scaling import Scaling
 
@@ -75,6 +76,7 @@ class Router:
         self.specs: dict[str, NodeSpec] = {}
         self.produced: OrderedDict[str, tuple[str, str]] = OrderedDict()  # ref hex -> (node, fn key)
         self.sizes: dict[str, float] = {}  # fn key -> bytes of its last located output
+        self.durations = DurationModel()  # run times the node schedulers learned (merged from their reports)
         self._state: ClusterState | None = None
         self._sched: Scheduler | None = None
         self._leases: dict[tuple, list] = {}  # shape key -> [route, subtasks left on it]
@@ -146,7 +148,7 @@ class Router:
         return route
 
     def _choose(self, d: Demand, count: int, explain: bool) -> Route:
-        work = (d.work_s if d.work_s > 0 else NOMINAL_WORK_S) * count
+        work = (d.work_s if d.work_s > 0 else UNKNOWN_WORK_S) * count
         dw = dataclasses.replace(d, work_s=work)
         sched = self._scheduler(dw)
         dec = sched.place(dw, explain=explain)

@@ -19,7 +19,9 @@ from typing import Any
 import ray
 
 from placement import Snapshot, registry
+from placement.durations import Estimate, duration_key
 
+from . import handoff
 from .demand import build_demand
 from .errors import NotInitializedError
 from .gpu_sources import DEFAULT_EMULATED_MEMORY_MIB
@@ -36,6 +38,7 @@ RETIRE_S = 5.0  # autoscaling clusters: a node scheduler with nothing of its job
 #                (or sooner: ``Scaling.hold_idle_s``, a fifth of the autoscaler's idle timeout)
 KEEP_REFS = 100_000  # ref -> subtask entries kept for explain (bounded; the oldest are forgotten)
 LOBBY = "lobby"  # the "node" of a subtask that went to the session's lobby to wait for a node
+BALANCE_PERIOD_S = 0.25  # how often the driver looks for idle GPUs next to queues elsewhere (hand-offs)
 
 
 @dataclass
@@ -61,6 +64,10 @@ class Session:
     _reported: float = 0.0
     _synced: float = 0.0
     _asked: dict = field(default_factory=dict)  # report call -> node, not collected yet
+    queued: dict = field(default_factory=dict)  # node id -> subtasks queued there (last report)
+    _epoch: int = 0  # reports collected so far
+    _routed_at: float = 0.0  # when a subtask was last routed (time.monotonic)
+    _handing: dict = field(default_factory=dict)  # node -> (its hand_off call in flight, the receiver, epoch)
 
     # ------------------------------------------------------------------------------ node schedulers
     def sync_nodes(self, wait: bool = True) -> None:
@@ -178,9 +185,58 @@ class Session:
         log.info("node %s: nothing of this job there; its scheduler retired (the autoscaler may remove "
                  "the node)", node[:12])
 
+    def balance(self) -> None:
+        """Delay scheduling across nodes (``fastgpu_ray.handoff``): where a node's report shows idle GPUs
+        and another node has a queue, ask the node with the longest wait to hand over what finishes
+        sooner on the idle GPUs. One request per node at a time; a receiver is fed once per report."""
+        from placement import GPU_MILLI
+        from transfer.runtime_hooks import runtime
+
+        with self.lock:
+            recent = time.monotonic() - self._routed_at < 4 * REPORT_PERIOD_S  # its reports may not show it yet
+            if self.closed.is_set() or not (any(self.queued.values()) or recent or self._asked):
+                return  # nothing queued anywhere as last reported and nothing routed lately: no reports asked
+            self.refresh()
+            specs, epoch = dict(self.router.specs), self._epoch
+            queued = dict(self.queued)
+            for node, (call, recv, at) in list(self._handing.items()):
+                if ray.wait([call], timeout=0)[0] or node not in specs:
+                    del self._handing[node]
+            fed = {recv for _, recv, at in self._handing.values() if at == epoch}
+            idle = {n: [g.util or 0.0 for g in spec.gpus if g.busy_s <= 1e-3 and g.milli_free >= GPU_MILLI]
+                    for n, spec in specs.items() if n not in fed and n in self.schedulers}
+            idle = {n: u for n, u in idle.items() if u}
+            log.debug("balance: idle %s, queued %s", {n[:8]: len(u) for n, u in idle.items()},
+                      {n[:8]: q for n, q in queued.items()})
+            wait = {n: min((g.busy_s for g in specs[n].gpus), default=0.0) for n in specs
+                    if queued.get(n) and n not in self._handing and n in self.schedulers}
+            if not idle or not wait:
+                return
+            bandwidth = runtime().cost().link_bandwidth
+            for recv, utils in sorted(idle.items(), key=lambda kv: -len(kv[1])):
+                donors = [n for n in wait if n != recv and n not in self._handing]
+                if not donors:
+                    break
+                donor = max(donors, key=lambda n: wait[n])
+                if wait[donor] <= handoff.HANDOFF_S:
+                    break
+                log.debug("asking node %s (wait %.2fs) to hand work to node %s (%d idle GPUs)", donor[:12],
+                          wait[donor], recv[:12], len(utils))
+                call = self.schedulers[donor].hand_off.remote(recv, self.schedulers[recv], utils, bandwidth)
+                self._handing[donor] = (call, recv, epoch)
+
     def start_housekeeping(self) -> None:
         def loop() -> None:
-            while not self.closed.wait(1.0):
+            beats = 0
+            while not self.closed.wait(BALANCE_PERIOD_S):
+                beats += 1
+                try:
+                    self.balance()
+                except Exception:
+                    log.warning("fastgpu balancing (handing queued work to idle nodes) failed; retrying",
+                                exc_info=True)
+                if beats % round(1.0 / BALANCE_PERIOD_S):
+                    continue
                 try:
                     self.housekeep()
                 except Exception:
@@ -237,20 +293,33 @@ class Session:
                 rep = ray.get(call)
             except Exception:
                 continue
-            if rep is not None and rep[0] is not None:
-                specs[node] = rep[0]
-                self.live[node] = rep[1]
+            if rep is not None and rep.projected is not None:
+                specs[node] = rep.projected
+                self.live[node] = rep.live
+                self.queued[node] = rep.queued
+                self.router.durations.adopt(rep.learned)
         self._asked = {}
         self.router.update(specs.values())
+        self._epoch += 1
 
     # ------------------------------------------------------------------------------------- routing
+    def estimate(self, fn_key: str, opts: TaskOptions) -> tuple[str, Estimate]:
+        """(duration key, estimated run time) of ``fn_key``'s subtasks as the driver knows it now."""
+        key = duration_key(fn_key, opts.gpu_count, opts.gpu_milli)
+        return key, self.router.durations.estimate(key, opts.work_s)
+
     def route(self, sid: str, opts: TaskOptions, payload: Payload | None, count: int = 1,
-              explain: bool = True) -> tuple[Route, RouteInfo]:
-        """Choose the node for one subtask (``count`` > 1: a chunk of a map sharing one choice)."""
+              explain: bool = True, fn_key: str = "") -> tuple[Route, RouteInfo]:
+        """Choose the node for one subtask (``count`` > 1: a chunk of a map sharing one choice), priced
+        with its function's estimated run time (``fn_key``)."""
         from transfer.runtime_hooks import has_inputs, runtime
 
         self.refresh()
+        self._routed_at = time.monotonic()
         d = build_demand(sid, opts)
+        key, work = self.estimate(fn_key, opts)
+        if work.known:
+            d = dataclasses.replace(d, work_s=work.seconds, work_tail_s=work.tail_s)
         est = None
         if payload is not None and has_inputs(payload):
             est = runtime().inputs(payload)
@@ -263,7 +332,8 @@ class Session:
             history = (f"transfer to {r.node[:12]}: " + _transfer_line(d, est, r.node),)
             if est is not None and est.total:
                 runtime().placed([payload], r.node)  # dedup + prefetch to the chosen node
-        return r, RouteInfo(r.explanation, history)
+        learned = {key: self.router.durations.entry(key)} if work.source == "learned" else None
+        return r, RouteInfo(r.explanation, history, learned)
 
     def remember(self, refs: list, sids: list[str], node: str, fn_key: str) -> None:
         """``node``: where the subtasks were sent (``LOBBY``: to wait for a node; no producer node yet)."""

@@ -31,3 +31,16 @@ class RouteInfo:
 
     node_choice: Any = None
     history: tuple[str, ...] = ()
+    learned: dict | None = None  # the driver's learned run time of this subtask's function (DurationModel.summary)
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What a node scheduler tells the driver about its node (``NodeScheduler.report``): ``projected``: the
+    node as a new arrival would find it (``DispatchCore.projected_spec``), ``live``: as it is now,
+    ``learned``: the run times it has learned (``DurationModel.summary``), ``queued``: subtasks queued."""
+
+    projected: Any
+    live: Any
+    learned: dict
+    queued: int

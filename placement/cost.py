@@ -2,6 +2,11 @@
 
     finish = wait for the GPU + move the inputs that are not on that node + compute at the GPU's load
 
+Compute at load is the expected run time times the slowdown, plus, for work whose run time varies, the
+extra a long run suffers on a slower GPU (``compute_s``): for a map whose longest subtasks decide the
+makespan, starting one on a 5x slower GPU to save a short wait is a bad bet even when the mean says
+otherwise.
+
 Placement (the ``fastgpu`` policy's ``finish_s`` term), the transfer optimiser (``transfer/``, which
 supplies the bytes) and the emulated GPUs (which slow work down by the same ``slowdown``) all call these
 functions; there is no second copy.
@@ -52,8 +57,12 @@ class CostModel:
             return 0.0
         return self.latency_s + move_bytes / self.link_bandwidth
 
-    def compute_s(self, work_s, util):
-        return work_s * slowdown(util)
+    def compute_s(self, work_s, util, tail_s=0.0):
+        """Expected compute seconds at the GPU's load, plus the tail risk a slower GPU adds: work whose run
+        time varies (``tail_s`` = 90th percentile - mean) runs ``tail_s * (slowdown - 1)`` longer there
+        when it is a long one. On an idle GPU the term is 0; for work of fixed length it is 0."""
+        s = slowdown(util)
+        return work_s * s + tail_s * (s - 1.0)
 
-    def finish_s(self, wait_s, move_bytes, work_s, util):
-        return wait_s + self.transfer_s(move_bytes) + self.compute_s(work_s, util)
+    def finish_s(self, wait_s, move_bytes, work_s, util, tail_s=0.0):
+        return wait_s + self.transfer_s(move_bytes) + self.compute_s(work_s, util, tail_s)

@@ -76,7 +76,9 @@ class Demand:
 
     ``num_gpus`` GPUs, each contributing ``gpu_milli`` of share (1000 = whole GPU) and
     ``gpu_memory_mib`` of memory. ``gpu_types``: allowed GPU models (empty = any). ``priority``: higher
-    goes first within one request. ``work_s``: estimated compute seconds on an idle GPU (0 = unknown).
+    goes first within one request. ``work_s``: estimated compute seconds on an idle GPU (0 = unknown);
+    ``work_tail_s``: how much longer than ``work_s`` a long run of it takes (its 90th percentile minus
+    ``work_s``; 0 = no spread known), which a slower GPU stretches (``placement.cost.compute_s``).
     ``input_bytes``: bytes of this demand's inputs already on each node, by node name, and
     ``input_total`` their sum (for the transfer term; see ``placement.cost``).
     """
@@ -90,6 +92,7 @@ class Demand:
     gpu_types: tuple[str, ...] = ()
     priority: int = 0
     work_s: float = 0.0
+    work_tail_s: float = 0.0
     input_bytes: Mapping[str, int] = field(default_factory=dict)
     input_total: int = 0
 

@@ -84,8 +84,9 @@ class FakeBackend:
         return exc
 
 
-def sub(sid, payload, **opts) -> Subtask:
-    return Subtask(sid, make_options(**opts), "fn", None, payload)
+def sub(sid, payload, fn="fn", **opts) -> Subtask:
+    """A subtask of function ``fn`` (durations are learned per function)."""
+    return Subtask(sid, make_options(**opts), fn, None, payload)
 
 
 async def started(backend, **kw) -> DispatchCore:
@@ -289,7 +290,7 @@ def test_waits_for_an_idle_gpu_rather_than_starting_on_a_loaded_one():
         b = FakeBackend({"a": [16384], "b": [16384]})
         b.sources["b"].set_gpu(0, util=0.8)  # 5x slower there
         core = await started(b)
-        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), batch=False)) for i in range(2)))
+        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), fn="warm", batch=False)) for i in range(2)))
         assert len(core.workers) == 2  # both GPUs claimed
         b.runs.clear()
         outs = await asyncio.gather(*(core.submit(sub(f"w{i}", sleeper(0.15, i), work_s=0.15, batch=False))
@@ -329,7 +330,7 @@ def test_memory_packed_subtasks_wait_for_a_slot_on_an_idle_gpu_rather_than_a_loa
         b = FakeBackend({"a": [12288], "b": [16384]})
         b.sources["b"].set_gpu(0, util=0.8)
         core = await started(b)
-        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), batch=False)) for i in range(2)))
+        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), fn="warm", batch=False)) for i in range(2)))
         assert len(core.workers) == 2
         b.runs.clear()
         outs = await asyncio.gather(*(core.submit(sub(f"m{i}", sleeper(0.15, i), gpu_memory="6GiB", work_s=0.15,

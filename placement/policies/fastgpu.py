@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cost import CostModel
+from ..durations import UNKNOWN_WORK_S
 from ..model import GPU_MILLI
 from ..packing import (capability_loss, cpu_per_gpu_milli, model_pressure, packing_workload, stranding_growth,
                        tie_key, whole_targets)
@@ -25,7 +26,6 @@ from .fgd import FgdPolicy, FragScorer, sigmoid_score
 
 RESOLUTION = 0.05
 MIN_RESOLUTION_S = 0.01
-NOMINAL_WORK_S = 1.0  # prices load for a demand that declares no work
 TIE_SPAN = 0.9  # the tie-break adds at most this to an integer FGD score, so it never overrides one
 
 
@@ -89,7 +89,7 @@ class FastGpuPolicy(FgdPolicy):
         if d.num_gpus:
             fit = state.gpu_fit(d, nodes)
             busy, load = state.busy[nodes], state.load[nodes]
-            per_gpu = np.where(fit, self.cost.finish_s(busy, 0.0, work, load), np.inf)
+            per_gpu = np.where(fit, self.cost.finish_s(busy, 0.0, work, load, d.work_tail_s), np.inf)
             g = np.argsort(per_gpu, axis=1, kind="stable")[:, max(d.num_gpus, 1) - 1]
             wait, util = busy[rows, g], load[rows, g]
         else:
@@ -97,13 +97,14 @@ class FastGpuPolicy(FgdPolicy):
         local = np.array([d.input_bytes.get(state.names[i], 0) for i in nodes], dtype=np.float64)
         move = np.maximum(d.input_total - local, 0.0)
         return {"wait_s": wait, "move_bytes": move, "move_s": self.cost.transfer_s(move),
-                "compute_s": self.cost.compute_s(work, util), "finish_s": self.cost.finish_s(wait, move, work, util)}
+                "compute_s": self.cost.compute_s(work, util, d.work_tail_s),
+                "finish_s": self.cost.finish_s(wait, move, work, util, d.work_tail_s)}
 
     @staticmethod
     def _work(d) -> float:
-        """The demand's compute seconds; unknown (0) is priced as one nominal second, so that load still
-        counts (a loaded GPU is slower for any work)."""
-        return d.work_s if d.work_s > 0 else NOMINAL_WORK_S
+        """The demand's compute seconds; unknown (0: neither declared nor learned, ``placement.durations``)
+        is priced as ``UNKNOWN_WORK_S``, so that load still counts (a loaded GPU is slower for any work)."""
+        return d.work_s if d.work_s > 0 else UNKNOWN_WORK_S
 
     def _live(self, state, d) -> bool:
         return state.has_live or d.input_total > 0 or d.work_s > 0
@@ -131,7 +132,7 @@ class FastGpuPolicy(FgdPolicy):
         if not d.num_gpus or not self._live(state, d):
             return pick
         fit = np.flatnonzero(state.gpu_fit(d, node))
-        finish = self.cost.finish_s(state.busy[node, fit], 0.0, self._work(d), state.load[node, fit])
+        finish = self.cost.finish_s(state.busy[node, fit], 0.0, self._work(d), state.load[node, fit], d.work_tail_s)
         ok = fit[finish <= finish.min() + resolution(finish.min())]
         if set(pick) <= set(ok.tolist()):
             return pick

@@ -1,0 +1,82 @@
+"""Delay scheduling across nodes: which queued subtasks a busy node hands to a node with idle GPUs. No Ray.
+
+A subtask is routed to a node when it is submitted (usually where its data is); if that node's queue then
+turns out longer than estimated, or another node's GPUs go idle, the subtask would wait longer there than
+moving its inputs takes. The driver (``Session.balance``) notices idle GPUs in the node schedulers'
+reports and asks the busiest node to hand some of its queue over; ``pick`` decides which, with the single
+cost function (``placement.cost``): a subtask goes when
+
+    finish here  = its estimated start here (the node's queue played out over its GPUs, in queue order)
+                   + work x slowdown(load of its GPU here)
+    finish there = HANDOFF_S + move its inputs to the other node + work x slowdown(load of the idle GPU)
+
+is shorter there by more than ``MIN_GAIN``. It waits for its data's node at most about as long as moving
+the data would take. Candidates are taken from the back of the queue (they wait longest): lower-priority
+subtasks go before higher ones, so priorities in a job stay strict. One subtask per idle GPU per call.
+Gangs (``num_gpus`` > 1) and subtasks with declared GPU types stay (the receiver's report lists single
+GPUs). The handed subtask's result is stored on the node that handed it (its ref is that node's call):
+one copy of the result crosses back.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Callable
+
+from placement.cost import slowdown
+
+from .dispatch import DispatchCore, Subtask, gpu_fraction, time_left
+
+HANDOFF_S = 0.05  # the extra hop: the call to the other node's scheduler and the result coming back
+MIN_GAIN = 0.1  # hand over only when it finishes at least this fraction sooner there
+
+
+def scan(idle: int) -> int:
+    """How many subtasks at the back of the queue are considered for ``idle`` GPUs elsewhere."""
+    return 8 + 4 * idle
+
+
+def pick(core: DispatchCore, idle: list[float],
+         move_s: Callable[[Subtask], float]) -> list[tuple[Subtask, float, float]]:
+    """(subtask, estimated finish here, there) for the queued subtasks of ``core`` that finish sooner on
+    the other node's idle GPUs, whose outside loads are ``idle``; ``move_s(subtask)``: seconds to move
+    its inputs there. The picked ones are taken off ``core``'s queue."""
+    items = sorted(x for x in core.queue if not (x[2].future is not None and x[2].future.done()))
+    if not items or not idle:
+        return []
+    node = core.nodes[0].node_id if core.nodes else None
+    gpus = next((n.gpu_total for n in core.nodes if n.node_id == node), 0)
+    if not gpus:
+        return []
+    now = core.clock()
+    free = []  # per GPU of this node: (when it is free, its slowdown)
+    for g in range(gpus):
+        ends = core.ends.get((node, g), {})
+        free.append((max((time_left(e, d, now) for e, d in ends.values()), default=0.0),
+                     slowdown(core.external_util(node, g))))
+    heap = [(t, i) for i, (t, _) in enumerate(free)]
+    heapq.heapify(heap)
+    plan = []
+    for item in items:  # play the queue out over this node's GPUs, in queue order
+        st = item[2]
+        t, i = heapq.heappop(heap)
+        run = core.estimate(st).seconds * free[i][1]
+        heapq.heappush(heap, (t + run * gpu_fraction(st), i))
+        plan.append((item, t + run))
+    there = sorted(slowdown(u) for u in idle)
+    picked = []
+    for item, here in reversed(plan[-scan(len(idle)):]):
+        if not there:
+            break
+        st = item[2]
+        if st.opts.gpu_count > 1 or st.opts.gpu_types:
+            continue
+        away = HANDOFF_S + move_s(st) + core.estimate(st).seconds * there[0]
+        if away < here * (1 - MIN_GAIN):
+            picked.append((item, here, away))
+            there.pop(0)
+    if picked:
+        gone = {id(item) for item, _, _ in picked}
+        core.queue[:] = [x for x in core.queue if id(x) not in gone]
+        heapq.heapify(core.queue)
+    return [(item[2], here, away) for item, here, away in picked]
+

@@ -1,0 +1,120 @@
+"""How long a subtask's work takes on an idle GPU, learned online from finished subtasks. No Ray here.
+
+Placement prices every choice as ``wait + move + work * slowdown(load)`` (``placement.cost``); ``work`` is
+what this module estimates, per duration key (a task function and the option variant that changes its
+run time: GPU count and share). Contract:
+
+* ``observe(key, run_s, slowdown)``: one successful run took ``run_s`` on a GPU that was ``slowdown`` times
+  slower than idle (``placement.cost.slowdown`` of its outside load when it started). The observation is
+  ``run_s / slowdown``, so a run on a loaded GPU does not teach that the work is longer.
+* The estimate is robust and means what the queue needs, an expected run time: over the last ``WINDOW``
+  observations, the median of log-durations ``m`` and their spread ``s`` (1.4826 x median absolute
+  deviation, the normal-consistent MAD, at most ``MAX_SPREAD``), estimate = ``exp(m + s**2 / 2)`` (the
+  mean of a lognormal). A minority of odd runs (a GPU whose load slows the work more than the model
+  says, a stuck run) moves neither the median nor the MAD much; work whose durations really spread
+  (a lognormal map) gets its mean, not its median. Old runs leave the window: a function whose run time
+  changes is re-learned within ``WINDOW`` runs.
+* ``estimate(key, declared)``: learned (from N runs) beats declared (the task's ``work_s``, a prior that
+  the first observation replaces), which beats unknown: ``UNKNOWN_WORK_S``, Dask's default for a task
+  prefix it has never seen. The cold start is therefore one subtask per function priced at 0.5 s; a
+  function's first finished run teaches the next decisions (there is no separate probe phase).
+* Only successful runs are observed, each under its own key: a function whose runs keep failing teaches
+  nothing and does not touch the estimates of others.
+* ``Estimate.tail_s``: the 90th percentile (``exp(m + 1.28 s)``) minus the estimate: how much longer a
+  long run is, which the cost model lets a slower GPU stretch (``placement.cost.compute_s``).
+* ``summary()`` / ``adopt()``: estimates travel between schedulers as (log mean, runs, log 90th
+  percentile); a scheduler adopts one learned elsewhere when it has seen fewer runs of that key itself.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+UNKNOWN_WORK_S = 0.5  # the estimate for work never seen and not declared (Dask assumes the same)
+WINDOW = 32  # observations kept per key
+MAX_SPREAD = 2.0  # log-spread cap: the mean is at most e^2 = 7.4x the median
+Z90 = 1.2816  # the standard normal's 90th percentile
+MIN_S = 1e-4  # durations are floored here before taking logs (an instant subtask is "very short")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Seconds of work on an idle GPU, with where the number comes from: ``learned`` (from ``runs`` runs),
+    ``declared`` (the task's ``work_s``) or ``unknown`` (``UNKNOWN_WORK_S``)."""
+
+    seconds: float
+    source: str
+    runs: int = 0
+    tail_s: float = 0.0  # 90th percentile - ``seconds`` (learned spread; 0 when declared or unknown)
+
+    @property
+    def known(self) -> bool:
+        return self.source != "unknown"
+
+    def describe(self) -> str:
+        if self.source == "learned":
+            return f"{self.seconds:.3g} s (learned from {self.runs} run{'s' if self.runs != 1 else ''})"
+        if self.source == "declared":
+            return f"{self.seconds:.3g} s (declared work_s)"
+        return f"{self.seconds:.3g} s (unknown: assumed for work never seen)"
+
+
+def duration_key(fn_key: str, gpu_count: int, gpu_milli: int) -> str:
+    """The key estimates are kept under: the function and the options that change its run time."""
+    return f"{fn_key}|{gpu_count}x{gpu_milli}"
+
+
+class DurationModel:
+    def __init__(self) -> None:
+        self._obs: dict[str, deque] = {}  # key -> the last WINDOW log-seconds
+        self._runs: dict[str, int] = {}  # key -> runs observed (or adopted)
+        self._est: dict[str, float] = {}  # key -> log of the estimate (cached; dropped on change)
+
+    def observe(self, key: str, run_s: float, slowdown: float = 1.0) -> None:
+        if not (math.isfinite(run_s) and run_s >= 0 and math.isfinite(slowdown) and slowdown > 0):
+            return  # a broken measurement teaches nothing
+        self._obs.setdefault(key, deque(maxlen=WINDOW)).append(math.log(max(run_s / slowdown, MIN_S)))
+        self._runs[key] = self._runs.get(key, 0) + 1
+        self._est.pop(key, None)
+
+    def _fit(self, key: str) -> tuple[float, float]:
+        """(log of the mean, log of the 90th percentile) of ``key``'s recent runs."""
+        v = self._est.get(key)
+        if v is None:
+            xs = self._obs[key]
+            m = statistics.median(xs)
+            spread = min(1.4826 * statistics.median(abs(x - m) for x in xs), MAX_SPREAD) if len(xs) > 2 else 0.0
+            v = self._est[key] = (m + spread * spread / 2, m + Z90 * spread)
+        return v
+
+    def estimate(self, key: str, declared: float = 0.0) -> Estimate:
+        if key in self._obs:
+            mean, p90 = self._fit(key)
+            return Estimate(math.exp(mean), "learned", self._runs[key], max(0.0, math.exp(p90) - math.exp(mean)))
+        if declared > 0:
+            return Estimate(float(declared), "declared")
+        return Estimate(UNKNOWN_WORK_S, "unknown")
+
+    def entry(self, key: str) -> tuple[float, int, float] | None:
+        """(log of the mean, runs, log of the 90th percentile) for ``key``, or None if never observed."""
+        if key not in self._obs:
+            return None
+        mean, p90 = self._fit(key)
+        return mean, self._runs[key], p90
+
+    def summary(self) -> dict[str, tuple[float, int, float]]:
+        return {k: self.entry(k) for k in self._obs}
+
+    def adopt(self, summary: dict[str, tuple[float, int, float]]) -> None:
+        """Take the estimates learned elsewhere for keys seen fewer times here (kept as they came until a
+        run here is observed; then they count as one observation of the mean)."""
+        for key, (mean, n, p90) in summary.items():
+            if self._runs.get(key, 0) < n and math.isfinite(mean) and math.isfinite(p90) and n > 0:
+                self._obs[key] = deque([float(mean)], maxlen=WINDOW)
+                self._runs[key] = int(n)
+                self._est[key] = (float(mean), float(p90))
+
+    def __len__(self) -> int:
+        return len(self._obs)

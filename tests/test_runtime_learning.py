@@ -1,0 +1,173 @@
+"""Decisions without hints (DispatchCore with the fake backend, no Ray): run times learned per function and
+explained, every running subtask has an estimated end, load that changes mid-run is seen, best match
+within a priority, priorities strict, work that does not follow the cost model's slowdown."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from fastgpu_ray.dispatch import Outcome
+from placement.cost import slowdown
+from test_runtime_dispatch import FakeBackend, started, sub, until, value
+
+
+def loaded(b: FakeBackend, seconds: float, power: float = 1.0, v=None):
+    """Work of ``seconds`` on an idle GPU, slowed by the GPU's outside load when it starts:
+    ``slowdown(load) ** power`` (power 1: the cost model's own formula)."""
+    async def run(w):
+        util = next(r.external_util for r in b.sources[w.node_id].read() if r.index == w.gpu_index)
+        await asyncio.sleep(seconds * slowdown(util) ** power)
+        return v
+    return run
+
+
+def test_run_time_is_learned_without_work_s_normalised_by_load_and_explained():
+    async def main():
+        b = FakeBackend({"a": [16384, 16384]})
+        b.sources["a"].set_gpu(1, util=0.8)
+        core = await started(b)
+        cold = sub("f0", loaded(b, 0.08), batch=False)
+        assert core.estimate(cold).source == "unknown"
+        for i in range(6):  # one at a time, so some run on the loaded GPU too
+            await core.submit(sub(f"f{i}", loaded(b, 0.08), batch=False))
+        est = core.estimate(sub("next", value(0)))
+        text = core.explain("f5").format()
+        await core.shutdown()
+        return est, text
+    est, text = asyncio.run(main())
+    assert est.source == "learned" and est.runs == 6
+    assert est.seconds == pytest.approx(0.08, rel=0.35)  # not 5x: runs on the loaded GPU are divided out
+    assert "duration estimate:" in text and "learned from 5 runs" in text
+
+
+def test_queue_waits_for_the_idle_gpu_although_no_subtask_declares_work():
+    """Cold start (unknown work, priced at UNKNOWN_WORK_S) and learned: a running subtask has an estimated
+    end, so queued ones wait for the idle GPU instead of starting 10x slower on the loaded one."""
+    async def main():
+        b = FakeBackend({"a": [16384], "b": [16384]})
+        b.sources["b"].set_gpu(0, util=0.9)
+        core = await started(b)
+        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), fn="warm", batch=False)) for i in range(2)))
+        assert len(core.workers) == 2
+        nodes = []
+        for wave in range(2):
+            b.runs.clear()
+            await asyncio.gather(*(core.submit(sub(f"w{wave}-{i}", loaded(b, 0.05), batch=False))
+                                   for i in range(4)))
+            nodes.append([r.node for r in b.runs])
+        await core.shutdown()
+        return nodes
+    cold, learned = asyncio.run(main())
+    assert set(cold) == {"a"} and set(learned) == {"a"}, (cold, learned)
+
+
+def test_load_that_appears_mid_map_is_seen():
+    async def main():
+        b = FakeBackend({"n": [16384, 16384]})
+        core = await started(b)
+        await asyncio.gather(*(core.submit(sub(f"warm{i}", loaded(b, 0.04), batch=False)) for i in range(4)))
+        b.runs.clear()
+        futs = [asyncio.ensure_future(core.submit(sub(f"m{i}", loaded(b, 0.04), batch=False))) for i in range(15)]
+        await until(lambda: len(b.runs) >= 5, what="a third of the map to start")
+        b.sources["n"].set_gpu(1, util=0.95)  # 20x slower from now on
+        seen = time.monotonic() + 0.15  # the core reads telemetry every 0.05 s here
+        await asyncio.gather(*futs)
+        late = [r for r in b.runs if r.start > seen]
+        await core.shutdown()
+        return b.runs, late
+    runs, late = asyncio.run(main())
+    assert late, "no subtask started after the load changed"
+    assert all(r.gpu == 0 for r in late), [(r.sid, r.gpu) for r in late]
+
+
+def test_best_match_serves_the_shortest_first_within_a_priority_never_across():
+    async def main():
+        b = FakeBackend({"n": [16384]})
+        core = await started(b)
+        for fn, s in (("long", 0.2), ("short", 0.01)):  # learn both
+            await core.submit(sub(f"learn-{fn}", loaded(b, s), fn=fn, batch=False))
+        gate = asyncio.Event()
+
+        async def blocker(w):
+            await gate.wait()
+
+        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="block")))
+        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        b.runs.clear()
+        order = [("L1", "long", 0), ("L2", "long", 0), ("S1", "short", 0), ("hi-L", "long", 5), ("S2", "short", 0)]
+        futs = [asyncio.ensure_future(core.submit(sub(s, loaded(b, 0.2 if fn == "long" else 0.01), fn=fn,
+                                                      priority=p, batch=False))) for s, fn, p in order]
+        await until(lambda: len(core.queue) == 5, what="the five to queue behind it")
+        gate.set()
+        await asyncio.gather(first, *futs)
+        await core.shutdown()
+        return [r.sid for r in b.runs]
+    ran = asyncio.run(main())
+    # priority first: the long one of priority 5 before any short one; then the shortest first
+    assert ran == ["hi-L", "S1", "S2", "L1", "L2"], ran
+
+
+def test_not_circular_work_slowed_more_than_the_cost_model_says():
+    """The work's slowdown is the model's squared (0.8 load: 25x, the model says 5x): estimates still
+    converge to the idle run time, and the loaded GPU gets no more work as the estimates are learned."""
+    async def main():
+        b = FakeBackend({"a": [16384], "b": [16384]})
+        b.sources["b"].set_gpu(0, util=0.8)
+        core = await started(b)
+        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), fn="warm", batch=False)) for i in range(2)))
+        on_b = []
+        for wave in range(3):
+            b.runs.clear()
+            await asyncio.gather(*(core.submit(sub(f"w{wave}-{i}", loaded(b, 0.03, power=2), batch=False))
+                                   for i in range(6)))
+            on_b.append(sum(1 for r in b.runs if r.node == "b"))
+        est = core.estimate(sub("x", value(0)))
+        await core.shutdown()
+        return on_b, est
+    on_b, est = asyncio.run(main())
+    assert est.seconds == pytest.approx(0.03, rel=0.5), est
+    assert on_b[-1] <= on_b[0] and on_b[-1] <= 1, on_b
+
+
+def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
+    """Delay scheduling (fastgpu_ray.handoff.pick): a queue of learned 0.2 s subtasks on a 1-GPU node; an
+    idle GPU elsewhere takes the last ones when moving their inputs is cheaper than waiting, none when
+    moving costs more than the wait, and lower priorities go first; gangs never."""
+    from fastgpu_ray import handoff
+
+    async def main():
+        b = FakeBackend({"n": [16384]})
+        core = await started(b)
+        await core.submit(sub("learn", loaded(b, 0.2), batch=False))
+        gate = asyncio.Event()
+
+        async def blocker(w):
+            await gate.wait()
+
+        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="block", work_s=1.0)))
+        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        futs = [asyncio.ensure_future(core.submit(sub(f"q{i}", value(i), batch=False, priority=5 if i < 2 else 0)))
+                for i in range(6)]
+        futs.append(asyncio.ensure_future(core.submit(sub("gang", value("g"), num_gpus=2, batch=False))))
+        await until(lambda: len(core.queue) == 6, what="the queue")  # (the gang never fits this node: failed)
+        none = handoff.pick(core, [0.0, 0.0], lambda st: 100.0)
+        far = handoff.pick(core, [0.9], lambda st: 0.0)  # 10x slower there: 2 s > waiting here
+        got = handoff.pick(core, [0.0, 0.0], lambda st: 0.05)
+        left = sorted(x[2].id for x in core.queue)
+        for st, here, there in got:
+            core.handed_off(st, "other", here, there)
+            core.finish_elsewhere(st, Outcome(True, "elsewhere"))
+        gate.set()
+        outs = await asyncio.gather(first, *futs)
+        recs = {st.id: core.explain(st.id) for st, _, _ in got}
+        await core.shutdown()
+        return none, far, got, left, outs, recs
+    none, far, got, left, outs, recs = asyncio.run(main())
+    assert none == [] and far == []
+    assert sorted(st.id for st, _, _ in got) == ["q4", "q5"], got  # the back of the queue, priority 0
+    assert left == ["q0", "q1", "q2", "q3"]
+    assert all(here > there for _, here, there in got)
+    assert [o.value for o in outs[1:7]] == [0, 1, 2, 3, "elsewhere", "elsewhere"]
+    assert all("handed to node other" in "\n".join(r.history) for r in recs.values())
