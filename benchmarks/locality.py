@@ -2,8 +2,9 @@
 
     sudo python benchmarks/locality.py                 # netns hosts on 1 Gbit/s links (needs root)
     python benchmarks/locality.py --local              # one machine, link_bandwidth="1Gbit" configured
-    options: --regimes data-heavy,balanced,broadcast  --systems ray_tasks,ray_reuse,actor_pool,fastgpu
-             --json OUT.json  --rate 1gbit (netns)
+    options: --regimes data-heavy,balanced,data-heavy-2s,broadcast
+             --systems ray_tasks,ray_reuse,actor_pool,fastgpu  --json OUT.json  --rate 1gbit (netns)
+             --declared (fastgpu's task declares work_s; by default nothing does: it learns run times)
 
 Cluster: a head without GPUs (the driver) and three worker nodes with 2 logical GPUs each. An upstream
 stage leaves the shards 60/30/10 % on the three workers (tasks pinned there); then one GPU subtask per
@@ -11,10 +12,13 @@ shard reads its shard and "computes" for a fixed time (sleep). Every system gets
 
 Per system and regime: makespan (first submit to last result), bytes moved across nodes (copies of the
 input objects beyond the producer's, counted with ``ray.experimental.get_object_locations`` after the
-run) and, on netns hosts, the bytes each host's link carried (veth counters). Targets (issue 4):
+run) and, on netns hosts, the bytes each host's link carried (veth counters). Each fastgpu run starts a
+fresh session: nothing learned before it. Targets (issues 4 and 11):
 - data-heavy (12 x 32 MiB, 20 ms): fastgpu moves <= 0.10 of the data, makespan <= 0.5x ActorPool;
 - balanced (24 x 16 MiB, 50 ms): fastgpu makespan <= 0.8x the better of Ray tasks and ActorPool, and it
-  moves <= half the bytes Ray tasks move;
+  moves <= 0.15 of the data;
+- data-heavy-2s (12 x 32 MiB, 2 s): moving data beats waiting behind a queue; fastgpu makespan <= 1.1x
+  ActorPool (the right decision flips with the duration);
 - broadcast (one 64 MiB object, 24 subtasks, 50 ms): the object enters each node at most once.
 """
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Regime:
 REGIMES = {
     "data-heavy": Regime("data-heavy", 12, 32, 0.020),
     "balanced": Regime("balanced", 24, 16, 0.050),
+    "data-heavy-2s": Regime("data-heavy-2s", 12, 32, 2.0),  # moving data beats waiting behind a queue
     "broadcast": Regime("broadcast", 24, 64, 0.050, broadcast=True),
 }
 
@@ -98,7 +103,13 @@ def expected(fill: int, nbytes: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------- driver
-def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = None) -> list[Result]:
+def warm_subtask(x, tag: int, work_s: float):
+    """Another function than ``subtask``: fastgpu's warm-up teaches it nothing about ``subtask``."""
+    return subtask(x, tag, work_s)
+
+
+def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = None,
+            declared: bool = False) -> list[Result]:
     import ray
     from ray.util import ActorPool
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -162,10 +173,13 @@ def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = No
 
         if link_bandwidth:
             os.environ["FASTGPU_LINK_BANDWIDTH"] = link_bandwidth
-        fg_task = fg.task(num_gpus=1, work_s=0.05)(subtask)
+        fg_task = fg.task(num_gpus=1)(subtask)  # no work_s: learned (--declared: declared)
+        fg_warm = fg.task(num_gpus=1)(warm_subtask)
 
     def run_fastgpu(inputs, reg):
-        f = fg_task.options(work_s=reg.work_s)
+        f = fg_task.options(work_s=reg.work_s) if declared else fg_task
+        if reg.name == "warm":
+            f = fg_warm
         return ray.get([f.remote(x, i, reg.work_s) for i, x in enumerate(inputs)], timeout=GET_TIMEOUT_S)
 
     runners = {"ray_tasks": lambda i, r: run_ray_tasks(i, r, False),
@@ -262,10 +276,14 @@ def verdicts(results: list[Result], timed: bool = True) -> list[tuple[str, str, 
             r = fg.makespan_s / best.makespan_s
             out.append(("balanced", f"fastgpu makespan {r:.2f}x the better Ray baseline ({best.system}) "
                                     "(target <= 0.8)", r <= 0.8))
-        if tasks:
-            ok = fg.moved_bytes <= 0.5 * tasks.moved_bytes
-            out.append(("balanced", f"fastgpu moves {fg.moved_frac:.2f} vs Ray tasks {tasks.moved_frac:.2f} "
-                                    "(target <= half)", ok))
+        out.append(("balanced", f"fastgpu moves {fg.moved_frac:.2f} of the data"
+                                + (f" (Ray tasks {tasks.moved_frac:.2f})" if tasks else "") + " (target <= 0.15)",
+                    fg.moved_frac <= 0.15))
+    fg, pool = get("data-heavy-2s", "fastgpu"), get("data-heavy-2s", "actor_pool")
+    if fg and pool and timed:
+        r = fg.makespan_s / pool.makespan_s
+        out.append(("data-heavy-2s", f"fastgpu makespan {r:.2f}x ActorPool (moving beats waiting here; "
+                                     "target <= 1.1)", r <= 1.1))
     fg = get("broadcast", "fastgpu")
     if fg:
         size = fg.input_bytes
@@ -306,7 +324,8 @@ def local_mode(args) -> list[Result]:
             c.add_node(num_cpus=4, num_gpus=2, object_store_memory=768 * MiB)
         c.wait_for_nodes()
         ray.init(address=c.address, log_to_driver=False)
-        return run_all(args.regimes, args.systems, link_bandwidth=os.environ["FASTGPU_LINK_BANDWIDTH"])
+        return run_all(args.regimes, args.systems, link_bandwidth=os.environ["FASTGPU_LINK_BANDWIDTH"],
+                       declared=args.declared)
     finally:
         ray.shutdown()
         c.shutdown()
@@ -317,6 +336,7 @@ def netns_mode(args) -> list[Result]:
 
     argv = ["--regimes", ",".join(r.name for r in args.regimes), "--systems", ",".join(args.systems)]
     argv += ["--link-bandwidth", args.link_bandwidth] if args.link_bandwidth else []
+    argv += ["--declared"] if args.declared else []
     return [Result(**r) for r in run_on_netns_hosts(Path(__file__).resolve(), argv, args.rate, args.timeout,
                                                     "locality")]
 
@@ -328,7 +348,7 @@ def inside_mode(args) -> None:
     from benchmarks.netns.ray_hosts import link_counters
 
     ray.init(address=args.inside, _node_ip_address=args.node_ip, log_to_driver=False)
-    results = run_all(args.regimes, args.systems, link_counters(args.veths), args.link_bandwidth)
+    results = run_all(args.regimes, args.systems, link_counters(args.veths), args.link_bandwidth, args.declared)
     Path(args.json).write_text(json.dumps([asdict(r) for r in results]))
 
 
@@ -341,6 +361,7 @@ def main() -> int:
     ap.add_argument("--link-bandwidth", default=None, help="configure fastgpu's link bandwidth (default: "
                     "1Gbit with --local, FASTGPU_LINK_BANDWIDTH / measured on netns hosts)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--declared", action="store_true", help="fastgpu's task declares work_s (default: learned)")
     ap.add_argument("--timeout", type=float, default=1200)
     ap.add_argument("--inside", help=argparse.SUPPRESS)
     ap.add_argument("--node-ip", help=argparse.SUPPRESS)

@@ -148,6 +148,7 @@ class Subtask:
     future: asyncio.Future | None = None
     record: Record | None = None
     locate_inputs: bool = True  # False in a node scheduler: the driver already chose the node by data
+    handed_in: bool = False  # handed over by another node (fastgpu_ray.handoff): never handed on again
 
     def demand(self) -> Demand:
         return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib,

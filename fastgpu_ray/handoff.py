@@ -2,20 +2,20 @@
 
 A subtask is routed to a node when it is submitted (usually where its data is); if that node's queue then
 turns out longer than estimated, or another node's GPUs go idle, the subtask would wait longer there than
-moving its inputs takes. The driver (``Session.balance``) notices idle GPUs in the node schedulers'
-reports and asks the busiest node to hand some of its queue over; ``pick`` decides which, with the single
+moving its inputs takes. The driver (``Session.balance``) compares the node schedulers' reports and asks
+the node with the longest wait to hand some of its queue to the node with the shortest; ``pick`` decides which, with the single
 cost function (``placement.cost``): a subtask goes when
 
     finish here  = its estimated start here (the node's queue played out over its GPUs, in queue order)
                    + work x slowdown(load of its GPU here)
     finish there = HANDOFF_S + move its inputs to the other node + work x slowdown(load of the idle GPU)
 
-is shorter there by more than ``MIN_GAIN``. It waits for its data's node at most about as long as moving
+is shorter there by more than ``MIN_GAIN`` (there: the other node's GPUs as its report shows them, each
+taking picked subtasks one after another). It waits for its data's node at most about as long as moving
 the data would take. Candidates are taken from the back of the queue (they wait longest): lower-priority
-subtasks go before higher ones, so priorities in a job stay strict. One subtask per idle GPU per call.
-Gangs (``num_gpus`` > 1) and subtasks with declared GPU types stay (the receiver's report lists single
-GPUs). The handed subtask's result is stored on the node that handed it (its ref is that node's call):
-one copy of the result crosses back.
+subtasks go before higher ones, so priorities in a job stay strict. Gangs (``num_gpus`` > 1), subtasks
+with declared GPU types and subtasks handed over once already stay. The handed subtask's result is
+stored on the node that handed it (its ref is that node's call): one copy of the result crosses back.
 """
 from __future__ import annotations
 
@@ -30,18 +30,19 @@ HANDOFF_S = 0.05  # the extra hop: the call to the other node's scheduler and th
 MIN_GAIN = 0.1  # hand over only when it finishes at least this fraction sooner there
 
 
-def scan(idle: int) -> int:
-    """How many subtasks at the back of the queue are considered for ``idle`` GPUs elsewhere."""
-    return 8 + 4 * idle
+def scan(gpus: int) -> int:
+    """How many subtasks at the back of the queue are considered for ``gpus`` GPUs elsewhere."""
+    return 8 + 4 * gpus
 
 
-def pick(core: DispatchCore, idle: list[float],
+def pick(core: DispatchCore, there: list[tuple[float, float]],
          move_s: Callable[[Subtask], float]) -> list[tuple[Subtask, float, float]]:
     """(subtask, estimated finish here, there) for the queued subtasks of ``core`` that finish sooner on
-    the other node's idle GPUs, whose outside loads are ``idle``; ``move_s(subtask)``: seconds to move
-    its inputs there. The picked ones are taken off ``core``'s queue."""
+    the other node, whose GPUs are ``there`` = (seconds until free, outside load) each;
+    ``move_s(subtask)``: seconds to move its inputs there (a move overlaps the wait for the GPU). The
+    picked ones are taken off ``core``'s queue."""
     items = sorted(x for x in core.queue if not (x[2].future is not None and x[2].future.done()))
-    if not items or not idle:
+    if not items or not there:
         return []
     node = core.nodes[0].node_id if core.nodes else None
     gpus = next((n.gpu_total for n in core.nodes if n.node_id == node), 0)
@@ -62,21 +63,20 @@ def pick(core: DispatchCore, idle: list[float],
         run = core.estimate(st).seconds * free[i][1]
         heapq.heappush(heap, (t + run * gpu_fraction(st), i))
         plan.append((item, t + run))
-    there = sorted(slowdown(u) for u in idle)
+    slots = [[busy, slowdown(u)] for busy, u in there]  # the other node's GPUs as they fill up
     picked = []
-    for item, here in reversed(plan[-scan(len(idle)):]):
-        if not there:
-            break
+    for item, here in reversed(plan[-scan(len(slots)):]):
         st = item[2]
-        if st.opts.gpu_count > 1 or st.opts.gpu_types:
+        if st.opts.gpu_count > 1 or st.opts.gpu_types or st.handed_in:
             continue
-        away = HANDOFF_S + move_s(st) + core.estimate(st).seconds * there[0]
-        if away < here * (1 - MIN_GAIN):
-            picked.append((item, here, away))
-            there.pop(0)
+        work, move = core.estimate(st).seconds, move_s(st)
+        slot = min(slots, key=lambda s: max(s[0], move) + work * s[1])
+        done = max(slot[0], move) + work * slot[1]
+        if HANDOFF_S + done < here * (1 - MIN_GAIN):
+            picked.append((item, here, HANDOFF_S + done))
+            slot[0] = done
     if picked:
         gone = {id(item) for item, _, _ in picked}
         core.queue[:] = [x for x in core.queue if id(x) not in gone]
         heapq.heapify(core.queue)
     return [(item[2], here, away) for item, here, away in picked]
-

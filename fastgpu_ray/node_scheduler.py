@@ -170,7 +170,7 @@ class NodeScheduler:
         refs = list(payload.refs) + list(payload.nested_refs)
         if info.learned:  # what the driver learned from other nodes: a prior until this node has learned more
             self.core.durations.adopt(info.learned)
-        st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False)
+        st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False, handed_in=info.handed_in)
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
                                       inputs_ready=self.deps.ready(refs) if refs else None)
 
@@ -259,20 +259,21 @@ class NodeScheduler:
         return NodeReport(self.core.projected_spec(self.here), live.nodes[0] if live.nodes else None,
                           self.core.durations.summary(), self.core.queue_length())
 
-    async def hand_off(self, node: str, target, idle: list[float], bandwidth: float) -> int:
-        """Hand queued subtasks that would finish sooner on ``node``'s idle GPUs (outside loads ``idle``),
-        their inputs moved at ``bandwidth`` bytes/s, to its scheduler ``target`` (``fastgpu_ray.handoff``);
-        returns how many. Each one's result comes back to this call's subtask (the user's ref)."""
+    async def hand_off(self, node: str, target, there: list[tuple[float, float]], bandwidth: float) -> int:
+        """Hand queued subtasks that would finish sooner on ``node`` (its GPUs: (seconds until free,
+        outside load) each), their inputs moved at ``bandwidth`` bytes/s, to its scheduler ``target``
+        (``fastgpu_ray.handoff``); returns how many. Each one's result comes back to this call's subtask
+        (the user's ref)."""
         if self.delegate is not None or not self._started or not self.core.queue:
             return 0
-        back = [x[2] for x in heapq.nlargest(handoff.scan(len(idle)), self.core.queue)]
+        back = [x[2] for x in heapq.nlargest(handoff.scan(len(there)), self.core.queue)]
         try:
             unmoved = await asyncio.to_thread(bytes_not_on, back, node)
         except Exception:  # cannot see where the inputs are: hand nothing over
             log.debug("locating inputs for a hand-off failed", exc_info=True)
             return 0
         cost = CostModel(link_bandwidth=bandwidth)
-        picked = handoff.pick(self.core, idle, lambda st: cost.transfer_s(unmoved.get(st.id, math.inf)))
+        picked = handoff.pick(self.core, there, lambda st: cost.transfer_s(unmoved.get(st.id, math.inf)))
         for st, here, there in picked:
             self.core.handed_off(st, node, here, there)
             asyncio.ensure_future(self._forward(st, node, target))
@@ -281,7 +282,7 @@ class NodeScheduler:
     async def _forward(self, st: Subtask, node: str, target) -> None:
         learned = self.core.durations.entry(st.duration_key)
         info = RouteInfo(None, (f"handed over by node {self.here[:12]} (its queue was longer than moving the "
-                                f"inputs here)",), {st.duration_key: learned} if learned else None)
+                                f"inputs here)",), {st.duration_key: learned} if learned else None, True)
         try:
             value = await target.submit.remote(st.id, st.opts, FnBox(st.fn_key, st.fn_ref), st.payload, info)
             out = Outcome(True, value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 import uuid
@@ -38,6 +39,7 @@ RETIRE_S = 5.0  # autoscaling clusters: a node scheduler with nothing of its job
 #                (or sooner: ``Scaling.hold_idle_s``, a fifth of the autoscaler's idle timeout)
 KEEP_REFS = 100_000  # ref -> subtask entries kept for explain (bounded; the oldest are forgotten)
 LOBBY = "lobby"  # the "node" of a subtask that went to the session's lobby to wait for a node
+COLD_DATA_WORK_S = 0.001  # routing price of unknown work that has inputs (delay scheduling, in route())
 BALANCE_PERIOD_S = 0.25  # how often the driver looks for idle GPUs next to queues elsewhere (hand-offs)
 
 
@@ -186,9 +188,10 @@ class Session:
                  "the node)", node[:12])
 
     def balance(self) -> None:
-        """Delay scheduling across nodes (``fastgpu_ray.handoff``): where a node's report shows idle GPUs
-        and another node has a queue, ask the node with the longest wait to hand over what finishes
-        sooner on the idle GPUs. One request per node at a time; a receiver is fed once per report."""
+        """Delay scheduling across nodes (``fastgpu_ray.handoff``): where one node's report shows a longer
+        wait for a new arrival than another's, ask the node with the longest wait (and a queue) to hand
+        over what finishes sooner on the node with the shortest, inputs moved. One request per node at a
+        time; each node takes part in one hand-off per report."""
         from placement import GPU_MILLI
         from transfer.runtime_hooks import runtime
 
@@ -197,32 +200,28 @@ class Session:
             if self.closed.is_set() or not (any(self.queued.values()) or recent or self._asked):
                 return  # nothing queued anywhere as last reported and nothing routed lately: no reports asked
             self.refresh()
-            specs, epoch = dict(self.router.specs), self._epoch
-            queued = dict(self.queued)
+            epoch = self._epoch
             for node, (call, recv, at) in list(self._handing.items()):
-                if ray.wait([call], timeout=0)[0] or node not in specs:
+                if ray.wait([call], timeout=0)[0] or node not in self.router.specs:
                     del self._handing[node]
-            fed = {recv for _, recv, at in self._handing.values() if at == epoch}
-            idle = {n: [g.util or 0.0 for g in spec.gpus if g.busy_s <= 1e-3 and g.milli_free >= GPU_MILLI]
-                    for n, spec in specs.items() if n not in fed and n in self.schedulers}
-            idle = {n: u for n, u in idle.items() if u}
-            log.debug("balance: idle %s, queued %s", {n[:8]: len(u) for n, u in idle.items()},
-                      {n[:8]: q for n, q in queued.items()})
-            wait = {n: min((g.busy_s for g in specs[n].gpus), default=0.0) for n in specs
-                    if queued.get(n) and n not in self._handing and n in self.schedulers}
-            if not idle or not wait:
-                return
-            bandwidth = runtime().cost().link_bandwidth
-            for recv, utils in sorted(idle.items(), key=lambda kv: -len(kv[1])):
-                donors = [n for n in wait if n != recv and n not in self._handing]
-                if not donors:
+            busy = {n for n, (_, recv, at) in self._handing.items()} | {
+                recv for _, recv, at in self._handing.values() if at == epoch}
+            gpus = {n: [(g.busy_s, g.util or 0.0) for g in spec.gpus if g.milli_free >= GPU_MILLI]
+                    for n, spec in self.router.specs.items() if n in self.schedulers and n not in busy}
+            wait = {n: min((b for b, _ in g), default=math.inf) for n, g in gpus.items() if g}
+            donors = sorted((n for n in wait if self.queued.get(n)), key=lambda n: -wait[n])
+            receivers = sorted(wait, key=lambda n: wait[n])
+            bandwidth = None
+            for donor in donors:
+                recv = next((r for r in receivers if r != donor), None)
+                if recv is None or wait[donor] - wait[recv] <= handoff.HANDOFF_S:
                     break
-                donor = max(donors, key=lambda n: wait[n])
-                if wait[donor] <= handoff.HANDOFF_S:
-                    break
-                log.debug("asking node %s (wait %.2fs) to hand work to node %s (%d idle GPUs)", donor[:12],
-                          wait[donor], recv[:12], len(utils))
-                call = self.schedulers[donor].hand_off.remote(recv, self.schedulers[recv], utils, bandwidth)
+                receivers.remove(recv)
+                if bandwidth is None:
+                    bandwidth = runtime().cost().link_bandwidth
+                log.debug("asking node %s (wait %.2fs) to hand work to node %s (wait %.2fs)", donor[:12],
+                          wait[donor], recv[:12], wait[recv])
+                call = self.schedulers[donor].hand_off.remote(recv, self.schedulers[recv], gpus[recv], bandwidth)
                 self._handing[donor] = (call, recv, epoch)
 
     def start_housekeeping(self) -> None:
@@ -326,6 +325,11 @@ class Session:
             if est is not None:
                 d = dataclasses.replace(d, **est.demand_fields())
                 d = self.router.with_inputs(d, [(o.key, o.size) for o in est.objects], est.unknown)
+                if not work.known and d.input_total:
+                    # Delay scheduling for a function never run: its data's node first (priced as if it
+                    # took COLD_DATA_WORK_S, so a queue there looks short); if that queue turns out longer
+                    # than moving the data, the node hands the subtask on (balance, fastgpu_ray.handoff).
+                    d = dataclasses.replace(d, work_s=COLD_DATA_WORK_S)
         r = self.router.choose(d, count, explain=explain and len(self.router.specs) <= 64)
         history: tuple[str, ...] = ()
         if r.node is not None and d.input_total:

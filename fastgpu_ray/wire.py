@@ -32,6 +32,7 @@ class RouteInfo:
     node_choice: Any = None
     history: tuple[str, ...] = ()
     learned: dict | None = None  # the driver's learned run time of this subtask's function (DurationModel.summary)
+    handed_in: bool = False  # sent by another node's scheduler (fastgpu_ray.handoff), not by the driver
 
 
 @dataclass(frozen=True)

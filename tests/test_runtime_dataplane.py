@@ -119,3 +119,29 @@ def test_an_unfinished_ref_of_a_shut_down_session_fails_at_submit_saying_so(ray_
     with pytest.raises(ValueError, match="was shut down before that subtask finished"):
         consume.remote(pending)
     assert ray.get(consume.remote(done), timeout=60)[0] == 3.0  # a finished ref is a plain Ray object
+
+
+@fastgpu.task()
+def slow_read(x, seconds):
+    """No work_s declared: fastgpu learns it."""
+    time.sleep(seconds)
+    return float(x[0]), ray.get_runtime_context().get_node_id()
+
+
+def test_a_queue_longer_than_moving_its_data_is_handed_to_other_nodes(fg):
+    """All inputs on one node, work unknown at first: the subtasks go to their data's node (delay
+    scheduling), and once that node's queue is longer than moving the inputs, it hands the back of it to
+    the other nodes; the results still come back through the refs, and explain says where they ran."""
+    home = fg.node_ids()[0]
+    pin = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(home, soft=False)
+    shards = [ray.remote(num_cpus=0)(lambda i: np.full(MiB // 8, float(i))).options(scheduling_strategy=pin).remote(i)
+              for i in range(10)]
+    ray.wait(shards, num_returns=len(shards), fetch_local=False)
+    refs = [slow_read.remote(x, 1.0) for x in shards]
+    out = ray.get(refs, timeout=180)
+    assert [v for v, _ in out] == [float(i) for i in range(10)]
+    away = [(r, node) for r, (_, node) in zip(refs, out) if node != home]
+    assert away, "no subtask left the data's node although 5 rounds of 1 s queued there"
+    rec = fastgpu.explain(away[0][0])
+    assert any("handed to node" in h for h in rec.history), rec.format()
+    assert rec.node == away[0][1] and rec.gpus, rec.format()

@@ -132,9 +132,10 @@ def test_not_circular_work_slowed_more_than_the_cost_model_says():
 
 
 def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
-    """Delay scheduling (fastgpu_ray.handoff.pick): a queue of learned 0.2 s subtasks on a 1-GPU node; an
-    idle GPU elsewhere takes the last ones when moving their inputs is cheaper than waiting, none when
-    moving costs more than the wait, and lower priorities go first; gangs never."""
+    """Delay scheduling (fastgpu_ray.handoff.pick): a queue of learned 0.2 s subtasks behind a 1 s one on
+    a 1-GPU node; another node's GPU, free in 0.8 s, takes subtasks from the back of the queue while they
+    finish sooner there (each after the one before), none when moving costs more than waiting or that
+    GPU is 10x slower, never a higher-priority one before a lower one, never a gang."""
     from fastgpu_ray import handoff
 
     async def main():
@@ -150,11 +151,10 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
         await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
         futs = [asyncio.ensure_future(core.submit(sub(f"q{i}", value(i), batch=False, priority=5 if i < 2 else 0)))
                 for i in range(6)]
-        futs.append(asyncio.ensure_future(core.submit(sub("gang", value("g"), num_gpus=2, batch=False))))
-        await until(lambda: len(core.queue) == 6, what="the queue")  # (the gang never fits this node: failed)
-        none = handoff.pick(core, [0.0, 0.0], lambda st: 100.0)
-        far = handoff.pick(core, [0.9], lambda st: 0.0)  # 10x slower there: 2 s > waiting here
-        got = handoff.pick(core, [0.0, 0.0], lambda st: 0.05)
+        await until(lambda: len(core.queue) == 6, what="the queue")
+        none = handoff.pick(core, [(0.0, 0.0), (0.0, 0.0)], lambda st: 100.0)
+        far = handoff.pick(core, [(0.0, 0.9)], lambda st: 0.0)  # 10x slower there: 2 s > waiting here
+        got = handoff.pick(core, [(0.8, 0.0)], lambda st: 0.05)
         left = sorted(x[2].id for x in core.queue)
         for st, here, there in got:
             core.handed_off(st, "other", here, there)
@@ -166,8 +166,9 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
         return none, far, got, left, outs, recs
     none, far, got, left, outs, recs = asyncio.run(main())
     assert none == [] and far == []
-    assert sorted(st.id for st, _, _ in got) == ["q4", "q5"], got  # the back of the queue, priority 0
-    assert left == ["q0", "q1", "q2", "q3"]
-    assert all(here > there for _, here, there in got)
-    assert [o.value for o in outs[1:7]] == [0, 1, 2, 3, "elsewhere", "elsewhere"]
+    # finish here: 1 s + 0.2 s per subtask ahead; there: 0.8 s + 0.2 s per subtask taken (+ the hop)
+    assert [st.id for st, _, _ in got] == ["q5", "q4", "q3"], got
+    assert left == ["q0", "q1", "q2"]
+    assert all(there < here for _, here, there in got)
+    assert [o.value for o in outs[1:]] == [0, 1, 2, "elsewhere", "elsewhere", "elsewhere"]
     assert all("handed to node other" in "\n".join(r.history) for r in recs.values())
