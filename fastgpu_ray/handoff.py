@@ -1,21 +1,26 @@
-"""Delay scheduling across nodes: which queued subtasks a busy node hands to a node with idle GPUs. No Ray.
+"""Delay scheduling across nodes: which queued subtasks a busy node hands to another node. No Ray.
 
-A subtask is routed to a node when it is submitted (usually where its data is); if that node's queue then
-turns out longer than estimated, or another node's GPUs go idle, the subtask would wait longer there than
-moving its inputs takes. The driver (``Session.balance``) compares the node schedulers' reports and asks
-the node with the longest wait to hand some of its queue to the node with the shortest; ``pick`` decides which, with the single
-cost function (``placement.cost``): a subtask goes when
+A subtask is routed to a node when it is submitted (usually where its data is). If that node's queue turns
+out longer than estimated (a function's first estimates are guesses), or other nodes' GPUs free up
+sooner, the subtask would wait there longer than moving its inputs takes. The driver
+(``Session.balance``) compares the node schedulers' reports and asks the node with the longest wait to
+hand some of its queue to the node with the shortest; ``pick`` decides which, with the single cost
+function (``placement.cost``). A queued subtask goes when
 
-    finish here  = its estimated start here (the node's queue played out over its GPUs, in queue order)
+    finish here  = its estimated start here (this node's queue played out over its GPUs, in queue order)
                    + work x slowdown(load of its GPU here)
-    finish there = HANDOFF_S + move its inputs to the other node + work x slowdown(load of the idle GPU)
+    finish there = HANDOFF_S + max(moving its inputs there, waiting for a GPU there)
+                   + work x slowdown(load of that GPU)
 
-is shorter there by more than ``MIN_GAIN`` (there: the other node's GPUs as its report shows them, each
-taking picked subtasks one after another). It waits for its data's node at most about as long as moving
-the data would take. Candidates are taken from the back of the queue (they wait longest): lower-priority
-subtasks go before higher ones, so priorities in a job stay strict. Gangs (``num_gpus`` > 1), subtasks
-with declared GPU types and subtasks handed over once already stay. The handed subtask's result is
-stored on the node that handed it (its ref is that node's call): one copy of the result crosses back.
+is shorter there by more than ``MIN_GAIN`` (the other node's GPUs as its report shows them, each taking
+the picked subtasks one after another), and it has already waited here at least as long as moving its
+inputs takes: it waits for its data's node about as long as a move would take, never longer than it
+pays, and a subtask that starts within that time never moves.
+
+Candidates come from the back of the queue (they wait longest), so lower-priority subtasks go before
+higher ones and priorities in a job stay strict. Gangs (``num_gpus`` > 1), subtasks with declared GPU
+types and subtasks handed over once already stay. A handed subtask's result is stored on the node that
+handed it (the user's ref is that node's call): one copy of the result crosses back.
 """
 from __future__ import annotations
 
@@ -70,6 +75,8 @@ def pick(core: DispatchCore, there: list[tuple[float, float]],
         if st.opts.gpu_count > 1 or st.opts.gpu_types or st.handed_in:
             continue
         work, move = core.estimate(st).seconds, move_s(st)
+        if now - st.enqueued < move:  # delay scheduling: it waits for its data's node as long as a move takes
+            continue
         slot = min(slots, key=lambda s: max(s[0], move) + work * s[1])
         done = max(slot[0], move) + work * slot[1]
         if HANDOFF_S + done < here * (1 - MIN_GAIN):

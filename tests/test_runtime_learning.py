@@ -133,7 +133,8 @@ def test_not_circular_work_slowed_more_than_the_cost_model_says():
 
 def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
     """Delay scheduling (fastgpu_ray.handoff.pick): a queue of learned 0.2 s subtasks behind a 1 s one on
-    a 1-GPU node; another node's GPU, free in 0.8 s, takes subtasks from the back of the queue while they
+    a 1-GPU node; none leaves before it has waited as long as moving its inputs takes; then another
+    node's GPU, free in 0.6 s, takes subtasks from the back of the queue while they
     finish sooner there (each after the one before), none when moving costs more than waiting or that
     GPU is 10x slower, never a higher-priority one before a lower one, never a gang."""
     from fastgpu_ray import handoff
@@ -152,9 +153,11 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
         futs = [asyncio.ensure_future(core.submit(sub(f"q{i}", value(i), batch=False, priority=5 if i < 2 else 0)))
                 for i in range(6)]
         await until(lambda: len(core.queue) == 6, what="the queue")
+        moved = handoff.pick(core, [(0.0, 0.0)], lambda st: 0.1)  # queued < 0.1 s: not yet (delay scheduling)
+        await asyncio.sleep(0.12)
         none = handoff.pick(core, [(0.0, 0.0), (0.0, 0.0)], lambda st: 100.0)
         far = handoff.pick(core, [(0.0, 0.9)], lambda st: 0.0)  # 10x slower there: 2 s > waiting here
-        got = handoff.pick(core, [(0.8, 0.0)], lambda st: 0.05)
+        got = handoff.pick(core, [(0.6, 0.0)], lambda st: 0.1)
         left = sorted(x[2].id for x in core.queue)
         for st, here, there in got:
             core.handed_off(st, "other", here, there)
@@ -163,10 +166,10 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
         outs = await asyncio.gather(first, *futs)
         recs = {st.id: core.explain(st.id) for st, _, _ in got}
         await core.shutdown()
-        return none, far, got, left, outs, recs
-    none, far, got, left, outs, recs = asyncio.run(main())
-    assert none == [] and far == []
-    # finish here: 1 s + 0.2 s per subtask ahead; there: 0.8 s + 0.2 s per subtask taken (+ the hop)
+        return moved, none, far, got, left, outs, recs
+    moved, none, far, got, left, outs, recs = asyncio.run(main())
+    assert moved == [] and none == [] and far == []
+    # finish here: ~0.85 s + 0.2 s per subtask ahead; there: 0.6 s + 0.2 s per subtask taken (+ the hop)
     assert [st.id for st, _, _ in got] == ["q5", "q4", "q3"], got
     assert left == ["q0", "q1", "q2"]
     assert all(there < here for _, here, there in got)
