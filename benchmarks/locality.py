@@ -180,7 +180,14 @@ def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = No
         f = fg_task.options(work_s=reg.work_s) if declared else fg_task
         if reg.name == "warm":
             f = fg_warm
-        return ray.get([f.remote(x, i, reg.work_s) for i, x in enumerate(inputs)], timeout=GET_TIMEOUT_S)
+        refs = [f.remote(x, i, reg.work_s) for i, x in enumerate(inputs)]
+        out = ray.get(refs, timeout=GET_TIMEOUT_S)
+        if os.environ.get("FASTGPU_BENCH_EXPLAIN") and reg.name != "warm":  # why subtasks ran away from their data
+            locs = ray.experimental.get_object_locations(inputs)
+            away = [r for r, x, (_, _, nid) in zip(refs, inputs, out) if nid not in locs[x]["node_ids"][:1]]
+            for r in away[: int(os.environ["FASTGPU_BENCH_EXPLAIN"])]:
+                print(fg.explain(r).format(), flush=True)
+        return out
 
     runners = {"ray_tasks": lambda i, r: run_ray_tasks(i, r, False),
                "ray_reuse": lambda i, r: run_ray_tasks(i, r, True),

@@ -35,6 +35,7 @@ log = logging.getLogger("fastgpu.session")
 REPORT_PERIOD_S = 0.5  # the node schedulers' reports are re-read at most this often (on submit)
 NODES_PERIOD_S = 2.0  # Ray's node list (new or dead GPU nodes) is re-read at most this often
 REPORT_TIMEOUT_S = 2.0
+STALE_VIEW_S = 1.0  # a view older than this (a quiet session) is renewed before routing on it
 RETIRE_S = 5.0  # autoscaling clusters: a node scheduler with nothing of its job on its node this long retires
 #                (or sooner: ``Scaling.hold_idle_s``, a fifth of the autoscaler's idle timeout)
 KEEP_REFS = 100_000  # ref -> subtask entries kept for explain (bounded; the oldest are forgotten)
@@ -262,7 +263,9 @@ class Session:
     def refresh(self, force: bool = False) -> None:
         """Take the node schedulers' reports that have arrived, and ask again about every
         ``REPORT_PERIOD_S``. Never blocks the submitting caller (a busy scheduler answers late; its last
-        report stands meanwhile), except ``force=True``, which waits up to ``REPORT_TIMEOUT_S``."""
+        report stands meanwhile), except ``force=True`` and a view older than ``STALE_VIEW_S`` (the
+        session was quiet: its last reports may show work long done, and a burst routed on them would
+        avoid nodes that are idle now), which wait up to ``REPORT_TIMEOUT_S`` for fresh reports."""
         with self.lock:
             self._refresh(force)
 
@@ -270,6 +273,9 @@ class Session:
         now = time.monotonic()
         if force or now - self._synced > NODES_PERIOD_S:
             self.sync_nodes()
+        stale = now - self._reported > STALE_VIEW_S
+        if stale:
+            self._asked = {}  # answers to an old question are old too
         if self._asked and (force or now - self._reported >= REPORT_PERIOD_S / 10):
             self._collect(REPORT_TIMEOUT_S if force else 0)
         if (force or now - self._reported >= REPORT_PERIOD_S) and not self._asked:
@@ -277,7 +283,7 @@ class Session:
             self.router.asking()
             self._asked = {self.schedulers[n].report.remote(): n for n in nodes}
             self._reported = now
-            if force:
+            if force or stale:
                 self._collect(REPORT_TIMEOUT_S)
 
     def _collect(self, timeout_s: float) -> None:
