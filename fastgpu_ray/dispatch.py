@@ -156,7 +156,7 @@ class Subtask:
 
     @property
     def duration_key(self) -> str:
-        return duration_key(self.fn_key, self.opts.gpu_count, self.opts.gpu_milli)
+        return duration_key(self.fn_key, self.opts.gpu_count, self.opts.gpu_milli, self.opts.work_s)
 
     def batch_key(self) -> tuple:
         return (self.fn_key, self.opts.priority, self.min_memory_mib, self.opts.gpu_milli, self.opts.gpu_util,
@@ -664,6 +664,7 @@ class DispatchCore:
                     st.record.explanation = dec.explanation
                     keep.append(item)
                     misses += 1
+                    self._note_fair_wait(st)
                     state.queue_behind(dec.node, gpus, d)
                     if not self.can_start_now(d):  # no GPU takes this shape now: the rest of it waits too
                         failed_shapes.add((d.shape, d.gpu_types))

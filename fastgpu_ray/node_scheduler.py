@@ -266,6 +266,8 @@ class NodeScheduler:
         (the user's ref)."""
         if self.delegate is not None or not self._started or not self.core.queue:
             return 0
+        if self.core.share is not None and self.core.share.jobs > 1:
+            return 0  # other jobs want GPUs too: the arbiter moves GPUs between jobs, work stays (fair share)
         back = [x[2] for x in heapq.nlargest(handoff.scan(len(there)), self.core.queue)]
         try:
             unmoved = await asyncio.to_thread(bytes_not_on, back, node)

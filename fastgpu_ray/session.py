@@ -35,7 +35,8 @@ log = logging.getLogger("fastgpu.session")
 REPORT_PERIOD_S = 0.5  # the node schedulers' reports are re-read at most this often (on submit)
 NODES_PERIOD_S = 2.0  # Ray's node list (new or dead GPU nodes) is re-read at most this often
 REPORT_TIMEOUT_S = 2.0
-STALE_VIEW_S = 1.0  # a view older than this (a quiet session) is renewed before routing on it
+STALE_VIEW_S = 1.0  # a view older than this (a quiet session) is renewed before routing on it ...
+STALE_WAIT_S = 0.25  # ... waiting at most this long for the reports (they take milliseconds when all is well)
 RETIRE_S = 5.0  # autoscaling clusters: a node scheduler with nothing of its job on its node this long retires
 #                (or sooner: ``Scaling.hold_idle_s``, a fifth of the autoscaler's idle timeout)
 KEEP_REFS = 100_000  # ref -> subtask entries kept for explain (bounded; the oldest are forgotten)
@@ -205,10 +206,9 @@ class Session:
             for node, (call, recv, at) in list(self._handing.items()):
                 if ray.wait([call], timeout=0)[0] or node not in self.router.specs:
                     del self._handing[node]
-            busy = {n for n, (_, recv, at) in self._handing.items()} | {
-                recv for _, recv, at in self._handing.values() if at == epoch}
+            engaged = set(self._handing) | {recv for _, recv, at in self._handing.values() if at == epoch}
             gpus = {n: [(g.busy_s, g.util or 0.0) for g in spec.gpus if g.milli_free >= GPU_MILLI]
-                    for n, spec in self.router.specs.items() if n in self.schedulers and n not in busy}
+                    for n, spec in self.router.specs.items() if n in self.schedulers and n not in engaged}
             wait = {n: min((b for b, _ in g), default=math.inf) for n, g in gpus.items() if g}
             donors = sorted((n for n in wait if self.queued.get(n)), key=lambda n: -wait[n])
             receivers = sorted(wait, key=lambda n: wait[n])
@@ -263,9 +263,10 @@ class Session:
     def refresh(self, force: bool = False) -> None:
         """Take the node schedulers' reports that have arrived, and ask again about every
         ``REPORT_PERIOD_S``. Never blocks the submitting caller (a busy scheduler answers late; its last
-        report stands meanwhile), except ``force=True`` and a view older than ``STALE_VIEW_S`` (the
-        session was quiet: its last reports may show work long done, and a burst routed on them would
-        avoid nodes that are idle now), which wait up to ``REPORT_TIMEOUT_S`` for fresh reports."""
+        report stands meanwhile), except ``force=True``, which waits up to ``REPORT_TIMEOUT_S`` for fresh
+        reports, and a view older than ``STALE_VIEW_S`` (the session was quiet: its last reports may show
+        work long done, and a burst routed on them would avoid nodes that are idle now), which waits up to
+        ``STALE_WAIT_S``."""
         with self.lock:
             self._refresh(force)
 
@@ -284,7 +285,7 @@ class Session:
             self._asked = {self.schedulers[n].report.remote(): n for n in nodes}
             self._reported = now
             if force or stale:
-                self._collect(REPORT_TIMEOUT_S)
+                self._collect(REPORT_TIMEOUT_S if force else STALE_WAIT_S)
 
     def _collect(self, timeout_s: float) -> None:
         calls = list(self._asked)
@@ -310,7 +311,7 @@ class Session:
     # ------------------------------------------------------------------------------------- routing
     def estimate(self, fn_key: str, opts: TaskOptions) -> tuple[str, Estimate]:
         """(duration key, estimated run time) of ``fn_key``'s subtasks as the driver knows it now."""
-        key = duration_key(fn_key, opts.gpu_count, opts.gpu_milli)
+        key = duration_key(fn_key, opts.gpu_count, opts.gpu_milli, opts.work_s)
         return key, self.router.durations.estimate(key, opts.work_s)
 
     def route(self, sid: str, opts: TaskOptions, payload: Payload | None, count: int = 1,

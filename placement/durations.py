@@ -2,7 +2,7 @@
 
 Placement prices every choice as ``wait + move + work * slowdown(load)`` (``placement.cost``); ``work`` is
 what this module estimates, per duration key (a task function and the option variant that changes its
-run time: GPU count and share). Contract:
+run time: GPU count and share, declared ``work_s``). Contract:
 
 * ``observe(key, run_s, slowdown)``: one successful run took ``run_s`` on a GPU that was ``slowdown`` times
   slower than idle (``placement.cost.slowdown`` of its outside load when it started). The observation is
@@ -61,9 +61,11 @@ class Estimate:
         return f"{self.seconds:.3g} s (unknown: assumed for work never seen)"
 
 
-def duration_key(fn_key: str, gpu_count: int, gpu_milli: int) -> str:
-    """The key estimates are kept under: the function and the options that change its run time."""
-    return f"{fn_key}|{gpu_count}x{gpu_milli}"
+def duration_key(fn_key: str, gpu_count: int, gpu_milli: int, declared_s: float = 0.0) -> str:
+    """The key estimates are kept under: the function and the options that change its run time (GPU
+    count and share, and a declared ``work_s``: ``f.options(work_s=20)`` says it is other work than
+    ``f``'s usual)."""
+    return f"{fn_key}|{gpu_count}x{gpu_milli}|{declared_s:g}"
 
 
 class DurationModel:

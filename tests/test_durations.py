@@ -52,7 +52,7 @@ def test_keys_do_not_touch_each_other_and_broken_measurements_teach_nothing():
         m.observe("bad", bad)
     m.observe("bad", 1.0, slowdown=0.0)
     assert m.estimate("bad").source == "unknown" and m.estimate("good").seconds == pytest.approx(0.1)
-    assert duration_key("f", 1, 1000) != duration_key("f", 2, 1000)
+    assert duration_key("f", 1, 1000) != duration_key("f", 2, 1000) != duration_key("f", 2, 1000, 20.0)
 
 
 def test_adopt_takes_estimates_learned_from_more_runs():
