@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 from typing import Callable
 
-from placement.cost import slowdown
+from placement.cost import CostModel
 
 from .dispatch import DispatchCore, Subtask, gpu_fraction, time_left
 
@@ -40,12 +40,14 @@ def scan(gpus: int) -> int:
     return 8 + 4 * gpus
 
 
-def pick(core: DispatchCore, there: list[tuple[float, float]],
-         move_s: Callable[[Subtask], float]) -> list[tuple[Subtask, float, float]]:
+def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[[Subtask], float],
+         cost: CostModel | None = None) -> list[tuple[Subtask, float, float]]:
     """(subtask, estimated finish here, there) for the queued subtasks of ``core`` that finish sooner on
     the other node, whose GPUs are ``there`` = (seconds until free, outside load) each;
-    ``move_s(subtask)``: seconds to move its inputs there (a move overlaps the wait for the GPU). The
-    picked ones are taken off ``core``'s queue."""
+    ``move_s(subtask)``: seconds to move its inputs there (a move overlaps the wait for the GPU). A
+    candidate's own run is priced with ``cost.compute_s`` on both sides (its tail risk on a slower GPU
+    too). The picked ones are taken off ``core``'s queue."""
+    cost = cost or CostModel()
     items = sorted(x for x in core.queue if not (x[2].future is not None and x[2].future.done()))
     if not items or not there:
         return []
@@ -54,34 +56,33 @@ def pick(core: DispatchCore, there: list[tuple[float, float]],
     if not gpus:
         return []
     now = core.clock()
-    free = []  # per GPU of this node: (when it is free, its slowdown)
+    free = []  # per GPU of this node: (when it is free, its outside load)
     for g in range(gpus):
         ends = core.ends.get((node, g), {})
-        free.append((max((time_left(e, d, now) for e, d in ends.values()), default=0.0),
-                     slowdown(core.external_util(node, g))))
+        free.append((max((time_left(e, d, now) for e, d in ends.values()), default=0.0), core.external_util(node, g)))
     heap = [(t, i) for i, (t, _) in enumerate(free)]
     heapq.heapify(heap)
     plan = []
     for item in items:  # play the queue out over this node's GPUs, in queue order
         st = item[2]
         t, i = heapq.heappop(heap)
-        run = core.estimate(st).seconds * free[i][1]
-        heapq.heappush(heap, (t + run * gpu_fraction(st), i))
-        plan.append((item, t + run))
-    slots = [[busy, slowdown(u)] for busy, u in there]  # the other node's GPUs as they fill up
+        est = core.estimate(st)
+        heapq.heappush(heap, (t + cost.compute_s(est.seconds, free[i][1]) * gpu_fraction(st), i))
+        plan.append((item, t + cost.compute_s(est.seconds, free[i][1], est.tail_s)))
+    slots = [[busy, u] for busy, u in there]  # the other node's GPUs as they fill up
     picked = []
     for item, here in reversed(plan[-scan(len(slots)):]):
         st = item[2]
         if st.opts.gpu_count > 1 or st.opts.gpu_types or st.handed_in:
             continue
-        work, move = core.estimate(st).seconds, move_s(st)
+        est, move = core.estimate(st), move_s(st)
         if now - st.enqueued < move:  # delay scheduling: it waits for its data's node as long as a move takes
             continue
-        slot = min(slots, key=lambda s: max(s[0], move) + work * s[1])
-        done = max(slot[0], move) + work * slot[1]
+        slot = min(slots, key=lambda s: max(s[0], move) + cost.compute_s(est.seconds, s[1], est.tail_s))
+        done = max(slot[0], move) + cost.compute_s(est.seconds, slot[1], est.tail_s)
         if HANDOFF_S + done < here * (1 - MIN_GAIN):
             picked.append((item, here, HANDOFF_S + done))
-            slot[0] = done
+            slot[0] = max(slot[0], move) + cost.compute_s(est.seconds, slot[1])
     if picked:
         gone = {id(item) for item, _, _ in picked}
         core.queue[:] = [x for x in core.queue if id(x) not in gone]

@@ -275,7 +275,7 @@ class NodeScheduler:
             log.debug("locating inputs for a hand-off failed", exc_info=True)
             return 0
         cost = CostModel(link_bandwidth=bandwidth)
-        picked = handoff.pick(self.core, there, lambda st: cost.transfer_s(unmoved.get(st.id, math.inf)))
+        picked = handoff.pick(self.core, there, lambda st: cost.transfer_s(unmoved.get(st.id, math.inf)), cost)
         for st, here, there in picked:
             self.core.handed_off(st, node, here, there)
             asyncio.ensure_future(self._forward(st, node, target))

@@ -42,6 +42,7 @@ RETIRE_S = 5.0  # autoscaling clusters: a node scheduler with nothing of its job
 KEEP_REFS = 100_000  # ref -> subtask entries kept for explain (bounded; the oldest are forgotten)
 LOBBY = "lobby"  # the "node" of a subtask that went to the session's lobby to wait for a node
 COLD_DATA_WORK_S = 0.001  # routing price of unknown work that has inputs (delay scheduling, in route())
+RECEIVER_FREE_S = 0.1  # a node receives hand-offs only while a GPU of it is free within this long
 BALANCE_PERIOD_S = 0.25  # how often the driver looks for idle GPUs next to queues elsewhere (hand-offs)
 
 
@@ -190,10 +191,10 @@ class Session:
                  "the node)", node[:12])
 
     def balance(self) -> None:
-        """Delay scheduling across nodes (``fastgpu_ray.handoff``): where one node's report shows a longer
-        wait for a new arrival than another's, ask the node with the longest wait (and a queue) to hand
-        over what finishes sooner on the node with the shortest, inputs moved. One request per node at a
-        time; each node takes part in one hand-off per report."""
+        """Delay scheduling across nodes (``fastgpu_ray.handoff``): where a node's report shows a GPU free
+        now and another node has a queue, ask the node with the longest wait to hand over what finishes
+        sooner on the free node (its GPUs taking them one after another), inputs moved. One request per
+        node at a time; each node takes part in one hand-off per report."""
         from placement import GPU_MILLI
         from transfer.runtime_hooks import runtime
 
@@ -211,7 +212,9 @@ class Session:
                     for n, spec in self.router.specs.items() if n in self.schedulers and n not in engaged}
             wait = {n: min((b for b, _ in g), default=math.inf) for n, g in gpus.items() if g}
             donors = sorted((n for n in wait if self.queued.get(n)), key=lambda n: -wait[n])
-            receivers = sorted(wait, key=lambda n: wait[n])
+            # Receivers have a GPU free now (or about to be): handing work to a node that is busy too only
+            # reshuffles queues that are long everywhere (measured: heterogeneous.py, 1.54x its bound vs 1.17x)
+            receivers = sorted((n for n in wait if wait[n] <= RECEIVER_FREE_S), key=lambda n: wait[n])
             bandwidth = None
             for donor in donors:
                 recv = next((r for r in receivers if r != donor), None)

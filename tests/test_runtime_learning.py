@@ -127,7 +127,8 @@ def test_not_circular_work_slowed_more_than_the_cost_model_says():
         await core.shutdown()
         return on_b, est
     on_b, est = asyncio.run(main())
-    assert est.seconds == pytest.approx(0.03, rel=0.5), est
+    # runs on b teach 5x the truth (25x slower, divided by the model's 5x); the estimate stays well below
+    assert 0.015 <= est.seconds <= 0.09, est
     assert on_b[-1] <= on_b[0] and on_b[-1] <= 1, on_b
 
 
