@@ -137,11 +137,21 @@ def test_a_queue_longer_than_moving_its_data_is_handed_to_other_nodes(fg):
     shards = [ray.remote(num_cpus=0)(lambda i: np.full(MiB // 8, float(i))).options(scheduling_strategy=pin).remote(i)
               for i in range(10)]
     ray.wait(shards, num_returns=len(shards), fetch_local=False)
-    refs = [slow_read.remote(x, 1.0) for x in shards]
-    out = ray.get(refs, timeout=180)
+    # On a 100 Mbit/s link a 1 MiB move takes ~0.08 s: more than routing prices a queue of never-run
+    # work at its data's node (1 ms each), less than waiting behind 1 s subtasks there.
+    fastgpu.shutdown()
+    fastgpu.init(emulate=True, link_bandwidth="100Mbit")
+    try:
+        refs = [slow_read.remote(x, 1.0) for x in shards]
+        out = ray.get(refs, timeout=180)
+        recs = [fastgpu.explain(r) for r in refs]
+    finally:
+        fastgpu.shutdown()
+        fastgpu.init(emulate=True)
     assert [v for v, _ in out] == [float(i) for i in range(10)]
-    away = [(r, node) for r, (_, node) in zip(refs, out) if node != home]
+    assert all("nothing to move" in r.history[0] for r in recs), [r.history[0] for r in recs]  # data first
+    away = [(rec, node) for rec, (_, node) in zip(recs, out) if node != home]
     assert away, "no subtask left the data's node although 5 rounds of 1 s queued there"
-    rec = fastgpu.explain(away[0][0])
+    rec = away[0][0]
     assert any("handed to node" in h for h in rec.history), rec.format()
     assert rec.node == away[0][1] and rec.gpus, rec.format()
