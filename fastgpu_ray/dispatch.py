@@ -208,7 +208,6 @@ class DispatchCore:
         self.share: Share | None = None
         self.share_expected_until = 0.0  # before this (clock), with no share yet, claim nothing: wait for it
         self.durations = DurationModel()  # learned run times (placement.durations)
-        self._qkeys: dict[str, int] = {}  # duration key -> queued subtasks with it (best match needs >= 2)
         self.on_change: Callable[[], None] = lambda: None
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -317,8 +316,9 @@ class DispatchCore:
         """``st`` (taken off the queue by ``fastgpu_ray.handoff.pick``) runs on ``node`` instead."""
         rec = st.record
         rec.state, rec.node = "handed off", node
-        rec.queued_s += self.clock() - st.enqueued
-        rec.history.append(f"handed to node {node[:12]} after {self.clock() - st.enqueued:.3f}s queued: estimated "
+        waited = self.clock() - st.enqueued
+        rec.queued_s += waited
+        rec.history.append(f"handed to node {node[:12]} after {waited:.3f}s queued: estimated "
                            f"to finish there in {there_s:.2f}s (inputs moved), here in {here_s:.2f}s")
 
     def ran_elsewhere(self, st: Subtask, there: Record | None) -> None:
@@ -442,8 +442,7 @@ class DispatchCore:
         queued = sum(self.estimate(st).seconds * gpu_fraction(st) for st in ahead)
         busy = {}
         for g in range(n.gpu_total):
-            ends = self.ends.get((node, g), {})
-            left = max((time_left(e, dur, now) for e, dur in ends.values()), default=0.0)
+            left = self.free_in(node, g, now)
             busy[(node, g)] = left + queued / n.gpu_total * slowdown(self.external_util(node, g))
         if self.share is not None and self.share.others_held:  # other jobs' GPUs: ours in turn (fair share)
             n = dataclasses.replace(n, gpu_available=n.gpu_available + self.share.others_held)
@@ -749,6 +748,10 @@ class DispatchCore:
         task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib, load))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    def free_in(self, node: str, gpu: int, now: float) -> float:
+        """Estimated seconds until all the work running on ``gpu`` of ``node`` is done."""
+        return max((time_left(e, dur, now) for e, dur in self.ends.get((node, gpu), {}).values()), default=0.0)
 
     def external_util(self, node: str, gpu: int) -> float:
         tel = self.telemetry.get(node)

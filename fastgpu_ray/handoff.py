@@ -4,7 +4,7 @@ A subtask is routed to a node when it is submitted (usually where its data is). 
 out longer than estimated (a function's first estimates are guesses), or other nodes' GPUs free up
 sooner, the subtask would wait there longer than moving its inputs takes. The driver
 (``Session.balance``) compares the node schedulers' reports and asks the node with the longest wait to
-hand some of its queue to the node with the shortest; ``pick`` decides which, with the single cost
+hand some of its queue to a node with a GPU free now; ``pick`` decides which, with the single cost
 function (``placement.cost``). A queued subtask goes when
 
     finish here  = its estimated start here (this node's queue played out over its GPUs, in queue order)
@@ -29,7 +29,7 @@ from typing import Callable
 
 from placement.cost import CostModel
 
-from .dispatch import DispatchCore, Subtask, gpu_fraction, time_left
+from .dispatch import DispatchCore, Subtask, gpu_fraction
 
 HANDOFF_S = 0.05  # the extra hop: the call to the other node's scheduler and the result coming back
 MIN_GAIN = 0.1  # hand over only when it finishes at least this fraction sooner there
@@ -56,10 +56,7 @@ def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[
     if not gpus:
         return []
     now = core.clock()
-    free = []  # per GPU of this node: (when it is free, its outside load)
-    for g in range(gpus):
-        ends = core.ends.get((node, g), {})
-        free.append((max((time_left(e, d, now) for e, d in ends.values()), default=0.0), core.external_util(node, g)))
+    free = [(core.free_in(node, g, now), core.external_util(node, g)) for g in range(gpus)]  # (free in, load)
     heap = [(t, i) for i, (t, _) in enumerate(free)]
     heapq.heapify(heap)
     plan = []

@@ -95,6 +95,12 @@ async def started(backend, **kw) -> DispatchCore:
     return core
 
 
+async def claim_gpus(core: DispatchCore, n: int) -> None:
+    """Run ``n`` instant subtasks of another function at once, so the core holds ``n`` GPUs (and has
+    learned nothing about the functions a test times)."""
+    await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), fn="warm", batch=False)) for i in range(n)))
+
+
 async def until(pred, timeout_s: float = 10.0, what: str = "condition") -> None:
     """Poll ``pred`` (the core runs on the same loop) until it holds; fail with ``what`` at the deadline."""
     deadline = time.monotonic() + timeout_s
@@ -290,7 +296,7 @@ def test_waits_for_an_idle_gpu_rather_than_starting_on_a_loaded_one():
         b = FakeBackend({"a": [16384], "b": [16384]})
         b.sources["b"].set_gpu(0, util=0.8)  # 5x slower there
         core = await started(b)
-        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), fn="warm", batch=False)) for i in range(2)))
+        await claim_gpus(core, 2)
         assert len(core.workers) == 2  # both GPUs claimed
         b.runs.clear()
         outs = await asyncio.gather(*(core.submit(sub(f"w{i}", sleeper(0.15, i), work_s=0.15, batch=False))
@@ -330,7 +336,7 @@ def test_memory_packed_subtasks_wait_for_a_slot_on_an_idle_gpu_rather_than_a_loa
         b = FakeBackend({"a": [12288], "b": [16384]})
         b.sources["b"].set_gpu(0, util=0.8)
         core = await started(b)
-        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), fn="warm", batch=False)) for i in range(2)))
+        await claim_gpus(core, 2)
         assert len(core.workers) == 2
         b.runs.clear()
         outs = await asyncio.gather(*(core.submit(sub(f"m{i}", sleeper(0.15, i), gpu_memory="6GiB", work_s=0.15,

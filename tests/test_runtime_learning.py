@@ -10,7 +10,7 @@ import pytest
 
 from fastgpu_ray.dispatch import Outcome
 from placement.cost import slowdown
-from test_runtime_dispatch import FakeBackend, started, sub, until, value
+from test_runtime_dispatch import FakeBackend, claim_gpus, started, sub, until, value
 
 
 def loaded(b: FakeBackend, seconds: float, power: float = 1.0, v=None):
@@ -49,7 +49,7 @@ def test_queue_waits_for_the_idle_gpu_although_no_subtask_declares_work():
         b = FakeBackend({"a": [16384], "b": [16384]})
         b.sources["b"].set_gpu(0, util=0.9)
         core = await started(b)
-        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), fn="warm", batch=False)) for i in range(2)))
+        await claim_gpus(core, 2)
         assert len(core.workers) == 2
         nodes = []
         for wave in range(2):
@@ -116,7 +116,7 @@ def test_not_circular_work_slowed_more_than_the_cost_model_says():
         b = FakeBackend({"a": [16384], "b": [16384]})
         b.sources["b"].set_gpu(0, util=0.8)
         core = await started(b)
-        await asyncio.gather(*(core.submit(sub(f"warm{i}", value(0), fn="warm", batch=False)) for i in range(2)))
+        await claim_gpus(core, 2)
         on_b = []
         for wave in range(3):
             b.runs.clear()
