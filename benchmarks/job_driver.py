@@ -48,6 +48,11 @@ def main(argv=None) -> int:
 
     import ray
 
+    if os.environ.get("FASTGPU_BENCH_DEBUG"):  # the driver's routing and balancing decisions, on stderr
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("fastgpu.session").setLevel(logging.DEBUG)
     ray.init(address=a.address, log_to_driver=False)
     rec = {"label": a.label, "pid": os.getpid(), "runs": []}
     if a.system == "fastgpu":

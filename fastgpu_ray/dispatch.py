@@ -47,6 +47,7 @@ log = logging.getLogger("fastgpu.dispatch")
 MAX_BATCH = 32
 BATCH_MAX_WORK_S = 0.05  # subtasks declaring more work than this are not batched (they benefit from placement)
 RELEASE_FOR_OTHERS_S = 0.5  # an idle worker is given back this soon when other Ray work waits for a GPU
+CLAIM_S = 1.0  # a GPU no one holds: about this long until a claimed worker process runs (with a warm pool)
 ABOVE_CAP_GRACE_S = 1.0  # a worker that comes up above the job's (shrunk) cap may start one batch this long
 KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its explanations)
 UNPLACED_SCAN_LIMIT = 256  # per round, stop scanning after this many queued subtasks that do not fit
@@ -148,7 +149,6 @@ class Subtask:
     future: asyncio.Future | None = None
     record: Record | None = None
     locate_inputs: bool = True  # False in a node scheduler: the driver already chose the node by data
-    handed_in: bool = False  # handed over by another node (fastgpu_ray.handoff): never handed on again
 
     def demand(self) -> Demand:
         return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib,
@@ -438,8 +438,7 @@ class DispatchCore:
         if n is None or not n.alive or not n.gpu_total:
             return None
         now = self.clock()
-        ahead = [st for _, _, st in self.queue] + list(self.waiting.values())  # (inputs coming: soon queued)
-        queued = sum(self.estimate(st).seconds * gpu_fraction(st) for st in ahead)
+        queued = self.queued_work()
         busy = {}
         for g in range(n.gpu_total):
             left = self.free_in(node, g, now)
@@ -748,6 +747,25 @@ class DispatchCore:
         task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib, load))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
+
+    def queued_work(self) -> float:
+        """Estimated GPU-seconds of the work queued here (on an idle GPU), and of the work whose inputs are
+        still coming (it is queued soon)."""
+        ahead = [st for _, _, st in self.queue] + list(self.waiting.values())
+        return sum(self.estimate(st).seconds * gpu_fraction(st) for st in ahead)
+
+    def own_slots(self, node: str, now: float) -> list[tuple[int | None, float, float]] | None:
+        """With other jobs on the cluster (fair share), the GPUs of ``node`` this job may run on: (GPU, est.
+        seconds until free, outside load) of its live workers within its cap (those above it are going
+        back), plus (None, ``CLAIM_S``, 0) for each GPU no one holds (work queued for it claims it). None
+        with no other job: every GPU of the node is this job's to claim."""
+        if self.share is None or self.share.jobs <= 1:
+            return None
+        mine = sorted(g for (nd, g), w in self.workers.items() if nd == node and w.alive)[:self.share.cap]
+        n = next((x for x in self.nodes if x.node_id == node and x.alive), None)
+        unheld = 0 if n is None else max(0, int(n.gpu_available + 1e-9) - self.claiming.get(node, 0))
+        return ([(g, self.free_in(node, g, now), self.external_util(node, g)) for g in mine]
+                + [(None, CLAIM_S, 0.0)] * unheld)
 
     def free_in(self, node: str, gpu: int, now: float) -> float:
         """Estimated seconds until all the work running on ``gpu`` of ``node`` is done."""

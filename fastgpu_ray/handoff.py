@@ -17,14 +17,23 @@ the picked subtasks one after another), and it has already waited here at least 
 inputs takes: it waits for its data's node about as long as a move would take, never longer than it
 pays, and a subtask that starts within that time never moves.
 
+With other jobs on the cluster (fair share), a node's GPUs are the ones its job holds there (the
+arbiter moves GPUs between jobs; a job's queue moves between its own GPUs): the queue is played out over
+them, and a subtask queued where its job holds none (its share is elsewhere) goes to a node where the job
+has a GPU about to be free, as much as starts there within ``HORIZON_S``.
+
 Candidates come from the back of the queue (they wait longest), so lower-priority subtasks go before
-higher ones and priorities in a job stay strict. Gangs (``num_gpus`` > 1), subtasks with declared GPU
-types and subtasks handed over once already stay. A handed subtask's result is stored on the node that
-handed it (the user's ref is that node's call): one copy of the result crosses back.
+higher ones and priorities in a job stay strict. Gangs (``num_gpus`` > 1) and subtasks with declared GPU
+types stay. A subtask handed over may be handed on again (the routing of a first wave, before any
+report said how long its work is, is undone this way), each move paying off by itself; no node receives
+again before a report shows what it received, so queues do not swing back and forth on stale reports.
+A handed subtask's result comes back through the node that handed it (the user's ref is that node's
+call): one copy of the result crosses back per move.
 """
 from __future__ import annotations
 
 import heapq
+import math
 from typing import Callable
 
 from placement.cost import CostModel
@@ -33,6 +42,8 @@ from .dispatch import DispatchCore, Subtask, gpu_fraction
 
 HANDOFF_S = 0.05  # the extra hop: the call to the other node's scheduler and the result coming back
 MIN_GAIN = 0.1  # hand over only when it finishes at least this fraction sooner there
+HORIZON_S = 2.0  # from a node where the job holds no GPU (other jobs have them), hand over what starts
+#                  there within this long (the driver asks again before that node's GPUs run dry)
 
 
 def scan(gpus: int) -> int:
@@ -56,12 +67,17 @@ def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[
     if not gpus:
         return []
     now = core.clock()
-    free = [(core.free_in(node, g, now), core.external_util(node, g)) for g in range(gpus)]  # (free in, load)
+    own = core.own_slots(node, now)  # other jobs share the cluster: only the GPUs this job runs on here
+    free = ([(core.free_in(node, g, now), core.external_util(node, g)) for g in range(gpus)] if own is None
+            else [(busy, util) for _, busy, util in own])  # (free in, load) of each GPU it may use here
     heap = [(t, i) for i, (t, _) in enumerate(free)]
     heapq.heapify(heap)
     plan = []
     for item in items:  # play the queue out over this node's GPUs, in queue order
         st = item[2]
+        if not heap:  # the job holds no GPU here (fair share gave them to other jobs): no start in sight
+            plan.append((item, math.inf))
+            continue
         t, i = heapq.heappop(heap)
         est = core.estimate(st)
         heapq.heappush(heap, (t + cost.compute_s(est.seconds, free[i][1]) * gpu_fraction(st), i))
@@ -70,13 +86,15 @@ def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[
     picked = []
     for item, here in reversed(plan[-scan(len(slots)):]):
         st = item[2]
-        if st.opts.gpu_count > 1 or st.opts.gpu_types or st.handed_in:
+        if st.opts.gpu_count > 1 or st.opts.gpu_types:
             continue
         est, move = core.estimate(st), move_s(st)
         if now - st.enqueued < move:  # delay scheduling: it waits for its data's node as long as a move takes
             continue
         slot = min(slots, key=lambda s: max(s[0], move) + cost.compute_s(est.seconds, s[1], est.tail_s))
         done = max(slot[0], move) + cost.compute_s(est.seconds, slot[1], est.tail_s)
+        if here == math.inf and max(slot[0], move) > HORIZON_S:
+            continue  # no start here in sight: fill the other node's GPUs for a while, not with everything
         if HANDOFF_S + done < here * (1 - MIN_GAIN):
             picked.append((item, here, HANDOFF_S + done))
             slot[0] = max(slot[0], move) + cost.compute_s(est.seconds, slot[1])

@@ -24,7 +24,7 @@ import math
 
 import ray
 
-from placement.cost import CostModel
+from placement.cost import CostModel, slowdown
 
 from .cluster_status import ClusterStatus, GpuStatus
 from .deps import DependencyWaiter
@@ -170,7 +170,7 @@ class NodeScheduler:
         refs = list(payload.refs) + list(payload.nested_refs)
         if info.learned:  # what the driver learned from other nodes: a prior until this node has learned more
             self.core.durations.adopt(info.learned)
-        st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False, handed_in=info.handed_in)
+        st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False)
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
                                       inputs_ready=self.deps.ready(refs) if refs else None)
 
@@ -256,8 +256,12 @@ class NodeScheduler:
         if self.delegate is not None or not self._started:
             return None
         live = self.core.snapshot()
+        own = self.core.own_slots(self.here, self.core.clock())
+        if own:  # as a new arrival finds them: running work, then the queue spread over them
+            ahead = self.core.queued_work() / len(own)
+            own = [(busy + ahead * slowdown(util), util) for _, busy, util in own]
         return NodeReport(self.core.projected_spec(self.here), live.nodes[0] if live.nodes else None,
-                          self.core.durations.summary(), self.core.queue_length())
+                          self.core.durations.summary(), self.core.queue_length(), own)
 
     async def hand_off(self, node: str, target, there: list[tuple[float, float]], bandwidth: float) -> int:
         """Hand queued subtasks that would finish sooner on ``node`` (its GPUs: (seconds until free,
@@ -266,8 +270,6 @@ class NodeScheduler:
         (the user's ref)."""
         if self.delegate is not None or not self._started or not self.core.queue:
             return 0
-        if self.core.share is not None and self.core.share.jobs > 1:
-            return 0  # other jobs want GPUs too: the arbiter moves GPUs between jobs, work stays (fair share)
         back = [x[2] for x in heapq.nlargest(handoff.scan(len(there)), self.core.queue)]
         try:
             unmoved = await asyncio.to_thread(bytes_not_on, back, node)
@@ -284,7 +286,7 @@ class NodeScheduler:
     async def _forward(self, st: Subtask, node: str, target) -> None:
         learned = self.core.durations.entry(st.duration_key)
         info = RouteInfo(None, (f"handed over by node {self.here[:12]} (its queue was longer than moving the "
-                                f"inputs here)",), {st.duration_key: learned} if learned else None, True)
+                                f"inputs here)",), {st.duration_key: learned} if learned else None)
         try:
             value = await target.submit.remote(st.id, st.opts, FnBox(st.fn_key, st.fn_ref), st.payload, info)
             out = Outcome(True, value)

@@ -7,6 +7,7 @@ return value of its node's scheduler, stored on that node.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -70,9 +71,12 @@ class Session:
     _synced: float = 0.0
     _asked: dict = field(default_factory=dict)  # report call -> node, not collected yet
     queued: dict = field(default_factory=dict)  # node id -> subtasks queued there (last report)
-    _epoch: int = 0  # reports collected so far
-    _routed_at: float = 0.0  # when a subtask was last routed (time.monotonic)
-    _handing: dict = field(default_factory=dict)  # node -> (its hand_off call in flight, the receiver, epoch)
+    own: dict = field(default_factory=dict)  # node id -> NodeReport.own (other jobs share the cluster)
+    _routed_to: dict = field(default_factory=dict)  # node -> when a subtask was last routed there
+    _heard: dict = field(default_factory=dict)  # node -> when its last report that arrived was asked for
+    _handing: dict = field(default_factory=dict)  # node -> (its hand_off call in flight, the receiver)
+    _fed: dict = field(default_factory=dict)  # node -> when a hand-off to it last returned
+    _view_at: float = 0.0  # when the reports in use were asked for
 
     # ------------------------------------------------------------------------------ node schedulers
     def sync_nodes(self, wait: bool = True) -> None:
@@ -193,28 +197,43 @@ class Session:
     def balance(self) -> None:
         """Delay scheduling across nodes (``fastgpu_ray.handoff``): where a node's report shows a GPU free
         now and another node has a queue, ask the node with the longest wait to hand over what finishes
-        sooner on the free node (its GPUs taking them one after another), inputs moved. One request per
-        node at a time; each node takes part in one hand-off per report."""
+        sooner on the free node (its GPUs taking them one after another), inputs moved. With other jobs on
+        the cluster, a node's GPUs are those this job holds there (``NodeReport.own``): its queue moves
+        between its own GPUs, the arbiter moves GPUs between jobs. One request per node at a time; each
+        node takes part in one hand-off per report."""
         from placement import GPU_MILLI
         from transfer.runtime_hooks import runtime
 
         with self.lock:
-            recent = time.monotonic() - self._routed_at < 4 * REPORT_PERIOD_S  # its reports may not show it yet
-            if self.closed.is_set() or not (any(self.queued.values()) or recent or self._asked):
-                return  # nothing queued anywhere as last reported and nothing routed lately: no reports asked
+            # (a node that has not answered since work was routed to it may have a queue: keep asking)
+            unheard = any(self._heard.get(n, -1.0) < at for n, at in self._routed_to.items() if n in self.schedulers)
+            if self.closed.is_set() or not (any(self.queued.values()) or unheard or self._asked):
+                return  # nothing queued anywhere as last reported: no reports asked
             self.refresh()
-            epoch = self._epoch
-            for node, (call, recv, at) in list(self._handing.items()):
+            for node, (call, recv) in list(self._handing.items()):
                 if ray.wait([call], timeout=0)[0] or node not in self.router.specs:
                     del self._handing[node]
-            engaged = set(self._handing) | {recv for _, recv, at in self._handing.values() if at == epoch}
-            gpus = {n: [(g.busy_s, g.util or 0.0) for g in spec.gpus if g.milli_free >= GPU_MILLI]
+                    self._fed[recv] = time.monotonic()
+                    if log.isEnabledFor(logging.DEBUG):
+                        with contextlib.suppress(Exception):
+                            log.debug("node %s handed %d subtask(s) to node %s", node[:12], ray.get(call), recv[:12])
+            # A node takes part in one hand-off at a time, and receives again only once a report shows what
+            # it received (a stale report would show its GPUs free still: everything would go there).
+            engaged = ({n for n, at in self._fed.items() if at >= self._view_at} | set(self._handing)
+                       | {recv for _, recv in self._handing.values()})
+            # A node's GPUs for this job: every free one (alone on the cluster), else those it holds there
+            gpus = {n: ([(g.busy_s, g.util or 0.0) for g in spec.gpus if g.milli_free >= GPU_MILLI]
+                        if self.own.get(n) is None else self.own[n])
                     for n, spec in self.router.specs.items() if n in self.schedulers and n not in engaged}
-            wait = {n: min((b for b, _ in g), default=math.inf) for n, g in gpus.items() if g}
+            wait = {n: min((b for b, _ in g), default=math.inf) for n, g in gpus.items()
+                    if g or self.own.get(n) is not None}  # (sharing: a node where it holds none gives)
             donors = sorted((n for n in wait if self.queued.get(n)), key=lambda n: -wait[n])
             # Receivers have a GPU free now (or about to be): handing work to a node that is busy too only
-            # reshuffles queues that are long everywhere (measured: heterogeneous.py, 1.54x its bound vs 1.17x)
-            receivers = sorted((n for n in wait if wait[n] <= RECEIVER_FREE_S), key=lambda n: wait[n])
+            # reshuffles queues that are long everywhere (measured: heterogeneous.py, 1.54x its bound vs 1.17x).
+            # Sharing the cluster, a GPU of this job takes more as it frees (handoff.HORIZON_S)
+            # before it runs dry: the receiver's report is up to a report period old.
+            receivers = sorted((n for n in wait if wait[n] <= (RECEIVER_FREE_S if self.own.get(n) is None
+                                                               else handoff.HORIZON_S / 2)), key=lambda n: wait[n])
             bandwidth = None
             for donor in donors:
                 recv = next((r for r in receivers if r != donor), None)
@@ -226,7 +245,7 @@ class Session:
                 log.debug("asking node %s (wait %.2fs) to hand work to node %s (wait %.2fs)", donor[:12],
                           wait[donor], recv[:12], wait[recv])
                 call = self.schedulers[donor].hand_off.remote(recv, self.schedulers[recv], gpus[recv], bandwidth)
-                self._handing[donor] = (call, recv, epoch)
+                self._handing[donor] = (call, recv)
 
     def start_housekeeping(self) -> None:
         def loop() -> None:
@@ -306,10 +325,12 @@ class Session:
                 specs[node] = rep.projected
                 self.live[node] = rep.live
                 self.queued[node] = rep.queued
+                self.own[node] = rep.own
+                self._heard[node] = self._reported
                 self.router.durations.adopt(rep.learned)
         self._asked = {}
         self.router.update(specs.values())
-        self._epoch += 1
+        self._view_at = self._reported
 
     # ------------------------------------------------------------------------------------- routing
     def estimate(self, fn_key: str, opts: TaskOptions) -> tuple[str, Estimate]:
@@ -324,7 +345,6 @@ class Session:
         from transfer.runtime_hooks import has_inputs, runtime
 
         self.refresh()
-        self._routed_at = time.monotonic()
         d = build_demand(sid, opts)
         key, work = self.estimate(fn_key, opts)
         if work.known:
@@ -341,6 +361,8 @@ class Session:
                     # than moving the data, the node hands the subtask on (balance, fastgpu_ray.handoff).
                     d = dataclasses.replace(d, work_s=COLD_DATA_WORK_S)
         r = self.router.choose(d, count, explain=explain and len(self.router.specs) <= 64)
+        if r.node is not None:
+            self._routed_to[r.node] = time.monotonic()
         history: tuple[str, ...] = ()
         if r.node is not None and d.input_total:
             history = (f"transfer to {r.node[:12]}: " + _transfer_line(d, est, r.node),)

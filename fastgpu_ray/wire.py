@@ -32,16 +32,19 @@ class RouteInfo:
     node_choice: Any = None
     history: tuple[str, ...] = ()
     learned: dict | None = None  # the driver's learned run time of this subtask's function (DurationModel.summary)
-    handed_in: bool = False  # sent by another node's scheduler (fastgpu_ray.handoff), not by the driver
 
 
 @dataclass(frozen=True)
 class NodeReport:
     """What a node scheduler tells the driver about its node (``NodeScheduler.report``): ``projected``: the
     node as a new arrival would find it (``DispatchCore.projected_spec``), ``live``: as it is now,
-    ``learned``: the run times it has learned (``DurationModel.summary``), ``queued``: subtasks queued."""
+    ``learned``: the run times it has learned (``DurationModel.summary``), ``queued``: subtasks queued,
+    ``own``: with other jobs on the cluster, the GPUs this job may run on there as (seconds until a new
+    arrival would start, outside load) each (``DispatchCore.own_slots``, the queue spread over them); None
+    when the job is alone (every GPU is its own: ``projected`` says it all)."""
 
     projected: Any
     live: Any
     learned: dict
     queued: int
+    own: list | None = None

@@ -176,3 +176,55 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
     assert all(there < here for _, here, there in got)
     assert [o.value for o in outs[1:]] == [0, 1, 2, "elsewhere", "elsewhere", "elsewhere"]
     assert all("handed to node other" in "\n".join(r.history) for r in recs.values())
+
+
+def test_hand_off_with_other_jobs_counts_only_the_gpus_the_job_holds():
+    """Fair share (other jobs on the cluster): a node's GPUs for hand-offs are this job's live workers
+    within its cap, plus GPUs no one holds (a claim away); its queue is played out over those only. Where
+    the job holds none any more, what starts on the other node within HORIZON_S goes, no more."""
+    from fastgpu_ray import handoff
+    from fastgpu_ray.dispatch import CLAIM_S
+    from fastgpu_ray.share_book import Share
+
+    async def main():
+        b = FakeBackend({"n": [16384, 16384]})
+        core = await started(b)
+        gate = asyncio.Event()
+
+        async def blocker(w):
+            await gate.wait()
+
+        blocks = [asyncio.ensure_future(core.submit(sub(f"block{i}", lambda w: blocker(w), fn="block", work_s=1.0,
+                                                        batch=False))) for i in range(2)]
+        await until(lambda: sum(h.running for h in core.holds.values()) == 2, what="both GPUs busy")
+        key = sub("x", value(0), fn="f").duration_key
+        for _ in range(5):
+            core.durations.observe(key, 0.5, 1.0)
+        alone = core.own_slots("n", core.clock())
+        core.set_share(Share(cap=2, jobs=2))
+        futs = [asyncio.ensure_future(core.submit(sub(f"q{i}", value(i), fn="f", batch=False))) for i in range(20)]
+        await until(lambda: len(core.queue) == 20 and core.nodes[0].gpu_available == 0, what="the queue")
+        shared = core.own_slots("n", core.clock())
+        held = handoff.pick(core, [(0.1, 0.0)], lambda st: 0.0)
+        core.set_share(Share(cap=0, jobs=2))  # its busy workers finish first; none counts for the queue now
+        none_held = handoff.pick(core, [(0.1, 0.0)], lambda st: 0.0)
+        for st, _, _ in held + none_held:
+            core.finish_elsewhere(st, Outcome(True, "elsewhere"))
+        core.set_share(Share(cap=2, jobs=2))
+        gate.set()
+        await asyncio.gather(*blocks, *futs)
+        core.set_share(Share(cap=0, jobs=2))  # its idle workers go back: both GPUs free, no one's
+        await until(lambda: core.nodes[0].gpu_available == 2, what="the GPUs given back")
+        free = core.own_slots("n", core.clock())
+        await core.shutdown()
+        return alone, shared, held, none_held, free
+    alone, shared, held, none_held, free = asyncio.run(main())
+    assert alone is None  # alone on the cluster: every GPU is the job's to claim
+    assert [g for g, _, _ in shared] == [0, 1] and all(0.5 < busy <= 1.0 for _, busy, _ in shared), shared
+    # 20 x 0.5 s over its 2 GPUs (busy for ~1 s): the back of the queue finishes ~5.9 s from now here
+    assert held and all(there < 0.9 * here for _, here, there in held), held
+    assert [st.id for st, _, _ in held] == [f"q{19 - i}" for i in range(len(held))]
+    assert max(here for _, here, _ in held) == pytest.approx(6.0, abs=0.3)
+    # no GPU here: starts there at 0.1, 0.6, 1.1, 1.6 s (2.1 s is past HORIZON_S)
+    assert len(none_held) == 4 and all(here == float("inf") for _, here, _ in none_held), none_held
+    assert free == [(None, CLAIM_S, 0.0)] * 2  # a claim away
