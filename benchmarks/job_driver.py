@@ -28,6 +28,16 @@ def span(item):
     return job, t0, time.time(), ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
 
 
+class RefBox:
+    """Holds refs for another job (``--publish``)."""
+
+    def __init__(self, refs):
+        self.refs = refs
+
+    def get(self):
+        return self.refs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--address", required=True)
@@ -42,12 +52,16 @@ def main(argv=None) -> int:
     ap.add_argument("--offset-s", type=float, default=0.0)
     ap.add_argument("--hold-s", type=float, default=0.0, help="keep the session open this long after the work")
     ap.add_argument("--repeat", type=int, default=1, help="run the map this many times (records each)")
+    ap.add_argument("--publish", help="name a Ray actor (namespace fastgpu-test) that hands out the first "
+                    "run's refs, so another job can try to reach them (tests of the trust boundary)")
     ap.add_argument("--label", default="job")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
     import ray
 
+    global RefBox
+    RefBox = ray.remote(num_cpus=0)(RefBox)
     if os.environ.get("FASTGPU_BENCH_DEBUG"):  # the driver's routing and balancing decisions, on stderr
         import logging
 
@@ -78,9 +92,13 @@ def main(argv=None) -> int:
         a.start_at = float(open(a.go_file).read()) + a.offset_s
     if a.start_at:
         time.sleep(max(0.0, a.start_at - time.time()))
-    for _ in range(a.repeat):
+    for i in range(a.repeat):
         t0 = time.time()
-        spans = ray.get(submit(), timeout=600)
+        refs = submit()
+        if a.publish and i == 0:
+            box = RefBox.options(name=a.publish, namespace="fastgpu-test").remote([refs])  # (nested: not resolved)
+            ray.get(box.get.remote())
+        spans = ray.get(refs, timeout=600)
         rec["runs"].append({"submit": t0, "done": time.time(), "spans": [list(s[1:]) for s in spans]})
     rec["ready_to_hold"] = time.time()
     with open(a.out + ".tmp", "w") as fh:  # written before holding: a test can act while the session stays open

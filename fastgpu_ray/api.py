@@ -204,7 +204,8 @@ def get(refs, *, progress: bool = False, timeout: float | None = None):
     except KeyboardInterrupt:
         many = [refs] if isinstance(refs, ObjectRef) else list(refs)
         _, left = ray.wait(many, num_returns=len(many), timeout=0, fetch_local=False)
-        cancel(left)
+        s = session.current()
+        cancel([r for r in left if s.scheduler_of(r.hex())[0] is not None])  # (other refs are not ours to stop)
         raise
 
 
@@ -214,8 +215,16 @@ def cancel(refs) -> int:
     running one that shares a worker call (a batch of tiny subtasks, one ``map`` chunk) or a GPU packed by
     memory runs to its end and its result is dropped. ``ray.get`` on a cancelled ref raises
     ``TaskCancelledError``. Cancelling one ref of a ``map`` chunk cancels the whole chunk (one Ray call).
-    Returns how many refs were asked to cancel."""
+    Returns how many refs were asked to cancel. Only this session's subtasks: a ref of another job (or
+    not of a fastgpu subtask) raises ``ValueError`` and nothing is cancelled."""
     many = [refs] if isinstance(refs, ObjectRef) else list(refs)
+    s = session.current()
+    foreign = [r for r in many if s.scheduler_of(r.hex())[0] is None]
+    if foreign:
+        raise ValueError(f"{len(foreign)} of the {len(many)} refs (first: {foreign[0]}) are not refs of fastgpu "
+                         "subtasks of this session: fastgpu.cancel stops only its own job's subtasks (another "
+                         f"job's are that job's; the last {session.KEEP_REFS} refs are remembered); nothing was "
+                         "cancelled")
     for r in many:
         try:
             ray.cancel(r)

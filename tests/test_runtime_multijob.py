@@ -98,6 +98,32 @@ def test_an_idle_session_does_not_delay_another_job(ray_cluster, tmp_path):
     assert other <= solo + 2.0, f"took {other:.1f}s next to an idle session, {solo:.1f}s alone"
 
 
+def test_one_job_cannot_cancel_or_explain_another_jobs_subtasks(ray_cluster, tmp_path):
+    """The trust boundary through fastgpu's API: a job holding another job's refs (passed through Ray)
+    can neither explain nor cancel them; the other job loses nothing."""
+    import fastgpu_ray as fastgpu
+
+    other = Job(ray_cluster.address, tmp_path, "other", "--n", "12", "--publish", "other-refs")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            box = ray.get_actor("other-refs", namespace="fastgpu-test")
+            break
+        except ValueError:
+            assert time.monotonic() < deadline and other.proc.poll() is None, "the other job never published"
+            time.sleep(0.2)
+    refs = ray.get(box.get.remote(), timeout=30)[0]
+    fastgpu.init(emulate=True)
+    try:
+        with pytest.raises(ValueError, match="not the ref of a fastgpu subtask of this session"):
+            fastgpu.explain(refs[0])
+        with pytest.raises(ValueError, match="not refs of fastgpu subtasks of this session"):
+            fastgpu.cancel(refs)
+    finally:
+        fastgpu.shutdown()
+    assert len(spans(other.result())) == 12  # every one ran to its end
+
+
 def test_a_killed_driver_releases_its_gpus(ray_cluster, tmp_path):
     victim = Job(ray_cluster.address, tmp_path, "victim", "--n", "400")
     time.sleep(8)  # it holds GPUs and has a long backlog
