@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gap-s", type=float, default=2.0)
     ap.add_argument("--work-s", type=float, default=1.0)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--keep", help="write every job's record (spans: start, end, node, GPU) under this folder")
     a = ap.parse_args(argv)
     try:
         sizes = [int(x) for x in a.sizes.split(",")]
@@ -77,7 +78,8 @@ def main(argv=None) -> int:
     systems = ["ray", "fastgpu"]
     res: dict[str, list[dict]] = {s: [] for s in systems}
     with LocalCluster(nodes=3, gpus_per_node=2) as c, tempfile.TemporaryDirectory() as d:
-        address, tmp = c.cluster.address, Path(d)
+        address, tmp = c.cluster.address, Path(a.keep or d)
+        tmp.mkdir(parents=True, exist_ok=True)
         solo = {s: {} for s in systems}
         for s in systems:
             for n in sorted(set(sizes)):
