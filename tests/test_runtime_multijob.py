@@ -3,6 +3,7 @@ killed driver's GPUs go to the others. Timing starts at each job's first submit 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -103,30 +104,36 @@ def test_gpus_go_back_to_a_running_job_when_late_jobs_are_done_but_stay_open(ray
     afterwards (notebooks): once a short job's work is done, the long job runs on its GPUs again within
     seconds (a worker start), not after the short session's idle timeout or shutdown."""
     go = tmp_path / "go"
-    long = Job(ray_cluster.address, tmp_path, "long", "--n", "72", go=go)
+    long = Job(ray_cluster.address, tmp_path, "long", "--n", "120", go=go)
     shorts = [Job(ray_cluster.address, tmp_path, f"short{i}", "--n", "12", "--offset-s", str(2 * i), "--hold-s", "40",
                   go=go) for i in (1, 2)]
     together(long, *shorts, go=go)
     rl = long.result()
-    back = []
+    runs = [(s[0], s[1], (s[2], tuple(s[3])), "long") for s in spans(rl)]
     for short in shorts:
         deadline = time.monotonic() + 60
         while not short.finished_work():
             assert time.monotonic() < deadline, "a short job did not finish"
             time.sleep(0.2)
-        rs = json.loads(short.out.read_text())
+        runs += [(s[0], s[1], (s[2], tuple(s[3])), "short") for s in spans(json.loads(short.out.read_text()))]
         short.proc.send_signal(signal.SIGINT)  # (ends its session; its exit status is the interrupt's)
         short.proc.wait(timeout=60)
         short.log.close()
-        for gpu in {(s[2], tuple(s[3])) for s in spans(rs)}:
-            done = max(s[1] for s in spans(rs) if (s[2], tuple(s[3])) == gpu)
-            again = [s[0] for s in spans(rl) if (s[2], tuple(s[3])) == gpu and s[0] >= done]
-            back.append(min(again) - done if again else float("inf"))
-    print(f"the long job ran on the short jobs' GPUs again {sorted(round(b, 1) for b in back)} s after their last "
-          f"subtask there")
-    # a worker process start each (1-4 s here, up to 6 s while several start at once on 2 cores); holding
-    # on to them would take the short sessions' 40 s
-    assert len(back) >= 2 and max(back) <= 10.0, back
+    # After each short-job subtask, how long its GPU stayed idle while the long job still had subtasks to
+    # start (idle to the long job's last start if nothing ran there again).
+    last = max(s for s, _, _, job in runs if job == "long")
+    idle = []
+    for gpu in {g for _, _, g, _ in runs}:
+        on = sorted((s, e, job) for s, e, g, job in runs if g == gpu)
+        for (_, end, job), nxt in zip(on, on[1:] + [(math.inf, 0, "")]):
+            if job == "short" and end < last:
+                idle.append(min(nxt[0], last) - end)
+    print(f"after the short jobs' subtasks their GPUs idled at most {max(idle):.1f}s (p90 "
+          f"{sorted(idle)[int(0.9 * (len(idle) - 1))]:.1f}s) while the long job had work")
+    # a hand-over is a worker process start (1-4 s here, up to 6.5 s seen while several start at once on 2
+    # cores); holding on to the GPUs would idle them until the long job's end, 20 s or more later (the
+    # short sessions stay open 40 s)
+    assert idle and max(idle) <= 12.0, sorted(idle)[-5:]
 
 
 def test_one_job_cannot_cancel_or_explain_another_jobs_subtasks(ray_cluster, tmp_path):
