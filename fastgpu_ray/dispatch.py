@@ -328,7 +328,9 @@ class DispatchCore:
         rec = st.record
         rec.gpus, rec.run_s, rec.explanation, rec.estimate = there.gpus, there.run_s, there.explanation, there.estimate
         rec.emulated, rec.retries = there.emulated, rec.retries + there.retries
-        rec.history += [f"on {there.node[:12] if there.node else 'the other node'}: {h}" for h in there.history]
+        rec.history += [f"on {rec.node[:12] if rec.node else 'the other node'}: {h}" for h in there.history]
+        if there.node:  # handed on from there: where it finally ran (that node's record says so)
+            rec.node = there.node
 
     def finish_elsewhere(self, st: Subtask, out: Outcome) -> None:
         """The outcome of a subtask handed to another node (that node counted it)."""
