@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fastgpu_ray.dispatch import Outcome
+from fastgpu_ray.dispatch import Outcome, Record
 from placement.cost import slowdown
 from test_runtime_dispatch import FakeBackend, claim_gpus, started, sub, until, value
 
@@ -162,6 +162,8 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
         left = sorted(x[2].id for x in core.queue)
         for st, here, there in got:
             core.handed_off(st, "other", here, there)
+            if st is got[0][0]:  # the other node handed it on: its record names where it ran
+                core.ran_elsewhere(st, Record(st.id, "handed off", "third", (1,), history=["handed to node third"]))
             core.finish_elsewhere(st, Outcome(True, "elsewhere"))
         gate.set()
         outs = await asyncio.gather(first, *futs)
@@ -176,6 +178,9 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
     assert all(there < here for _, here, there in got)
     assert [o.value for o in outs[1:]] == [0, 1, 2, "elsewhere", "elsewhere", "elsewhere"]
     assert all("handed to node other" in "\n".join(r.history) for r in recs.values())
+    chained = recs[got[0][0].id]
+    assert (chained.node, chained.gpus) == ("third", (1,)) and "on other: handed to node third" in chained.history
+    assert {r.node for r in list(recs.values())[1:]} == {"other"}
 
 
 def test_hand_off_with_other_jobs_counts_only_the_gpus_the_job_holds():
