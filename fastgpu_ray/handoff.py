@@ -20,9 +20,7 @@ pays, and a subtask that starts within that time never moves.
 With other jobs on the cluster (fair share), a node's GPUs are the ones its job holds there (the
 arbiter moves GPUs between jobs; a job's queue moves between its own GPUs): the queue is played out over
 them, and a subtask queued where its job holds none (its share is elsewhere) goes to a node where the job
-has a GPU about to be free, as much as starts there within ``HORIZON_S``, except the head of that
-queue, one subtask per GPU of the node (its want there is how the arbiter knows to hand those GPUs
-back to the job once the other jobs' work there drains).
+has a GPU about to be free, as much as starts there within ``HORIZON_S``.
 
 Candidates come from the back of the queue (they wait longest), so lower-priority subtasks go before
 higher ones and priorities in a job stay strict. Gangs (``num_gpus`` > 1) and subtasks with declared GPU
@@ -86,11 +84,7 @@ def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[
         plan.append((item, t + cost.compute_s(est.seconds, free[i][1], est.tail_s)))
     slots = [[busy, u] for busy, u in there]  # the other node's GPUs as they fill up
     picked = []
-    # Where the job holds no GPU (others hold them all), the head of its queue stays, one per GPU of the
-    # node: its want there tells the arbiter to hand those GPUs over as the others' work drains (an idle
-    # holder gives them back at once). Emptied, the node would stay the other job's until its idle timeout.
-    keep = gpus if own == [] else 0
-    for item, here in reversed(plan[max(keep, len(plan) - scan(len(slots))):]):
+    for item, here in reversed(plan[-scan(len(slots)):]):
         st = item[2]
         if st.opts.gpu_count > 1 or st.opts.gpu_types:
             continue
