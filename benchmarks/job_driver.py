@@ -60,8 +60,6 @@ def main(argv=None) -> int:
 
     import ray
 
-    global RefBox
-    RefBox = ray.remote(num_cpus=0)(RefBox)
     if os.environ.get("FASTGPU_BENCH_DEBUG"):  # the driver's routing and balancing decisions, on stderr
         import logging
 
@@ -96,7 +94,8 @@ def main(argv=None) -> int:
         t0 = time.time()
         refs = submit()
         if a.publish and i == 0:
-            box = RefBox.options(name=a.publish, namespace="fastgpu-test").remote([refs])  # (nested: not resolved)
+            box = ray.remote(num_cpus=0)(RefBox).options(name=a.publish, namespace="fastgpu-test").remote(
+                [refs])  # (nested in a list: not resolved)
             ray.get(box.get.remote())
         spans = ray.get(refs, timeout=600)
         rec["runs"].append({"submit": t0, "done": time.time(), "spans": [list(s[1:]) for s in spans]})

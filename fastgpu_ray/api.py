@@ -205,7 +205,7 @@ def get(refs, *, progress: bool = False, timeout: float | None = None):
         many = [refs] if isinstance(refs, ObjectRef) else list(refs)
         _, left = ray.wait(many, num_returns=len(many), timeout=0, fetch_local=False)
         s = session.current()
-        cancel([r for r in left if s.scheduler_of(r.hex())[0] is not None])  # (other refs are not ours to stop)
+        cancel([r for r in left if s.owns(r)])  # (other refs are not ours to stop)
         raise
 
 
@@ -219,7 +219,7 @@ def cancel(refs) -> int:
     not of a fastgpu subtask) raises ``ValueError`` and nothing is cancelled."""
     many = [refs] if isinstance(refs, ObjectRef) else list(refs)
     s = session.current()
-    foreign = [r for r in many if s.scheduler_of(r.hex())[0] is None]
+    foreign = [r for r in many if not s.owns(r)]
     if foreign:
         raise ValueError(f"{len(foreign)} of the {len(many)} refs (first: {foreign[0]}) are not refs of fastgpu "
                          "subtasks of this session: fastgpu.cancel stops only its own job's subtasks (another "

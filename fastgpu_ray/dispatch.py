@@ -764,10 +764,22 @@ class DispatchCore:
         if self.share is None or self.share.jobs <= 1:
             return None
         mine = sorted(g for (nd, g), w in self.workers.items() if nd == node and w.alive)[:self.share.cap]
-        n = next((x for x in self.nodes if x.node_id == node and x.alive), None)
+        n = self._live_node(node)
         unheld = 0 if n is None else max(0, int(n.gpu_available + 1e-9) - self.claiming.get(node, 0))
         return ([(g, self.free_in(node, g, now), self.external_util(node, g)) for g in mine]
                 + [(None, CLAIM_S, 0.0)] * unheld)
+
+    def projected_own(self, node: str, now: float) -> list[tuple[float, float]] | None:
+        """``own_slots`` as a new arrival finds them (for the driver's report): each GPU's running work,
+        then this node's queue spread over them, at the GPU's load (as ``projected_spec`` spreads it)."""
+        own = self.own_slots(node, now)
+        if not own:
+            return own
+        ahead = self.queued_work() / len(own)
+        return [(busy + ahead * slowdown(util), util) for _, busy, util in own]
+
+    def _live_node(self, node: str) -> NodeInfo | None:
+        return next((x for x in self.nodes if x.node_id == node and x.alive), None)
 
     def free_in(self, node: str, gpu: int, now: float) -> float:
         """Estimated seconds until all the work running on ``gpu`` of ``node`` is done."""
@@ -878,7 +890,7 @@ class DispatchCore:
         while another's workers are still starting takes only what is left)."""
         if self._closed:
             return
-        n = next((x for x in self.nodes if x.node_id == node_id and x.alive), None)
+        n = self._live_node(node_id)
         if n is None:
             return
         count = self._claimable(n)

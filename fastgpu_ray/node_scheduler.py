@@ -24,7 +24,7 @@ import math
 
 import ray
 
-from placement.cost import CostModel, slowdown
+from placement.cost import CostModel
 
 from .cluster_status import ClusterStatus, GpuStatus
 from .deps import DependencyWaiter
@@ -256,12 +256,9 @@ class NodeScheduler:
         if self.delegate is not None or not self._started:
             return None
         live = self.core.snapshot()
-        own = self.core.own_slots(self.here, self.core.clock())
-        if own:  # as a new arrival finds them: running work, then the queue spread over them
-            ahead = self.core.queued_work() / len(own)
-            own = [(busy + ahead * slowdown(util), util) for _, busy, util in own]
         return NodeReport(self.core.projected_spec(self.here), live.nodes[0] if live.nodes else None,
-                          self.core.durations.summary(), self.core.queue_length(), own)
+                          self.core.durations.summary(), self.core.queue_length(),
+                          self.core.projected_own(self.here, self.core.clock()))
 
     async def hand_off(self, node: str, target, there: list[tuple[float, float]], bandwidth: float) -> int:
         """Hand queued subtasks that would finish sooner on ``node`` (its GPUs: (seconds until free,

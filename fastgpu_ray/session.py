@@ -381,6 +381,10 @@ class Session:
         if node != LOBBY:
             self.router.produced_by(hexes, node, fn_key)
 
+    def owns(self, ref) -> bool:
+        """Whether ``ref`` is the ref of one of this session's subtasks (among the last ``KEEP_REFS``)."""
+        return ref.hex() in self.refs
+
     def scheduler_of(self, ref_hex: str):
         hit = self.refs.get(ref_hex)
         if hit is None:
