@@ -83,6 +83,7 @@ class NodeScheduler:
         self.deps = DependencyWaiter()
         self._started = False
         self._inflight = 0  # submit calls that have not returned (queued, waiting for inputs, running)
+        self._arriving: set[str] = set()  # subtasks whose submit call is here but not yet recorded (startup)
         self._last_busy = self.core.clock()  # when it last had a call in flight or a GPU worker
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -107,17 +108,20 @@ class NodeScheduler:
         return RERUN.format(here=self.here[:12], home=self.home[:12]) if self.restarted else None
 
     @contextlib.contextmanager
-    def _counted(self):
-        """Count a call in flight. Entered first, before any await: a retire() called after it sees it."""
+    def _counted(self, sids: tuple[str, ...] = ()):
+        """Count a call in flight. Entered first, before any await: a retire() called after it sees it, and
+        an explain() of its ``sids`` that overtakes it while this scheduler starts waits for their records."""
         self._inflight += 1
+        self._arriving.update(sids)
         try:
             yield
         finally:
             self._inflight -= 1
+            self._arriving.difference_update(sids)
             self._last_busy = self.core.clock()
 
     async def submit(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
-        with self._counted():
+        with self._counted((sid,)):
             return await self._submit_one(sid, opts, fn, payload, info)
 
     async def _submit_one(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
@@ -131,7 +135,7 @@ class NodeScheduler:
 
     async def submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
                           info: RouteInfo):
-        with self._counted():
+        with self._counted(tuple(sids)):
             return await self._submit_many(sids, opts, fn, payloads, info)
 
     async def _submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
@@ -312,6 +316,9 @@ class NodeScheduler:
         if self.delegate is not None:
             return await self.delegate.explain.remote(sid)
         rec = self.core.explain(sid)
+        while rec is None and sid in self._arriving:  # its submit arrived first but is still behind ready()
+            await asyncio.sleep(0.01)
+            rec = self.core.explain(sid)
         return dataclasses.replace(rec, history=list(rec.history)) if rec else None
 
     async def refresh(self) -> None:
