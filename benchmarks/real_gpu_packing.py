@@ -1,10 +1,21 @@
-"""Real-GPU check (issue 3, item 9) without Ray: NVML telemetry + packing small inference jobs on one GPU.
+"""Real-GPU check: packing small-batch inference on one GPU through fastgpu's runtime, against plain Ray.
 
-    python benchmarks/real_gpu_packing.py                 # needs torch with CUDA and nvidia-ml-py
-    python benchmarks/real_gpu_packing.py --device cpu    # dry run of the script's logic (no GPU)
+    python benchmarks/real_gpu_packing.py                 # Ray + torch with CUDA + nvidia-ml-py, one GPU
+    python benchmarks/real_gpu_packing.py --device cpu    # dry run of the logic (emulated GPU, CPU torch)
+    python benchmarks/real_gpu_packing.py --no-ray        # the layers only, where Ray cannot be carried
 
-Ray's wheel does not fit what can be carried to the GPU machine, so this exercises the two layers the
-runtime relies on there, as the runtime uses them:
+Default (the runtime path): an embedded local Ray with the machine's GPU; for each workload (an MLP of
+width 1024 at batch 32, and width 2048 at batch 256) ``--jobs`` inference subtasks of ``--iters``
+forward passes each, run three ways in one run:
+  fastgpu        ``@fastgpu.task(gpu_memory=...)``: packed on the GPU, one slot process each (warm: the
+                 slots were started by a first wave, reported separately as cold)
+  Ray num_gpus=1 ``@ray.remote(num_gpus=1, max_calls=0)`` (worker reuse): one at a time
+  Ray 1/jobs     ``@ray.remote(num_gpus=1/jobs)`` as users write it (a worker process per task)
+Prints aggregate throughput (passes/s), fastgpu's ratio to each (target >= 4x num_gpus=1), the readings
+fastgpu's node monitor took meanwhile (utilisation split into fastgpu's and outside load, processes),
+and which NVML calls work on this machine.
+
+``--no-ray`` exercises the two layers the runtime relies on, without Ray:
 * telemetry: ``fastgpu_ray/gpu_sources.NvmlSource`` (loaded by path: no Ray import) sampled every 0.5 s;
 * execution: ``--jobs`` small-batch inference subtasks (each ``--iters`` forward passes, batch ``--batch``)
   run three ways on one GPU:
@@ -97,8 +108,14 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--iters", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8, help="--no-ray only")
+    ap.add_argument("--no-ray", action="store_true", help="the layers only (NVML source, threads vs processes)")
     a = ap.parse_args(argv)
+    if a.jobs < 1 or a.iters < 1:
+        ap.error("--jobs and --iters must be >= 1")
+    if not a.no_ray:
+        from real_gpu_runtime import run_runtime
+        return run_runtime(a.device, a.jobs, a.iters)
     gs = load_gpu_sources()
     nvml = gs.open_nvml()
     source = gs.NvmlSource(nvml) if nvml is not None else None

@@ -1,6 +1,7 @@
 """Inside a running subtask: which GPU it is on, and the emulated-work model (``emulate_work``)."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ def emulate_work(seconds: float | None = None, *, util: float | None = None) -> 
         raise RuntimeError("emulate_work() needs a GPU: call it in a fastgpu subtask or a Ray task with num_gpus")
     if mon is None:
         mon = monitor_for(node)
-    token, factor = ray.get(mon.work_begin.remote(gpus[0], util))
+    token, factor = ray.get(mon.work_begin.remote(gpus[0], util, os.getpid()))
     try:
         dt = seconds * factor
         time.sleep(dt)

@@ -11,19 +11,23 @@ from placement import Demand
 from .options import TaskOptions
 
 
-def build_demand(subtask_id: str, opts: TaskOptions, *, min_gpu_memory_mib: int = 0, payload: Any = None) -> Demand:
+def build_demand(subtask_id: str, opts: TaskOptions, *, min_gpu_memory_mib: int = 0, payload: Any = None,
+                 context_mib: int = 0) -> Demand:
     """The Demand for one subtask. ``min_gpu_memory_mib`` raises the memory asked for (an out-of-memory
-    retry asks for more free memory than the GPU it failed on had). ``payload``: the subtask's arguments
+    retry asks for more free memory than the GPU it failed on had). ``context_mib``: what the CUDA context
+    of the process it runs in takes, added to a subtask that declares memory (it packs: each packed
+    subtask runs in a process of its own, ``fastgpu_ray.slots``). ``payload``: the subtask's arguments
     as the dispatcher holds them; the transfer optimiser locates their large inputs (``input_bytes`` /
     ``input_total``). Without a payload, or with only small by-value arguments, there is no lookup."""
     from transfer.runtime_hooks import demand_inputs  # {} without refs or large values: no lookup
 
     inputs = demand_inputs(payload)
+    memory = max(opts.gpu_memory_mib, min_gpu_memory_mib)
     return Demand(
         id=subtask_id,
         num_gpus=opts.gpu_count,
         gpu_milli=opts.gpu_milli,
-        gpu_memory_mib=max(opts.gpu_memory_mib, min_gpu_memory_mib),
+        gpu_memory_mib=memory + context_mib if memory else 0,
         gpu_types=tuple(opts.gpu_types),
         priority=opts.priority,
         work_s=float(opts.work_s),

@@ -17,6 +17,9 @@ Contract:
   the subtask is placed again once the workers exist.
 * Small subtasks with the same shape are sent to one worker in one call (a batch); the batch shares one
   placement decision.
+* Subtasks packed on one GPU run in separate processes (the backend's slots, ``fastgpu_ray.slots``): at
+  most ``max_slots`` calls at once per GPU, and each packed subtask that declares memory also reserves
+  ``slot_context_mib`` for its process's CUDA context.
 * A worker or node that dies: its subtasks are re-placed (``retries`` + 1, up to ``max_retries``), its GPU
   reservations are dropped. A GPU out-of-memory error: re-placed asking for more free memory than the GPU
   it failed on had. Any other error is the subtask's result.
@@ -40,7 +43,7 @@ from placement.durations import DurationModel, Estimate, duration_key
 from .demand import build_demand
 from .options import TaskOptions
 from .share_book import Share
-from .telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot
+from .telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot, split_util
 
 log = logging.getLogger("fastgpu.dispatch")
 
@@ -53,11 +56,17 @@ KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its
 UNPLACED_SCAN_LIMIT = 256  # per round, stop scanning after this many queued subtasks that do not fit
 BEST_MATCH_WINDOW = 64  # best match looks at this many queued subtasks of the top priority
 AGING = 0.5  # best match: each second queued counts as this many seconds less estimated run (no starvation)
+MAX_SLOTS = 8  # default cap of calls (slot processes) running at once on one GPU
+SLOT_CONTEXT_MIB = 512  # default GPU memory a slot process's CUDA context takes (outside any declaration)
 OVERDUE_LEFT = 0.25  # a run past its estimated end is expected to need this fraction of its elapsed time more
 
 
 class WorkerLost(Exception):
     """The worker (or its node) died during a call; the batch did not produce results."""
+
+
+class SlotLost(Exception):
+    """A slot process (not the GPU's lease) died during a call: the batch is retried, the GPU kept."""
 
 
 class BatchRejected(Exception):
@@ -150,9 +159,9 @@ class Subtask:
     record: Record | None = None
     locate_inputs: bool = True  # False in a node scheduler: the driver already chose the node by data
 
-    def demand(self) -> Demand:
+    def demand(self, context_mib: int = 0) -> Demand:
         return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib,
-                            payload=self.payload if self.locate_inputs else None)
+                            payload=self.payload if self.locate_inputs else None, context_mib=context_mib)
 
     @property
     def duration_key(self) -> str:
@@ -160,7 +169,7 @@ class Subtask:
 
     def batch_key(self) -> tuple:
         return (self.fn_key, self.opts.priority, self.min_memory_mib, self.opts.gpu_milli, self.opts.gpu_util,
-                self.opts.gpu_memory_mib, self.opts.gpu_count, self.opts.gpu_types)
+                self.opts.gpu_memory_mib, self.opts.gpu_count, self.opts.gpu_types, self.opts.num_cpus)
 
 
 class Metrics(Protocol):
@@ -181,8 +190,11 @@ class DispatchCore:
     def __init__(self, backend: Backend, *, policy: str = registry.DEFAULT_POLICY, idle_timeout_s: float = 60.0,
                  telemetry_period_s: float = 1.0, max_batch: int = MAX_BATCH, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.monotonic, keep_records: int = KEEP_RECORDS,
-                 round_gap_s: float = 0.0) -> None:
+                 round_gap_s: float = 0.0, max_slots: int = MAX_SLOTS, slot_context_mib: int = SLOT_CONTEXT_MIB) -> None:
         registry.policy_class(policy)  # unknown names fail here, at init
+        check_slots(max_slots, slot_context_mib)
+        self.max_slots = max_slots
+        self.slot_context_mib = slot_context_mib
         self.backend = backend
         self.policy = policy
         self.idle_timeout_s = idle_timeout_s
@@ -395,6 +407,9 @@ class DispatchCore:
                 await self.refresh()
             except Exception:  # a transient GCS/monitor error must not stop the loop
                 log.exception("telemetry refresh failed")
+            trim = getattr(self.backend, "trim_slots", None)
+            if trim is not None:
+                trim()
             self._wake.set()
 
     def snapshot(self) -> Snapshot:
@@ -414,7 +429,8 @@ class DispatchCore:
         nodes = self._within_share()
         holds = {**self._claim_holds(), **self.holds}
         live = build_snapshot(nodes, self.telemetry, holds)
-        need = min((st.opts.gpu_memory_mib for _, _, st in self.queue if st.opts.gpu_memory_mib), default=0)
+        need = min((st.opts.gpu_memory_mib + self.slot_context_mib for _, _, st in self.queue
+                    if st.opts.gpu_memory_mib), default=0)
         free_mib = ({(n.name, g): spec.memory_free_mib for n in live.nodes for g, spec in enumerate(n.gpus)}
                     if need else {})
         busy = {}
@@ -532,6 +548,11 @@ class DispatchCore:
                 return w
         return None
 
+    def demand(self, st: Subtask) -> Demand:
+        """``st``'s placement demand; one that declares memory (it packs) also asks for its slot process's
+        CUDA context (``slot_context_mib``)."""
+        return st.demand(self.slot_context_mib)
+
     def estimate(self, st: Subtask) -> Estimate:
         """``st``'s work on an idle GPU: learned (here or by the driver), else declared, else unknown."""
         return self.durations.estimate(st.duration_key, st.opts.work_s)
@@ -556,7 +577,7 @@ class DispatchCore:
         """Whether ``d`` fits the chosen GPUs as they are (not as they will be after running work)."""
         for g in gpus:
             h = self.holds.get((node, g))
-            if h is not None and h.milli_used + d.gpu_share > GPU_MILLI:
+            if h is not None and (h.milli_used + d.gpu_share > GPU_MILLI or h.calls >= self.max_slots):
                 return False
         return not d.gpu_memory_mib or self._free_memory(node, gpus) >= d.gpu_memory_mib
 
@@ -596,7 +617,7 @@ class DispatchCore:
         t0 = time.perf_counter()
         state = ClusterState.from_snapshot(self.placement_snapshot())
         pol = registry.create(self.policy)
-        pol.prepare(state, [d for _, _, st in heapq.nsmallest(16, self.queue) if (d := _safe_demand(st))])
+        pol.prepare(state, [d for _, _, st in heapq.nsmallest(16, self.queue) if (d := _safe_demand(self, st))])
         sched = Scheduler(state, pol)
         slots = max(1, len(self.workers))
         keep: list[tuple[int, int, Subtask]] = []
@@ -618,7 +639,7 @@ class DispatchCore:
                     continue
                 try:
                     est = self.estimate(st)
-                    d = st.demand()
+                    d = self.demand(st)
                     if est.known:  # placement prices unknown work itself (placement.durations)
                         d = dataclasses.replace(d, work_s=est.seconds, work_tail_s=est.tail_s)
                     if (d.shape, d.gpu_types) in failed_shapes:
@@ -740,10 +761,11 @@ class DispatchCore:
             dur = work * slowdown(self.external_util(node, g))
             self.ends.setdefault((node, g), {})[id(batch)] = (now + dur, dur)
         for g in gpus:  # a batch runs its subtasks one after another: it reserves one subtask's share
-            h = self.holds.setdefault((node, g), GpuHold())
+            h = self.holds.setdefault((node, g), GpuHold(slot_cap=self.max_slots))
             h.milli_used += d.gpu_share
             h.memory_reserved_mib += d.gpu_memory_mib
             h.running += len(batch)
+            h.calls += 1
             h.util_declared += batch[0].opts.gpu_util
         load = slowdown(self.external_util(node, gpus[0])) if gpus else 1.0
         task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib, load))
@@ -790,7 +812,7 @@ class DispatchCore:
         r = next((x for x in tel.gpus if x.index == gpu), None) if tel else None
         if r is None:
             return 0.0
-        return r.external_util if r.emulated else r.util
+        return split_util(r, tel.fastgpu_pids)[1]
 
     def _free_memory(self, node: str, gpus: tuple[int, ...]) -> int:
         snap = self.snapshot()
@@ -815,6 +837,11 @@ class DispatchCore:
             self._drop_worker(worker)
             for st in batch:
                 self._retry(st, f"worker {node[:12]} GPU {list(gpus)} lost: {e}")
+            return
+        except SlotLost as e:  # only that process died: the GPU stays held, the next call gets a new slot
+            self._unreserve(node, gpus, d, batch, workers)
+            for st in batch:
+                self._retry(st, f"{e} on {node[:12]} GPU {list(gpus)}; retried")
             return
         except BatchRejected as e:
             self._unreserve(node, gpus, d, batch, workers)
@@ -871,6 +898,7 @@ class DispatchCore:
             h.milli_used = max(0, h.milli_used - d.gpu_share)
             h.memory_reserved_mib = max(0, h.memory_reserved_mib - d.gpu_memory_mib)
             h.running = max(0, h.running - len(batch))
+            h.calls = max(0, h.calls - 1)
             h.util_declared = max(0.0, h.util_declared - batch[0].opts.gpu_util)
             if h.running == 0:
                 w.idle_since = self.clock()
@@ -933,7 +961,7 @@ class DispatchCore:
                 w.grace_until = self.clock() + ABOVE_CAP_GRACE_S
             w.idle_since = self.clock()
             self.workers[key] = w
-            self.holds[key] = GpuHold()
+            self.holds[key] = GpuHold(slot_cap=self.max_slots)
             self._wake.set()
             self.on_change()
 
@@ -995,6 +1023,16 @@ class DispatchCore:
         return len(self.queue)
 
 
+def check_slots(max_slots: Any, context_mib: Any) -> None:
+    """Bad slot settings fail at init with the reason."""
+    if isinstance(max_slots, bool) or not isinstance(max_slots, int) or max_slots < 1:
+        raise ValueError(f"max_slots_per_gpu={max_slots!r}: must be a whole number >= 1 (how many subtasks, "
+                         f"each in its own process, may run on one GPU at once; default {MAX_SLOTS})")
+    if isinstance(context_mib, bool) or not isinstance(context_mib, int) or context_mib < 0:
+        raise ValueError(f"slot_context_memory={context_mib!r}: must be a memory size >= 0 (GPU memory each "
+                         f"slot process's CUDA context takes; default {SLOT_CONTEXT_MIB} MiB)")
+
+
 def time_left(end: float, dur: float, now: float) -> float:
     """Estimated seconds until a run that should end at ``end`` (``dur`` long) is done: past its end, a
     fraction of what it has run so far (it is longer than estimated: the longer, the more is left)."""
@@ -1008,10 +1046,10 @@ def gpu_fraction(st: Subtask) -> float:
     return max(share, 0.05) * max(o.gpu_count, 1)
 
 
-def _safe_demand(st: Subtask) -> Demand | None:
+def _safe_demand(core: DispatchCore, st: Subtask) -> Demand | None:
     """The subtask's demand, or None if it cannot be built (the placement loop then fails it alone)."""
     try:
-        return st.demand()
+        return core.demand(st)
     except Exception:
         return None
 

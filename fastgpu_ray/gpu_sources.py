@@ -26,6 +26,7 @@ class GpuReading:
     util: float  # 0..1
     processes: tuple[int, ...] = ()
     process_memory_mib: tuple[int, ...] = ()  # per entry of ``processes``, where known
+    process_util: tuple[float, ...] = ()  # per entry of ``processes`` (0..1), where the driver samples it
     temperature_c: float | None = None
     power_w: float | None = None
     emulated: bool = False
@@ -44,6 +45,7 @@ class NvmlSource:
         nvml.nvmlInit()
         self.count = nvml.nvmlDeviceGetCount()
         self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self.count)]
+        self._seen = [0] * self.count  # per GPU: timestamp of the newest per-process sample read
 
     def read(self) -> list[GpuReading]:
         n = self.nvml
@@ -56,11 +58,26 @@ class NvmlSource:
             procs = list(n.nvmlDeviceGetComputeRunningProcesses(h))
             pids = tuple(int(p.pid) for p in procs)
             pmem = tuple(int((getattr(p, "usedGpuMemory", None) or 0) // (1 << 20)) for p in procs)
+            per = self._process_util(i, h)
+            putil = tuple(per.get(p, 0.0) for p in pids) if per is not None else ()
             out.append(GpuReading(
                 index=i, model=name, memory_total_mib=int(mem.total // (1 << 20)),
                 memory_used_mib=int(mem.used // (1 << 20)), util=util, processes=pids,
-                process_memory_mib=pmem, temperature_c=_try(lambda: float(n.nvmlDeviceGetTemperature(h, 0))),
+                process_memory_mib=pmem, process_util=putil, temperature_c=_try(lambda: float(n.nvmlDeviceGetTemperature(h, 0))),
                 power_w=_try(lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0)))
+        return out
+
+    def _process_util(self, i: int, h) -> dict[int, float] | None:
+        """pid -> SM utilisation (0..1) from the samples since the last read; {} when NVML has none new
+        (no process ran), None where the driver does not give per-process samples."""
+        try:
+            samples = self.nvml.nvmlDeviceGetProcessUtilization(h, self._seen[i])
+        except Exception as e:  # NVML_ERROR_NOT_FOUND: no sample since then; others: not supported here
+            return {} if "not found" in str(e).lower() else None
+        out: dict[int, float] = {}
+        for s in samples:
+            out[int(s.pid)] = max(out.get(int(s.pid), 0.0), float(s.smUtil) / 100.0)
+            self._seen[i] = max(self._seen[i], int(s.timeStamp))
         return out
 
     def close(self) -> None:
@@ -81,7 +98,7 @@ class _EmuGpu:
     util: float = 0.0
     memory_used_mib: int = 0
     processes: int = 0
-    tenants: dict[int, float] = field(default_factory=dict)  # running emulated work: token -> util
+    tenants: dict[int, tuple[float, int]] = field(default_factory=dict)  # running work: token -> (util, pid)
 
 
 class EmulatedSource:
@@ -121,13 +138,14 @@ class EmulatedSource:
             if memory_mib is not None:
                 g.memory_mib = int(memory_mib)
 
-    def work_begin(self, index: int, util: float) -> tuple[int, float]:
-        """Register emulated work on GPU ``index``; returns (token, slowdown factor it runs at)."""
+    def work_begin(self, index: int, util: float, pid: int = 0) -> tuple[int, float]:
+        """Register emulated work of process ``pid`` on GPU ``index``; returns (token, slowdown factor it
+        runs at)."""
         with self._lock:
             g = self.gpus[index]
-            others = g.util + sum(g.tenants.values())
+            others = g.util + sum(u for u, _ in g.tenants.values())
             self._token += 1
-            g.tenants[self._token] = float(util)
+            g.tenants[self._token] = (float(util), int(pid))
             return self._token, slowdown(min(others, 1.0))
 
     def work_end(self, index: int, token: int) -> None:
@@ -136,11 +154,19 @@ class EmulatedSource:
 
     def read(self) -> list[GpuReading]:
         with self._lock:
-            return [GpuReading(
-                index=i, model=g.model, memory_total_mib=g.memory_mib, memory_used_mib=g.memory_used_mib,
-                util=min(1.0, g.util + sum(g.tenants.values())), emulated=True, external_util=g.util,
-                external_memory_mib=g.memory_used_mib, external_processes=g.processes)
-                for i, g in enumerate(self.gpus)]
+            return [self._reading(i, g) for i, g in enumerate(self.gpus)]
+
+    @staticmethod
+    def _reading(i: int, g: _EmuGpu) -> GpuReading:
+        """Running emulated work appears as NVML shows compute processes: per pid, with its utilisation."""
+        per: dict[int, float] = {}
+        for u, pid in g.tenants.values():
+            per[pid] = per.get(pid, 0.0) + u
+        return GpuReading(
+            index=i, model=g.model, memory_total_mib=g.memory_mib, memory_used_mib=g.memory_used_mib,
+            util=min(1.0, g.util + sum(per.values())), processes=tuple(per), process_util=tuple(per.values()),
+            emulated=True, external_util=g.util, external_memory_mib=g.memory_used_mib,
+            external_processes=g.processes)
 
     def close(self) -> None:
         pass

@@ -63,9 +63,9 @@ class NodeMonitor:
             raise ValueError(f"node {self.node_id} has real GPUs (NVML): their load cannot be set")
         self.source.set_gpu(index, **kw)
 
-    def work_begin(self, index: int, util: float) -> tuple[int, float]:
+    def work_begin(self, index: int, util: float, pid: int = 0) -> tuple[int, float]:
         if self.source.emulated:
-            return self.source.work_begin(index, util)
+            return self.source.work_begin(index, util, pid)
         from placement.cost import slowdown
         r = next((g for g in self._last if g.index == index), None)
         return 0, slowdown(r.util if r else 0.0)

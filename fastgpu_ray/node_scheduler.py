@@ -63,14 +63,14 @@ def placement_options(session: str, home: str, gpu_nodes: list[str]) -> dict:
 @ray.remote(num_cpus=0, max_concurrency=100_000, max_restarts=-1, max_task_retries=-1)
 class NodeScheduler:
     def __init__(self, session: str, home: str, policy: str, idle_timeout_s: float, emulated_memory_mib: int,
-                 force_emulation: bool, job_weight: float, gpu_nodes: list[str]) -> None:
+                 force_emulation: bool, job_weight: float, slots: tuple[int, int], gpu_nodes: list[str]) -> None:
         from .metrics import RayMetrics
 
         logging.basicConfig(level=logging.INFO)
         ctx = ray.get_runtime_context()
         self.session, self.home, self.here = session, home, ctx.get_node_id()
         self.restarted = bool(ctx.was_current_actor_reconstructed)
-        self.args = (policy, idle_timeout_s, emulated_memory_mib, force_emulation, job_weight, gpu_nodes)
+        self.args = (policy, idle_timeout_s, emulated_memory_mib, force_emulation, job_weight, slots, gpu_nodes)
         self.job_weight = job_weight
         self.ray_job = ctx.get_job_id()
         self._changed = asyncio.Event()
@@ -79,7 +79,7 @@ class NodeScheduler:
         self.backend = RayBackend(emulated_memory_mib, force_emulation, node=self.here)
         self.metrics = RayMetrics(session)
         self.core = DispatchCore(self.backend, policy=policy, idle_timeout_s=idle_timeout_s, metrics=self.metrics,
-                                 round_gap_s=ROUND_GAP_S)
+                                 round_gap_s=ROUND_GAP_S, max_slots=slots[0], slot_context_mib=slots[1])
         self.deps = DependencyWaiter()
         self._started = False
         self._inflight = 0  # submit calls that have not returned (queued, waiting for inputs, running)
@@ -362,6 +362,12 @@ class NodeScheduler:
         if self.delegate is not None:
             return []
         return [(w.node_id, w.gpu_index, w.pid) for w in self.core.workers.values()]
+
+    def processes(self) -> list[tuple[str, tuple[int, ...], int, bool]]:
+        """(node, GPUs, pid, is the GPU's lease) of every process that runs this scheduler's subtasks."""
+        if self.delegate is not None:
+            return []
+        return [(self.here, g, pid, lease) for g, pid, lease in self.backend.processes()]
 
 
 def start_scheduler(session: str, node: str, args: tuple, gpu_nodes: list[str]):

@@ -51,7 +51,9 @@ class TaskOptions:
     out-of-memory error. ``work_s``: estimated seconds on an idle GPU (placement's compute term and
     ``fastgpu.emulate_work()``'s default). ``gpu_util``: the utilisation (0..1) it puts on its GPU while
     it runs, where known: placement counts it against GPUs it shares before the next live reading, and
-    emulated work uses it. ``split``/``combine``: decomposition for ``f.run(x)``.
+    emulated work uses it. ``num_cpus``: CPUs a subtask uses, declared to Ray for each slot process that
+    runs a packed subtask (default 1, as a Ray task; the GPU's first slot is its lease process, which
+    declares none, like a Ray actor). ``split``/``combine``: decomposition for ``f.run(x)``.
     """
 
     num_gpus: float = 1
@@ -61,6 +63,7 @@ class TaskOptions:
     work_s: float = 0.0
     gpu_util: float = 0.0
     gpu_types: tuple[str, ...] = ()
+    num_cpus: float = 1
     split: Callable[[Any], Any] | None = None
     combine: Callable[[list], Any] | None = None
     batch: bool = True  # may be sent to a worker together with other small queued subtasks
@@ -126,6 +129,9 @@ def _validate(o: TaskOptions) -> None:
         raise ValueError(f"work_s={o.work_s!r}: must be a number of seconds >= 0")
     if isinstance(o.gpu_util, bool) or not isinstance(o.gpu_util, (int, float)) or not 0 <= o.gpu_util <= 1:
         raise ValueError(f"gpu_util={o.gpu_util!r}: must be a utilisation between 0 and 1")
+    if not is_number(o.num_cpus) or o.num_cpus < 0:
+        raise ValueError(f"num_cpus={o.num_cpus!r}: must be a number of CPUs >= 0 (declared to Ray for the "
+                         "process a packed subtask runs in)")
     if isinstance(o.gpu_types, str) or not all(isinstance(t, str) for t in o.gpu_types):
         raise ValueError(f"gpu_types={o.gpu_types!r}: must be a tuple of GPU model names")
     for name in ("split", "combine"):

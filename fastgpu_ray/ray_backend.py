@@ -9,14 +9,16 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutErr
                             ObjectLostError, OwnerDiedError, RayActorError, RayTaskError, WorkerCrashedError)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .dispatch import BatchRejected, Outcome, WorkerInfo, WorkerLost
+from .dispatch import BatchRejected, Outcome, SlotLost, WorkerInfo, WorkerLost
 from .monitor import NAMESPACE, MonitorActor, NodeMonitor, monitor_name
+from .slots import Slot, SlotPool
 from .telemetry import NodeInfo, NodeTelemetry, node_infos
-from .worker import GpuWorker, Item
+from .worker import GpuWorker, Item, SlotWorker
 
 log = logging.getLogger("fastgpu.ray")
 
 CLAIM_TIMEOUT_S = 60.0  # a worker process may take a while to start on a loaded machine
+SLOT_START_TIMEOUT_S = 30.0  # a slot process not up by then: the call runs as a thread in the lease
 READ_TIMEOUT_S = 5.0
 FIRST_READ_WAIT_S = 0.3  # a node's first reading: waits this long for a monitor actor still starting ...
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, NodeDiedError, WorkerCrashedError,
@@ -37,6 +39,7 @@ class RayBackend:
         self.monitors: dict[str, object] = {}
         self.created: dict[bytes, object] = {}  # every worker handle not yet released, started or not
         self._read_once: set[str] = set()
+        self.slots = SlotPool(self._start_slot, self._kill_slot, self._cpus_free)
 
     def nodes(self) -> list[NodeInfo]:
         nodes = ray_nodes()
@@ -95,25 +98,81 @@ class RayBackend:
                 return
             w = WorkerInfo(h, nid, int(gpus[0]), pid)
             mon.register_pids.remote([pid])
+            self.slots.add_lease(nid, w.gpu_index, h, pid)
             ready(w)
 
         await asyncio.gather(*(start(h) for h in handles))
 
     async def run(self, worker: WorkerInfo, batch, new_fns: dict) -> list[Outcome]:
-        keys = list(new_fns)
-        items, flat = [], [new_fns[k] for k in keys]
+        """Run ``batch`` in a slot of its GPUs (``slots.SlotPool``): the lease process if it is free, else a
+        slot process of their own. ``new_fns`` is not used: each process loads what it has not loaded."""
+        first = batch[0]
+        gpus = tuple(first.record.gpus) or (worker.gpu_index,)
+        try:
+            slot, note = await self.slots.acquire(worker.node_id, gpus, first.opts.num_cpus, first.fn_key)
+        except KeyError as e:  # the lease went back to Ray meanwhile
+            raise WorkerLost(str(e)) from e
+        if note or not slot.lease:
+            line = note or f"ran in a slot process of its own (pid {slot.pid}, GPU {list(gpus)})"
+            for st in batch:
+                st.record.history.append(line)
+        fns = {st.fn_key: st.fn_ref for st in batch if st.fn_key not in slot.fns}
+        keys = list(fns)
+        items, flat = [], [fns[k] for k in keys]
         for st in batch:
             p = st.payload
-            items.append(Item(st.id, st.fn_key, p.blob, len(p.refs), st.opts.work_s, st.opts.gpu_util,
-                              tuple(st.record.gpus)))
+            items.append(Item(st.id, st.fn_key, p.blob, len(p.refs), st.opts.work_s, st.opts.gpu_util, gpus,
+                              max(st.opts.gpu_memory_mib, st.min_memory_mib)))
             flat.extend(p.refs)
         try:
-            res = await worker.handle.run_batch.remote(keys, items, *flat)
+            res, times = await slot.handle.run_batch.remote(keys, items, *flat)
+            slot.fns.update(keys)
+            for st, (cpu_s, wall_s, sharing) in zip(batch, times):
+                self.slots.observe(st.fn_key, cpu_s, wall_s, sharing)
         except _LOST as e:
+            if not slot.lease:
+                self.slots.lost(slot)
+                raise SlotLost(f"slot process {slot.pid} {type(e).__name__}") from e
             raise WorkerLost(type(e).__name__) from e
         except RayTaskError as e:
             raise BatchRejected(e) from e
+        finally:
+            self.slots.release(slot)
         return [Outcome(True, r[1]) if r[0] == "ok" else Outcome(False, r[1], bool(r[2])) for r in res]
+
+    async def _start_slot(self, node: str, gpus: tuple[int, ...], cpus: float) -> Slot | None:
+        h = SlotWorker.options(num_cpus=cpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+                               ).remote(node, monitor_name(node), NAMESPACE, gpus)
+        key = h._actor_id.binary()
+        self.created[key] = h
+        try:
+            _, _, pid = await asyncio.wait_for(_await(h.info.remote()), SLOT_START_TIMEOUT_S)
+        except Exception:
+            log.warning("slot process for GPU %s on %s did not start", list(gpus), node[:12])
+            self._kill(h)
+            return None
+        if key not in self.created:  # killed (shutdown) as it came up
+            return None
+        m = self.monitors.get(node)
+        if m is not None:
+            m.register_pids.remote([pid])
+        return Slot(h, node, gpus, cpus, pid)
+
+    def _kill_slot(self, s: Slot) -> None:
+        self._kill(s.handle)
+        m = self.monitors.get(s.node)
+        if m is not None and s.pid:
+            m.register_pids.remote([s.pid], False)
+
+    async def _cpus_free(self, node: str) -> float:
+        avail = await asyncio.to_thread(ray._private.state.available_resources_per_node)
+        return float(avail.get(node, {}).get("CPU", 0.0))
+
+    def trim_slots(self) -> None:
+        self.slots.trim()
+
+    def processes(self) -> list[tuple[tuple[int, ...], int, bool]]:
+        return self.slots.processes()
 
     def _kill(self, handle) -> None:
         self.created.pop(handle._actor_id.binary(), None)
@@ -123,13 +182,15 @@ class RayBackend:
             pass
 
     def kill_all(self) -> list:
-        """Kill every worker this backend created (also those whose claim is still starting)."""
+        """Kill every worker and slot process this backend created (also those still starting)."""
+        self.slots.kill_all()
         hs = list(self.created.values())
         for h in hs:
             self._kill(h)
         return hs
 
     async def release(self, worker: WorkerInfo) -> None:
+        self.slots.remove_lease(worker.node_id, worker.gpu_index)
         self._kill(worker.handle)
         m = self.monitors.get(worker.node_id)
         if m is not None:

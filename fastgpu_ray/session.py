@@ -25,6 +25,7 @@ from placement.durations import Estimate, duration_key
 
 from . import handoff
 from .demand import build_demand
+from .dispatch import MAX_SLOTS, SLOT_CONTEXT_MIB, check_slots
 from .errors import NotInitializedError
 from .gpu_sources import DEFAULT_EMULATED_MEMORY_MIB
 from .options import TaskOptions, is_number, parse_memory_mib
@@ -52,7 +53,8 @@ class Session:
     id: str
     started_ray: bool
     policy: str
-    scheduler_args: tuple  # (policy, idle_timeout_s, emulated memory MiB, force emulation, job weight)
+    scheduler_args: tuple  # (policy, idle_timeout_s, emulated memory MiB, force emulation, job weight,
+    #                        (max slots per GPU, slot context MiB))
     router: Router
     schedulers: dict = field(default_factory=dict)  # node id -> NodeScheduler handle (home node)
     live: dict = field(default_factory=dict)  # node id -> its live NodeSpec (last report)
@@ -345,7 +347,7 @@ class Session:
         from transfer.runtime_hooks import has_inputs, runtime
 
         self.refresh()
-        d = build_demand(sid, opts)
+        d = build_demand(sid, opts, context_mib=self.scheduler_args[5][1])
         key, work = self.estimate(fn_key, opts)
         if work.known:
             d = dataclasses.replace(d, work_s=work.seconds, work_tail_s=work.tail_s)
@@ -392,10 +394,18 @@ class Session:
         return hit[0], (self.lobby if hit[1] == LOBBY else self.schedulers.get(hit[1]))
 
     def workers(self) -> list[tuple[str, int, int]]:
-        """(node, GPU index, pid) of every GPU worker the session's schedulers hold now."""
+        """(node, GPU index, pid) of every GPU worker (lease) the session's schedulers hold now."""
+        return self._gather("workers")
+
+    def processes(self) -> list[tuple[str, tuple[int, ...], int, bool]]:
+        """(node, GPUs, pid, is the lease) of every process running the session's subtasks: each held
+        GPU's lease and the slot processes started beside it (``fastgpu_ray.slots``)."""
+        return self._gather("processes")
+
+    def _gather(self, method: str) -> list:
         out: list = []
         with self.lock:
-            calls = [h.workers.remote() for h in self.schedulers.values()]
+            calls = [getattr(h, method).remote() for h in self.schedulers.values()]
         for part in ray.get(calls):
             out.extend(part)
         return out
@@ -422,6 +432,7 @@ _session: Session | None = None
 def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, emulate: bool | None = None,
          emulated_gpu_memory: Any = DEFAULT_EMULATED_MEMORY_MIB * (1 << 20), idle_timeout_s: float = 60.0,
          link_bandwidth: str | float | None = None, job_weight: float = 1.0, scale_wait_s: float = 600.0,
+         max_slots_per_gpu: int = MAX_SLOTS, slot_context_memory: Any = SLOT_CONTEXT_MIB * (1 << 20),
          **ray_init_kwargs: Any) -> str:
     """Start fastgpu on a Ray cluster; returns the session id.
 
@@ -437,6 +448,9 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
     ``scale_wait_s``: on an autoscaling cluster whose node types fastgpu cannot read, how long a subtask
     that no live node can take waits for the autoscaler to add one before it fails (where the types are
     known, it waits as long as a node that can hold it may still be launched).
+    ``max_slots_per_gpu``: how many subtasks may run on one GPU at once, each in a process of its own
+    (packed by ``gpu_memory`` or a share; default 8). ``slot_context_memory``: GPU memory each such
+    process's CUDA context takes, added to what a packed subtask declares (default 512 MiB).
     """
     global _session
     if _session is not None:
@@ -447,6 +461,8 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
         raise ValueError(f"scale_wait_s={scale_wait_s!r}: must be a positive number of seconds (how long a "
                          "subtask waits for the autoscaler when its node types are unknown; default 600)")
     mem = parse_memory_mib(emulated_gpu_memory, "emulated_gpu_memory")
+    slots = (max_slots_per_gpu, parse_memory_mib(slot_context_memory, "slot_context_memory"))
+    check_slots(*slots)
     env = None
     if link_bandwidth is not None:
         from transfer import ENV_VAR, parse_bandwidth
@@ -459,7 +475,7 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
     from transfer import runtime_hooks
 
     runtime_hooks.reset(environ=env)  # the transfer model lives in the driver, which routes
-    s = Session(uuid.uuid4().hex[:8], started, policy, (policy, idle_timeout_s, mem, bool(emulate), weight),
+    s = Session(uuid.uuid4().hex[:8], started, policy, (policy, idle_timeout_s, mem, bool(emulate), weight, slots),
                 Router(policy, cost=lambda: runtime_hooks.runtime().cost(), scale_wait_s=float(scale_wait_s)))
     try:
         s.refresh(force=True)

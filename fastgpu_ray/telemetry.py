@@ -41,6 +41,8 @@ class GpuHold:
     milli_used: int = 0
     memory_reserved_mib: int = 0
     running: int = 0
+    calls: int = 0  # worker calls running on it (each in a slot process of its own)
+    slot_cap: int = 0  # calls it may run at once (0: no cap); at the cap it takes no more (full)
     util_declared: float = 0.0  # sum of the running subtasks' declared gpu_util
     claiming: bool = False  # a worker for it is being created (Ray may or may not count it taken yet)
 
@@ -86,8 +88,28 @@ def taken_by_others(node: NodeInfo, held: int, claiming: int = 0) -> int:
     return max(0, min(unheld, unheld - int(node.gpu_available + 1e-9)))
 
 
+def split_util(reading: GpuReading, pids: frozenset[int]) -> tuple[float, float]:
+    """One GPU's utilisation as (fastgpu's own processes', everyone else's): the one rule, so a GPU busy
+    with fastgpu's own slots is not priced as loaded from outside. With per-process samples (NVML where
+    the driver gives them; emulated GPUs always), own = the samples of fastgpu's pids. Without them: all of
+    it is fastgpu's when every compute process on the GPU is fastgpu's, else all of it counts as outside
+    load (the safe side: an unknown split never makes a loaded GPU look idle). Emulated GPUs without
+    running work: their set external load."""
+    if reading.process_util:
+        own = sum(u for p, u in zip(reading.processes, reading.process_util) if p in pids)
+        own = min(own, reading.util)
+        return own, max(0.0, reading.util - own)
+    if reading.emulated:
+        return max(0.0, reading.util - reading.external_util), reading.external_util
+    if reading.processes and all(p in pids for p in reading.processes):
+        return reading.util, 0.0
+    return 0.0, reading.util
+
+
 def gpu_spec(reading: GpuReading | None, hold: GpuHold | None, pids: frozenset[int]) -> GpuSpec:
     milli = hold.milli_used if hold else 0
+    if hold is not None and hold.slot_cap and hold.calls >= hold.slot_cap:
+        milli = GPU_MILLI  # every slot busy: nothing more runs on it until one ends
     reserved = hold.memory_reserved_mib if hold else 0
     if reading is None:
         return GpuSpec(milli_used=milli, memory_reserved_mib=reserved)
@@ -99,8 +121,8 @@ def gpu_spec(reading: GpuReading | None, hold: GpuHold | None, pids: frozenset[i
         external_mem = max(0, reading.memory_used_mib - own_mem)
         external_procs = sum(1 for p in reading.processes if p not in pids)
     # Declared load of fastgpu's running subtasks counts until a live reading shows it (never twice).
-    base = reading.external_util if reading.emulated else 0.0
-    util = min(1.0, max(reading.util, base + (hold.util_declared if hold else 0.0)))
+    own, outside = split_util(reading, pids)
+    util = min(1.0, outside + max(own, hold.util_declared if hold else 0.0))
     return GpuSpec(
         model=reading.model, memory_mib=reading.memory_total_mib, milli_used=milli,
         memory_reserved_mib=reserved, util=util,
@@ -135,7 +157,7 @@ def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry]
             if (n.node_id, g) in busy:
                 after = GpuHold()  # as it will be once its running work is done
                 spec = gpu_spec(r, after, pids)
-                ext = r.external_util if r is not None and r.emulated else spec.util
+                ext = split_util(r, pids)[1] if r is not None else spec.util
                 spec = GpuSpec(**{**spec.__dict__, "busy_s": busy[(n.node_id, g)], "util": ext})
             else:
                 spec = gpu_spec(r, mine.get(g), pids)

@@ -1,14 +1,21 @@
-"""The GPU worker actor: holds one GPU in Ray (``num_gpus=1``) and runs batches of subtasks on it.
+"""The processes that run subtasks: ``GpuWorker`` holds one GPU in Ray (``num_gpus=1``, the lease) and runs
+a GPU's first slot; ``SlotWorker`` is a further slot on GPUs a lease holds (``num_gpus=0``, ``num_cpus``
+declared), a process of its own so that subtasks packed on one GPU do not share a GIL
+(``fastgpu_ray.slots`` keeps the pool). Both are started by Ray's raylet as fresh worker processes (never
+forked from a running worker); a slot sets ``CUDA_VISIBLE_DEVICES`` to its GPUs in ``__init__``, before
+anything in it can initialise CUDA.
 
 A batch call is ``run_batch(fn_keys, items, *fn_blobs_then_args)``: ObjectRef arguments arrive as
 top-level arguments, so Ray resolves them on this worker's node. Each item's result is
 ``("ok", value)`` or ``("err", RayTaskError, is_oom)``: one subtask's error never fails the others.
-The actor is threaded (``max_concurrency``) so that subtasks sharing the GPU by memory run concurrently;
-the dispatcher decides what may run together.
+The lease is threaded (``max_concurrency``): where no slot process can be started (no CPU for it on the
+node) a packed subtask runs as a thread beside the first (the pool says so in its history).
 """
 from __future__ import annotations
 
 import os
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +24,7 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import RayTaskError
 
-from . import context
+from . import context, gpu_memory
 from .errors import is_gpu_oom
 
 
@@ -40,7 +47,8 @@ class Item:
     nrefs: int
     work_s: float = 0.0
     gpu_util: float = 0.0
-    gpus: tuple[int, ...] = ()  # every GPU the subtask holds (a multi-GPU subtask runs in the first's worker)
+    gpus: tuple[int, ...] = ()  # every GPU the subtask holds
+    gpu_memory_mib: int = 0  # what it declared (or a retry after an OOM asks for): its slot's torch cap
 
 
 def fill(blob: bytes, values: list) -> tuple[tuple, dict]:
@@ -50,30 +58,47 @@ def fill(blob: bytes, values: list) -> tuple[tuple, dict]:
     return args, kwargs
 
 
-def run_items(fns: dict[str, Any], items: list[Item], values: list, make_ctx) -> list[tuple]:
-    """Run each item in order; ``values`` holds every item's resolved refs back to back."""
+def run_items(fns: dict[str, Any], items: list[Item], values: list, make_ctx, capped: bool = False,
+              times: list | None = None, sharing=lambda: 1) -> list[tuple]:
+    """Run each item in order; ``values`` holds every item's resolved refs back to back. ``capped``: this
+    process runs nothing else now, so each item's declared memory caps torch's allocator (``gpu_memory``).
+    ``times``: gets (CPU seconds of the running thread, wall seconds, calls running in this process when
+    it started: ``sharing()``) per item: how much of its run a subtask holds the CPU (Python code: the
+    GIL), which decides whether its packed runs need processes of their own (``slots``)."""
     out, pos = [], 0
     for it in items:
         mine = values[pos:pos + it.nrefs]
         pos += it.nrefs
         fn = fns[it.fn_key]
         context._set(make_ctx(it))
+        c0, w0, k = time.thread_time(), time.perf_counter(), sharing()
         try:
+            if capped:
+                gpu_memory.cap(it.gpu_memory_mib)
             args, kwargs = fill(it.blob, mine)
             out.append(("ok", fn(*args, **kwargs)))
         except Exception as e:  # the subtask's own error is its result
             name = getattr(fn, "__qualname__", str(fn))
-            out.append(("err", RayTaskError(name, traceback.format_exc(), e), is_gpu_oom(e)))
+            oom = is_gpu_oom(e)
+            cause = gpu_memory.over_declaration(it.sid, it.gpu_memory_mib, e) if oom else e
+            out.append(("err", RayTaskError(name, traceback.format_exc(), cause), oom))
         finally:
             context._set(None)
+            if times is not None:
+                times.append((time.thread_time() - c0, time.perf_counter() - w0, k))
     return out
 
 
-@ray.remote(num_cpus=0, num_gpus=1, max_concurrency=64, max_restarts=0)
-class GpuWorker:
-    def __init__(self, node_id: str, monitor_name: str | None, namespace: str) -> None:
+class Runner:
+    """One process that runs subtasks. ``gpus``: None for the lease (the GPU Ray gave it), else the GPUs
+    this slot runs on (held by leases in the same node scheduler)."""
+
+    def __init__(self, node_id: str, monitor_name: str | None, namespace: str,
+                 gpus: tuple[int, ...] | None = None) -> None:
+        if gpus is not None:  # Ray set it empty (a worker without GPUs): CUDA is not initialised yet
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         self.node_id = node_id
-        self.gpu_ids = tuple(int(g) for g in ray.get_gpu_ids())
+        self.gpu_ids = tuple(gpus) if gpus is not None else tuple(int(g) for g in ray.get_gpu_ids())
         self.monitor = None
         if monitor_name:
             try:
@@ -81,11 +106,14 @@ class GpuWorker:
             except ValueError:
                 self.monitor = None
         self.fns: dict[str, Any] = {}
+        self._calls = 0
+        self._lock = threading.Lock()
 
     def info(self) -> tuple[str, tuple[int, ...], int]:
         return self.node_id, self.gpu_ids, os.getpid()
 
-    def run_batch(self, fn_keys: list[str], items: list[Item], *flat) -> list[tuple]:
+    def run_batch(self, fn_keys: list[str], items: list[Item], *flat) -> tuple[list[tuple], list[tuple]]:
+        """(each item's result, each item's (CPU s, wall s))."""
         for k, blob in zip(fn_keys, flat):
             if k not in self.fns:
                 self.fns[k] = cloudpickle.loads(blob)
@@ -95,4 +123,25 @@ class GpuWorker:
         def make_ctx(it: Item):
             return context.SubtaskContext(it.sid, self.node_id, it.gpus or gpus, it.work_s, self.monitor, it.gpu_util)
 
-        return run_items(self.fns, items, values, make_ctx)
+        with self._lock:
+            self._calls += 1
+            alone = self._calls == 1
+        times: list = []
+        try:  # a cap only where this call is the process's only one (a thread beside another: none)
+            if not alone:
+                gpu_memory.cap(0)
+            return run_items(self.fns, items, values, make_ctx, capped=alone, times=times,
+                             sharing=lambda: self._calls), times
+        finally:
+            with self._lock:
+                self._calls -= 1
+
+
+@ray.remote(num_cpus=0, num_gpus=1, max_concurrency=64, max_restarts=0)
+class GpuWorker(Runner):
+    """The lease: holds one GPU in Ray for as long as fastgpu keeps it, and runs its first slot."""
+
+
+@ray.remote(num_gpus=0, max_concurrency=2, max_restarts=0)
+class SlotWorker(Runner):
+    """A further slot: ``num_cpus`` (the subtasks' declaration) set at ``.options``; one call at a time."""

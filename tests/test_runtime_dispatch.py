@@ -313,7 +313,7 @@ def test_waits_for_an_idle_gpu_rather_than_starting_on_a_loaded_one():
 
 def test_a_subtask_that_cannot_be_placed_fails_alone_and_the_queue_survives():
     class Broken(Subtask):
-        def demand(self):
+        def demand(self, context_mib=0):
             raise ValueError("bad demand")
 
     async def main():
@@ -330,7 +330,7 @@ def test_a_subtask_that_cannot_be_placed_fails_alone_and_the_queue_survives():
 
 
 def test_memory_packed_subtasks_wait_for_a_slot_on_an_idle_gpu_rather_than_a_loaded_one():
-    """a's GPU holds two 6 GiB subtasks at a time; b's GPU has room but is 80 % busy (5x slower).
+    """a's GPU holds two 5.5 GiB subtasks at a time (each with its process's 0.5 GiB CUDA context); b's GPU has room but is 80 % busy (5x slower).
     Waiting for a slot on a (<= 0.15 s) beats 0.75 s on b, so every subtask runs on a."""
     async def main():
         b = FakeBackend({"a": [12288], "b": [16384]})
@@ -339,7 +339,7 @@ def test_memory_packed_subtasks_wait_for_a_slot_on_an_idle_gpu_rather_than_a_loa
         await claim_gpus(core, 2)
         assert len(core.workers) == 2
         b.runs.clear()
-        outs = await asyncio.gather(*(core.submit(sub(f"m{i}", sleeper(0.15, i), gpu_memory="6GiB", work_s=0.15,
+        outs = await asyncio.gather(*(core.submit(sub(f"m{i}", sleeper(0.15, i), gpu_memory="5.5GiB", work_s=0.15,
                                                       batch=False)) for i in range(6)))
         await core.shutdown()
         return b, outs
