@@ -137,7 +137,12 @@ class RemoteFunction(Generic[P, R]):
             return out
         if route.node is None:  # no GPU, live or launchable, can hold it: fail at once, with the reason
             s.never += len(sids)
-            return [_never_fits.remote(route.never) for _ in sids]
+            why = route.never
+            ctx = s.scheduler_args[5][1]
+            if self._opts.gpu_memory_mib and ctx:
+                why += (f" (its {self._opts.gpu_memory_mib} MiB of gpu_memory plus {ctx} MiB for the CUDA context "
+                        "of the process it runs in: fastgpu.init(slot_context_memory=...))")
+            return [_never_fits.remote(why) for _ in sids]
         h = s.scheduler(route.node)
         if len(sids) == 1:
             out = [h.submit.remote(sids[0], self._wire_opts, box, payloads[0], info)]

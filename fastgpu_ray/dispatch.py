@@ -307,6 +307,10 @@ class DispatchCore:
         h = self.holds.get(key) if key else None
         if w is not None and h is not None and h.running == 1 and rec.batch_size == 1:
             self._drop_worker(w)  # the call fails with WorkerLost; _retry sees the cancelled future
+            return
+        stop = getattr(self.backend, "stop", None)  # packed beside others: its own process can go alone
+        if stop is not None and rec.batch_size == 1 and stop(st.id):
+            rec.history.append("stopped: the slot process it ran in was killed (its neighbours run on)")
 
     def _enqueue(self, st: Subtask) -> None:
         if self._closed:  # a retry racing shutdown(): fail it, never queue into a stopped loop

@@ -40,6 +40,7 @@ class RayBackend:
         self.created: dict[bytes, object] = {}  # every worker handle not yet released, started or not
         self._read_once: set[str] = set()
         self.slots = SlotPool(self._start_slot, self._kill_slot, self._cpus_free)
+        self.running_in: dict[str, Slot] = {}  # subtask id -> the process running it
 
     def nodes(self) -> list[NodeInfo]:
         nodes = ray_nodes()
@@ -116,6 +117,8 @@ class RayBackend:
             line = note or f"ran in a slot process of its own (pid {slot.pid}, GPU {list(gpus)})"
             for st in batch:
                 st.record.history.append(line)
+        for st in batch:
+            self.running_in[st.id] = slot
         fns = {st.fn_key: st.fn_ref for st in batch if st.fn_key not in slot.fns}
         keys = list(fns)
         items, flat = [], [fns[k] for k in keys]
@@ -138,6 +141,8 @@ class RayBackend:
             raise BatchRejected(e) from e
         finally:
             self.slots.release(slot)
+            for st in batch:
+                self.running_in.pop(st.id, None)
         return [Outcome(True, r[1]) if r[0] == "ok" else Outcome(False, r[1], bool(r[2])) for r in res]
 
     async def _start_slot(self, node: str, gpus: tuple[int, ...], cpus: float) -> Slot | None:
@@ -167,6 +172,16 @@ class RayBackend:
     async def _cpus_free(self, node: str) -> float:
         avail = await asyncio.to_thread(ray._private.state.available_resources_per_node)
         return float(avail.get(node, {}).get("CPU", 0.0))
+
+    def stop(self, sid: str) -> bool:
+        """Stop subtask ``sid`` by killing the slot process running it, where that process runs it alone
+        (not the lease: that is the GPU's hold, and may run threads beside it). Its call then fails
+        (``SlotLost``) and the dispatcher sees it cancelled."""
+        s = self.running_in.get(sid)
+        if s is None or s.lease or sum(1 for x in self.running_in.values() if x is s) != 1:
+            return False
+        self.slots.lost(s)
+        return True
 
     def trim_slots(self) -> None:
         self.slots.trim()

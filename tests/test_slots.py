@@ -263,3 +263,45 @@ def test_a_slot_caps_torch_at_the_declared_memory_and_names_what_was_used():
     no_cuda = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: False))
     assert not cap(4096, torch=no_cuda)
     assert "unknown" in str(over_declaration("s2", 4096, RuntimeError("oom"), torch=no_cuda))
+
+
+def test_cancelling_a_packed_running_subtask_asks_the_backend_to_stop_its_process_only():
+    from fastgpu_ray.dispatch import SlotLost
+
+    class StoppingBackend(FakeBackend):
+        def __post_init__(self):
+            super().__post_init__()
+            self.stopped, self.events = [], {}
+
+        def stop(self, sid):
+            self.stopped.append(sid)
+            self.events[sid].set()
+            return True
+
+    def until_stopped(sid):
+        async def run(w):
+            await b.events[sid].wait()
+            raise SlotLost("killed")
+        return run
+
+    b = StoppingBackend({"a": [16384]})
+
+    async def main():
+        core = await started(b, slot_context_mib=0)
+        await claim_gpus(core, 1)
+        b.events = {"v": asyncio.Event()}
+        other = asyncio.ensure_future(core.submit(sub("n", sleeper(0.4, "n"), gpu_memory="1GiB", batch=False)))
+        victim = asyncio.ensure_future(core.submit(sub("v", until_stopped("v"), fn="g", gpu_memory="1GiB",
+                                                       batch=False)))
+        while core.explain("v") is None or core.explain("v").state != "running":
+            await asyncio.sleep(0.01)
+        victim.cancel()
+        out = await other
+        await asyncio.sleep(0.05)
+        rec, released = core.explain("v"), list(b.released)
+        await core.shutdown()
+        return out, rec, released
+
+    out, rec, released = asyncio.run(main())
+    assert out.value == "n" and b.stopped == ["v"] and released == []  # the GPU's lease was kept
+    assert rec.state == "cancelled" and any("slot process" in h for h in rec.history), rec.history
