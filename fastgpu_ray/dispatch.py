@@ -56,6 +56,7 @@ KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its
 UNPLACED_SCAN_LIMIT = 256  # per round, stop scanning after this many queued subtasks that do not fit
 BEST_MATCH_WINDOW = 64  # best match looks at this many queued subtasks of the top priority
 AGING = 0.5  # best match: each second queued counts as this many seconds less estimated run (no starvation)
+OOM_MARGIN_MIB = 256  # a subtask over its declaration is retried asking for its peak use plus this (or twice)
 MAX_SLOTS = 8  # default cap of calls (slot processes) running at once on one GPU
 SLOT_CONTEXT_MIB = 512  # default GPU memory a slot process's CUDA context takes (outside any declaration)
 OVERDUE_LEFT = 0.25  # a run past its estimated end is expected to need this fraction of its elapsed time more
@@ -443,7 +444,8 @@ class DispatchCore:
             if h is None or not ends:
                 continue
             whole = h.milli_used >= GPU_MILLI
-            if not (whole or (need and free_mib.get(key, 0) < need)):
+            at_cap = h.calls >= self.max_slots  # a slot frees at its earliest end, as memory does
+            if not (whole or at_cap or (need and free_mib.get(key, 0) < need)):
                 continue
             lefts = [time_left(e, dur, now) for e, dur in ends.values()]
             busy[key] = max(lefts) if whole else min(lefts)
@@ -871,6 +873,14 @@ class DispatchCore:
         for st, out in zip(batch, outs):
             st.record.run_s += dt / len(batch)
             if not out.ok and out.oom:
+                cause = getattr(out.value, "cause", None) or out.value
+                if getattr(cause, "capped", False):  # over its own declaration, capped by its slot
+                    had = max(st.opts.gpu_memory_mib, st.min_memory_mib)
+                    need = max(2 * had, (getattr(cause, "used_mib", None) or 0) + OOM_MARGIN_MIB)
+                    st.min_memory_mib = need
+                    self._retry(st, f"went over its {had} MiB of GPU memory on {node[:12]} GPU {list(gpus)} "
+                                    f"(its slot caps torch there); asking for {need} MiB", out.value)
+                    continue
                 st.min_memory_mib = max(st.min_memory_mib, free_mib + 1)
                 self._retry(st, f"out of GPU memory on {node[:12]} GPU {list(gpus)} ({free_mib} MiB free); "
                                 f"asking for more than {free_mib} MiB", out.value)

@@ -51,8 +51,22 @@ def peak_mib(torch: Any = None) -> int | None:
         return None
 
 
-def over_declaration(sid: str, declared_mib: int, exc: BaseException, torch: Any = None) -> GpuOutOfMemoryError:
-    """The error a subtask that ran out of GPU memory fails with: what it declared, what it used."""
+def release_cache(torch: Any = None) -> None:
+    """Give torch's cached GPU blocks back to the driver (an idle slot holds none for its next subtask's
+    neighbours); nothing where CUDA was never initialised in this process."""
+    t = torch if torch is not None else sys.modules.get("torch")
+    try:
+        if t is not None and t.cuda.is_initialized():
+            t.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def over_declaration(sid: str, declared_mib: int, exc: BaseException, torch: Any = None,
+                     capped: bool = False) -> GpuOutOfMemoryError:
+    """The error a subtask that ran out of GPU memory fails with: what it declared, what it used.
+    ``capped``: torch's allocator was capped at the declaration (it went over what it declared; the GPU
+    may have had room) rather than the GPU being full."""
     used = peak_mib(torch)
     used_s = f"{used} MiB (torch's peak reserved)" if used is not None else "unknown (no CUDA torch in the slot)"
     declared_s = f"{declared_mib} MiB" if declared_mib else "nothing (it holds its GPU whole)"
@@ -60,5 +74,5 @@ def over_declaration(sid: str, declared_mib: int, exc: BaseException, torch: Any
         f"subtask {sid} ran out of GPU memory: declared {declared_s}, used {used_s}: {type(exc).__name__}: "
         f"{exc}. fastgpu retries it asking for more memory while max_retries allows; declare a larger "
         "gpu_memory= to place it right the first time")
-    err.declared_mib, err.used_mib = declared_mib, used
+    err.declared_mib, err.used_mib, err.capped = declared_mib, used, capped
     return err

@@ -68,13 +68,16 @@ class NvmlSource:
         return out
 
     def _process_util(self, i: int, h) -> dict[int, float] | None:
-        """pid -> SM utilisation (0..1) from the samples since the last read; {} when NVML has none new
-        (no process ran), None where the driver does not give per-process samples."""
+        """pid -> SM utilisation (0..1) from the samples since the last read; None where there are none
+        (NVML_ERROR_NOT_FOUND: no new sample) or the driver does not give them: the split then falls back
+        to which processes run there (``telemetry.split_util``)."""
         try:
             samples = self.nvml.nvmlDeviceGetProcessUtilization(h, self._seen[i])
-        except Exception as e:  # NVML_ERROR_NOT_FOUND: no sample since then; others: not supported here
-            return {} if "not found" in str(e).lower() else None
+        except Exception:
+            return None
         out: dict[int, float] = {}
+        if not samples:
+            return None
         for s in samples:
             out[int(s.pid)] = max(out.get(int(s.pid), 0.0), float(s.smUtil) / 100.0)
             self._seen[i] = max(self._seen[i], int(s.timeStamp))

@@ -21,8 +21,8 @@ CLAIM_TIMEOUT_S = 60.0  # a worker process may take a while to start on a loaded
 SLOT_START_TIMEOUT_S = 30.0  # a slot process not up by then: the call runs as a thread in the lease
 READ_TIMEOUT_S = 5.0
 FIRST_READ_WAIT_S = 0.3  # a node's first reading: waits this long for a monitor actor still starting ...
-_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, NodeDiedError, WorkerCrashedError,
-         ObjectLostError, OwnerDiedError)
+_INPUT_LOST = (ObjectLostError, OwnerDiedError)
+_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, NodeDiedError, WorkerCrashedError) + _INPUT_LOST
 
 
 def ray_nodes() -> list[NodeInfo]:
@@ -113,6 +113,9 @@ class RayBackend:
             slot, note = await self.slots.acquire(worker.node_id, gpus, first.opts.num_cpus, first.fn_key)
         except KeyError as e:  # the lease went back to Ray meanwhile
             raise WorkerLost(str(e)) from e
+        if all(st.future is not None and st.future.done() for st in batch):  # cancelled while it started
+            self.slots.release(slot)
+            raise SlotLost("cancelled before its slot process was ready")
         if note or not slot.lease:
             line = note or f"ran in a slot process of its own (pid {slot.pid}, GPU {list(gpus)})"
             for st in batch:
@@ -134,7 +137,8 @@ class RayBackend:
                 self.slots.observe(st.fn_key, cpu_s, wall_s, sharing)
         except _LOST as e:
             if not slot.lease:
-                self.slots.lost(slot)
+                if not isinstance(e, _INPUT_LOST):  # an argument lost is not the process's fault
+                    self.slots.lost(slot)
                 raise SlotLost(f"slot process {slot.pid} {type(e).__name__}") from e
             raise WorkerLost(type(e).__name__) from e
         except RayTaskError as e:

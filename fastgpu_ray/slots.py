@@ -4,12 +4,13 @@ A GPU fastgpu holds has a lease process (``worker.GpuWorker``, ``num_gpus=1`` in
 first slot. A call that finds it busy (subtasks packed on the GPU by memory or share) runs in a further
 slot process (``worker.SlotWorker``, ``num_gpus=0``, the subtask's ``num_cpus`` declared to Ray), so packed
 Python-heavy subtasks do not take turns on one GIL. Slots are reused, started on demand (the dispatcher
-caps concurrent calls per GPU, so the pool never grows past that cap), and stopped after ``SLOT_IDLE_S``
-idle or with their GPU's lease. A multi-GPU subtask runs in a slot that sees all of its GPUs.
+caps concurrent calls per GPU, so no more run at once than that cap; idle slots of another ``num_cpus``
+may linger up to ``SLOT_IDLE_S``), and stopped after ``SLOT_IDLE_S`` idle or with their GPU's lease. A
+multi-GPU subtask runs in a slot that sees all of its GPUs.
 
-Where no slot can start (Ray shows no free CPU for it on the node, or its process did not come up) the
-call runs as a thread in the lease process, as before slots existed, and says so: a fallback, never a
-wait. The Ray side (``start``: create and wait for a process; ``kill``; ``cpus_free``) is passed in.
+Where no slot can start (Ray shows no free CPU for it on the node, or its process did not come up within
+the backend's start timeout) the call runs as a thread in the lease process, as before slots existed,
+and says so: a fallback, not an indefinite wait. The Ray side (``start``: create and wait for a process; ``kill``; ``cpus_free``) is passed in.
 """
 from __future__ import annotations
 
@@ -98,11 +99,12 @@ class SlotPool:
             finally:
                 self._starting[node] -= cpus
             if s is not None:
-                if (node, gpus[0]) in self.leases:
+                gone = [g for g in gpus if (node, g) not in self.leases]
+                if not gone:
                     self.slots.append(s)
                     return self._take(s), None
-                self._kill(s)  # its lease went back while it started
-                raise KeyError(f"the lease of GPU {gpus[0]} of node {node} was released")
+                self._kill(s)  # a lease of its GPUs went back while it started
+                raise KeyError(f"the lease of GPU {gone[0]} of node {node} was released")
             why = "its slot process did not start"
         what = "with the others" if len(gpus) == 1 else f"seeing GPU {gpus[0]} only"
         return self._take(lease), (f"ran as a thread in GPU {gpus[0]}'s lease process {what}: {why}")

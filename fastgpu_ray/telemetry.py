@@ -97,6 +97,9 @@ def split_util(reading: GpuReading, pids: frozenset[int]) -> tuple[float, float]
     running work: their set external load."""
     if reading.process_util:
         own = sum(u for p, u in zip(reading.processes, reading.process_util) if p in pids)
+        if reading.emulated:  # its total is capped at 1: outside = the set load + others' work, not the rest
+            others = sum(u for p, u in zip(reading.processes, reading.process_util) if p not in pids)
+            return min(own, 1.0), min(1.0, reading.external_util + others)
         own = min(own, reading.util)
         return own, max(0.0, reading.util - own)
     if reading.emulated:

@@ -58,10 +58,11 @@ def fill(blob: bytes, values: list) -> tuple[tuple, dict]:
     return args, kwargs
 
 
-def run_items(fns: dict[str, Any], items: list[Item], values: list, make_ctx, capped: bool = False,
+def run_items(fns: dict[str, Any], items: list[Item], values: list, make_ctx, set_cap=None,
               times: list | None = None, sharing=lambda: 1) -> list[tuple]:
-    """Run each item in order; ``values`` holds every item's resolved refs back to back. ``capped``: this
-    process runs nothing else now, so each item's declared memory caps torch's allocator (``gpu_memory``).
+    """Run each item in order; ``values`` holds every item's resolved refs back to back. ``set_cap``:
+    called with each item's declared memory before it runs; returns whether torch's allocator is capped
+    at it now (``gpu_memory``; only where the process runs nothing else).
     ``times``: gets (CPU seconds of the running thread, wall seconds, calls running in this process when
     it started: ``sharing()``) per item: how much of its run a subtask holds the CPU (Python code: the
     GIL), which decides whether its packed runs need processes of their own (``slots``)."""
@@ -72,15 +73,15 @@ def run_items(fns: dict[str, Any], items: list[Item], values: list, make_ctx, ca
         fn = fns[it.fn_key]
         context._set(make_ctx(it))
         c0, w0, k = time.thread_time(), time.perf_counter(), sharing()
+        capped = False
         try:
-            if capped:
-                gpu_memory.cap(it.gpu_memory_mib)
+            capped = bool(set_cap(it.gpu_memory_mib)) if set_cap is not None else False
             args, kwargs = fill(it.blob, mine)
             out.append(("ok", fn(*args, **kwargs)))
         except Exception as e:  # the subtask's own error is its result
             name = getattr(fn, "__qualname__", str(fn))
             oom = is_gpu_oom(e)
-            cause = gpu_memory.over_declaration(it.sid, it.gpu_memory_mib, e) if oom else e
+            cause = gpu_memory.over_declaration(it.sid, it.gpu_memory_mib, e, capped=capped) if oom else e
             out.append(("err", RayTaskError(name, traceback.format_exc(), cause), oom))
         finally:
             context._set(None)
@@ -123,18 +124,25 @@ class Runner:
         def make_ctx(it: Item):
             return context.SubtaskContext(it.sid, self.node_id, it.gpus or gpus, it.work_s, self.monitor, it.gpu_util)
 
+        def set_cap(declared_mib: int) -> bool:
+            # The cap is process-wide: only a call running alone here is capped (a thread beside another
+            # lifts it). Decided per item under the lock, so a call joining mid-batch lifts it for both.
+            with self._lock:
+                return gpu_memory.cap(declared_mib if self._calls == 1 else 0)
+
         with self._lock:
             self._calls += 1
-            alone = self._calls == 1
-        times: list = []
-        try:  # a cap only where this call is the process's only one (a thread beside another: none)
-            if not alone:
+            if self._calls > 1:
                 gpu_memory.cap(0)
-            return run_items(self.fns, items, values, make_ctx, capped=alone, times=times,
+        times: list = []
+        try:
+            return run_items(self.fns, items, values, make_ctx, set_cap=set_cap, times=times,
                              sharing=lambda: self._calls), times
         finally:
             with self._lock:
                 self._calls -= 1
+                if not self._calls:  # an idle slot keeps no cached GPU memory from its last subtask
+                    gpu_memory.release_cache()
 
 
 @ray.remote(num_cpus=0, num_gpus=1, max_concurrency=64, max_restarts=0)

@@ -208,6 +208,8 @@ def test_our_load_is_told_from_outside_load():
     src.work_begin(0, 0.1, pid=99)
     r = src.read()[0]
     assert r.processes == (7, 99) and split_util(r, ours) == pytest.approx((0.5, 0.3))
+    src.set_gpu(0, util=0.9)  # the total shows 1.0 (capped); outside is still the set load + others' work
+    assert src.read()[0].util == 1.0 and split_util(src.read()[0], ours) == pytest.approx((0.5, 1.0))
     # a GPU busy with our own slots is not priced as loaded: the snapshot's util is outside + ours (declared
     # or live, whichever is more), and the dispatcher's outside load is the outside part only
     tel = NodeTelemetry("n", False, (reading(0.8, (7,), (0.8,)),), ours)
@@ -237,8 +239,8 @@ def test_nvml_per_process_utilisation_is_read_where_the_driver_gives_it():
     r = src.read()[0]
     assert r.processes == (111, 222) and r.process_util == pytest.approx((0.30, 0.07))
     assert split_util(r, frozenset({222})) == pytest.approx((0.07, 0.30))
-    again = src.read()[0]  # no new sample since: NVML says "not found", which reads as idle processes
-    assert again.process_util == (0.0, 0.0)
+    again = src.read()[0]  # no new sample since (NVML: "not found"): no split from samples this time
+    assert again.process_util == () and split_util(again, frozenset({111, 222})) == (0.37, 0.0)
     assert NvmlSource(FakeNvml([H200])).read()[0].process_util == ()  # not supported: no split from samples
 
 
@@ -278,10 +280,15 @@ def test_cancelling_a_packed_running_subtask_asks_the_backend_to_stop_its_proces
             self.events[sid].set()
             return True
 
+        async def run(self, worker, batch, new_fns):
+            if batch[0].id in self.events:  # its slot process: killed by stop(), so the call fails
+                await self.events[batch[0].id].wait()
+                raise SlotLost("killed")
+            return await super().run(worker, batch, new_fns)
+
     def until_stopped(sid):
         async def run(w):
-            await b.events[sid].wait()
-            raise SlotLost("killed")
+            raise AssertionError("runs only through the backend's own run")
         return run
 
     b = StoppingBackend({"a": [16384]})
@@ -305,3 +312,55 @@ def test_cancelling_a_packed_running_subtask_asks_the_backend_to_stop_its_proces
     out, rec, released = asyncio.run(main())
     assert out.value == "n" and b.stopped == ["v"] and released == []  # the GPU's lease was kept
     assert rec.state == "cancelled" and any("slot process" in h for h in rec.history), rec.history
+
+
+def test_a_lost_slot_process_retries_its_subtask_and_keeps_the_gpu():
+    from fastgpu_ray.dispatch import SlotLost
+
+    class LosingBackend(FakeBackend):
+        lose = {"x"}
+
+        async def run(self, worker, batch, new_fns):
+            if batch[0].id in self.lose:
+                self.lose.discard(batch[0].id)
+                raise SlotLost("slot process 4242 ActorDiedError")
+            return await super().run(worker, batch, new_fns)
+
+    b = LosingBackend({"a": [16384]})
+
+    async def main():
+        core = await started(b)
+        await claim_gpus(core, 1)
+        out = await core.submit(sub("x", sleeper(0.05, "x"), gpu_memory="1GiB", batch=False))
+        rec, released = core.explain("x"), list(b.released)
+        await core.shutdown()
+        return out, rec, released
+
+    out, rec, released = asyncio.run(main())
+    assert out.ok and out.value == "x" and rec.retries == 1 and released == []
+    assert any("slot process 4242" in h and "retried" in h for h in rec.history), rec.history
+
+
+def test_a_subtask_over_its_declaration_is_retried_asking_for_what_it_used_not_the_whole_gpu():
+    tries = []
+
+    async def greedy(w):
+        tries.append(w.gpu_index)
+        if len(tries) == 1:  # its slot capped torch at 1 GiB; it used 1.5 GiB
+            raise over_declaration("g", 1024, RuntimeError("CUDA out of memory"),
+                                   torch=FakeTorch(peak_mib=1536), capped=True)
+        return "done"
+
+    async def main():
+        b = FakeBackend({"a": [16384]})
+        core = await started(b)
+        await claim_gpus(core, 1)
+        st = sub("g", greedy, gpu_memory="1GiB", batch=False)
+        out = await core.submit(st)
+        rec = core.explain("g")
+        await core.shutdown()
+        return out, rec, st
+
+    out, rec, st = asyncio.run(main())
+    assert out.ok and rec.retries == 1 and st.min_memory_mib == 2048  # twice 1 GiB (> 1536 + 256)
+    assert any("went over its 1024 MiB" in h and "asking for 2048 MiB" in h for h in rec.history), rec.history
