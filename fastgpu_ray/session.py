@@ -253,10 +253,14 @@ class Session:
         def loop() -> None:
             beats = 0
             while not self.closed.wait(BALANCE_PERIOD_S):
+                if not ray.is_initialized():  # ray.shutdown() without fastgpu.shutdown(): nothing to balance
+                    return
                 beats += 1
                 try:
                     self.balance()
                 except Exception:
+                    if not ray.is_initialized():
+                        return
                     log.warning("fastgpu balancing (handing queued work to idle nodes) failed; retrying",
                                 exc_info=True)
                 if beats % round(1.0 / BALANCE_PERIOD_S):
@@ -454,7 +458,10 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
     """
     global _session
     if _session is not None:
-        return _session.id
+        if ray.is_initialized():
+            return _session.id
+        _session.closed.set()  # Ray was shut down under it (ray.shutdown() alone): start a new one
+        _session = None
     registry.policy_class(policy)  # unknown policy -> ValueError naming the valid ones
     weight = _check_weight(job_weight)
     if not is_number(scale_wait_s) or scale_wait_s <= 0:

@@ -28,6 +28,18 @@ SCRIPT = textwrap.dedent('''
     assert [g.memory_total_mib for g in st.gpus] == [8192, 8192] and st.emulated
     fastgpu.shutdown()
     assert not ray.is_initialized()  # fastgpu started this Ray, so it stopped it
+
+    # ray.shutdown() without fastgpu.shutdown(): the session's housekeeping stops quietly (it must not
+    # start a Ray of its own), and the next fastgpu.init() starts a new session instead of the dead one
+    import time
+    first = fastgpu.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)
+    ray.get(f.remote(1))
+    ray.shutdown()
+    time.sleep(1.5)
+    assert not ray.is_initialized()
+    second = fastgpu.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)
+    assert second != first and ray.get(f.remote(2))[0] == 4
+    fastgpu.shutdown()
     print("EMBEDDED-OK")
 ''')
 
