@@ -138,7 +138,7 @@ class RemoteFunction(Generic[P, R]):
         if route.node is None:  # no GPU, live or launchable, can hold it: fail at once, with the reason
             s.never += len(sids)
             why = route.never
-            ctx = s.scheduler_args[5][1]
+            ctx = s.slot_context_mib
             if self._opts.gpu_memory_mib and ctx:
                 why += (f" (its {self._opts.gpu_memory_mib} MiB of gpu_memory plus {ctx} MiB for the CUDA context "
                         "of the process it runs in: fastgpu.init(slot_context_memory=...))")

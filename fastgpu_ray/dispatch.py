@@ -91,7 +91,6 @@ class WorkerInfo:
     node_id: str
     gpu_index: int
     pid: int = 0
-    fns: set = field(default_factory=set)  # function keys this worker has loaded
     alive: bool = True
     idle_since: float = 0.0
     grace_until: float = 0.0  # came up above the job's cap: may run one batch before this (clock) first
@@ -101,7 +100,7 @@ class Backend(Protocol):
     def nodes(self) -> list[NodeInfo]: ...
     async def read(self, node: NodeInfo) -> NodeTelemetry | None: ...
     async def claim(self, node: NodeInfo, count: int, ready: Callable[[WorkerInfo], None]) -> None: ...
-    async def run(self, worker: WorkerInfo, batch: list["Subtask"], new_fns: dict) -> list[Outcome]: ...
+    async def run(self, worker: WorkerInfo, batch: list["Subtask"]) -> list[Outcome]: ...
     async def release(self, worker: WorkerInfo) -> None: ...
     def fail(self, message: str, exc: BaseException) -> Any: ...
 
@@ -444,8 +443,8 @@ class DispatchCore:
             if h is None or not ends:
                 continue
             whole = h.milli_used >= GPU_MILLI
-            at_cap = h.calls >= self.max_slots  # a slot frees at its earliest end, as memory does
-            if not (whole or at_cap or (need and free_mib.get(key, 0) < need)):
+            # (a GPU at its call cap frees a slot at its earliest end, as a memory-full one does)
+            if not (whole or h.at_cap or (need and free_mib.get(key, 0) < need)):
                 continue
             lefts = [time_left(e, dur, now) for e, dur in ends.values()]
             busy[key] = max(lefts) if whole else min(lefts)
@@ -583,7 +582,7 @@ class DispatchCore:
         """Whether ``d`` fits the chosen GPUs as they are (not as they will be after running work)."""
         for g in gpus:
             h = self.holds.get((node, g))
-            if h is not None and (h.milli_used + d.gpu_share > GPU_MILLI or h.calls >= self.max_slots):
+            if h is not None and (h.milli_used + d.gpu_share > GPU_MILLI or h.at_cap):
                 return False
         return not d.gpu_memory_mib or self._free_memory(node, gpus) >= d.gpu_memory_mib
 
@@ -833,11 +832,9 @@ class DispatchCore:
         """Run ``batch`` on ``workers``; ``load``: the GPU's slowdown from outside load when it started (a
         finished run teaches its duration divided by it)."""
         worker = workers[0]  # a multi-GPU subtask runs in its first GPU's worker; the others are held
-        new_fns = {st.fn_key: st.fn_ref for st in batch if st.fn_key not in worker.fns}
         t0 = self.clock()
         try:
-            outs = await self.backend.run(worker, batch, new_fns)
-            worker.fns.update(new_fns)
+            outs = await self.backend.run(worker, batch)
         except WorkerLost as e:
             self._unreserve(node, gpus, d, batch, workers)
             self._drop_worker(worker)

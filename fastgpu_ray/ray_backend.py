@@ -81,7 +81,7 @@ class RayBackend:
     async def claim(self, node: NodeInfo, count: int, ready) -> None:
         """Start ``count`` GPU workers on ``node``; ``ready(worker)`` as each comes up. Workers not up
         within ``CLAIM_TIMEOUT_S`` are killed (Ray had no GPU for them after all, or the node died)."""
-        mon = self.monitor(node)
+        self.monitor(node)  # up before the workers register their pids with it (_pids)
         handles = [GpuWorker.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
         ).remote(node.node_id, monitor_name(node.node_id), NAMESPACE) for _ in range(count)]
@@ -98,15 +98,15 @@ class RayBackend:
                 self._kill(h)
                 return
             w = WorkerInfo(h, nid, int(gpus[0]), pid)
-            mon.register_pids.remote([pid])
+            self._pids(nid, pid)
             self.slots.add_lease(nid, w.gpu_index, h, pid)
             ready(w)
 
         await asyncio.gather(*(start(h) for h in handles))
 
-    async def run(self, worker: WorkerInfo, batch, new_fns: dict) -> list[Outcome]:
+    async def run(self, worker: WorkerInfo, batch) -> list[Outcome]:
         """Run ``batch`` in a slot of its GPUs (``slots.SlotPool``): the lease process if it is free, else a
-        slot process of their own. ``new_fns`` is not used: each process loads what it has not loaded."""
+        slot process of their own. Each process is sent the functions it has not loaded yet."""
         first = batch[0]
         gpus = tuple(first.record.gpus) or (worker.gpu_index,)
         try:
@@ -162,16 +162,19 @@ class RayBackend:
             return None
         if key not in self.created:  # killed (shutdown) as it came up
             return None
-        m = self.monitors.get(node)
-        if m is not None:
-            m.register_pids.remote([pid])
+        self._pids(node, pid)
         return Slot(h, node, gpus, cpus, pid)
 
     def _kill_slot(self, s: Slot) -> None:
         self._kill(s.handle)
-        m = self.monitors.get(s.node)
-        if m is not None and s.pid:
-            m.register_pids.remote([s.pid], False)
+        if s.pid:
+            self._pids(s.node, s.pid, False)
+
+    def _pids(self, node: str, pid: int, add: bool = True) -> None:
+        """Tell ``node``'s monitor that ``pid`` is (or no longer is) one of fastgpu's processes."""
+        m = self.monitors.get(node)
+        if m is not None:
+            m.register_pids.remote([pid], add)
 
     async def _cpus_free(self, node: str) -> float:
         avail = await asyncio.to_thread(ray._private.state.available_resources_per_node)
@@ -211,9 +214,7 @@ class RayBackend:
     async def release(self, worker: WorkerInfo) -> None:
         self.slots.remove_lease(worker.node_id, worker.gpu_index)
         self._kill(worker.handle)
-        m = self.monitors.get(worker.node_id)
-        if m is not None:
-            m.register_pids.remote([worker.pid], False)
+        self._pids(worker.node_id, worker.pid, False)
 
     async def wait_dead(self, handle, timeout: float = 10.0) -> None:
         """Return once Ray reports the worker dead (so its GPU is back in Ray's pool)."""

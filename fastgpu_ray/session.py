@@ -351,7 +351,7 @@ class Session:
         from transfer.runtime_hooks import has_inputs, runtime
 
         self.refresh()
-        d = build_demand(sid, opts, context_mib=self.scheduler_args[5][1])
+        d = build_demand(sid, opts, context_mib=self.slot_context_mib)
         key, work = self.estimate(fn_key, opts)
         if work.known:
             d = dataclasses.replace(d, work_s=work.seconds, work_tail_s=work.tail_s)
@@ -386,6 +386,11 @@ class Session:
             self.refs.popitem(last=False)
         if node != LOBBY:
             self.router.produced_by(hexes, node, fn_key)
+
+    @property
+    def slot_context_mib(self) -> int:
+        """GPU memory each slot process's CUDA context is charged (``init(slot_context_memory=)``)."""
+        return self.scheduler_args[5][1]
 
     def owns(self, ref) -> bool:
         """Whether ``ref`` is the ref of one of this session's subtasks (among the last ``KEEP_REFS``)."""

@@ -43,6 +43,11 @@ class GpuHold:
     running: int = 0
     calls: int = 0  # worker calls running on it (each in a slot process of its own)
     slot_cap: int = 0  # calls it may run at once (0: no cap); at the cap it takes no more (full)
+
+    @property
+    def at_cap(self) -> bool:
+        """Every slot it may run is busy: nothing more starts on it until a call ends."""
+        return bool(self.slot_cap) and self.calls >= self.slot_cap
     util_declared: float = 0.0  # sum of the running subtasks' declared gpu_util
     claiming: bool = False  # a worker for it is being created (Ray may or may not count it taken yet)
 
@@ -95,15 +100,13 @@ def split_util(reading: GpuReading, pids: frozenset[int]) -> tuple[float, float]
     it is fastgpu's when every compute process on the GPU is fastgpu's, else all of it counts as outside
     load (the safe side: an unknown split never makes a loaded GPU look idle). Emulated GPUs without
     running work: their set external load."""
+    own = sum(u for p, u in zip(reading.processes, reading.process_util) if p in pids)
+    if reading.emulated:  # its total is capped at 1: outside = the set load + others' work, not the rest
+        others = sum(u for p, u in zip(reading.processes, reading.process_util) if p not in pids)
+        return min(own, 1.0), min(1.0, reading.external_util + others)
     if reading.process_util:
-        own = sum(u for p, u in zip(reading.processes, reading.process_util) if p in pids)
-        if reading.emulated:  # its total is capped at 1: outside = the set load + others' work, not the rest
-            others = sum(u for p, u in zip(reading.processes, reading.process_util) if p not in pids)
-            return min(own, 1.0), min(1.0, reading.external_util + others)
         own = min(own, reading.util)
         return own, max(0.0, reading.util - own)
-    if reading.emulated:
-        return max(0.0, reading.util - reading.external_util), reading.external_util
     if reading.processes and all(p in pids for p in reading.processes):
         return reading.util, 0.0
     return 0.0, reading.util
@@ -111,8 +114,8 @@ def split_util(reading: GpuReading, pids: frozenset[int]) -> tuple[float, float]
 
 def gpu_spec(reading: GpuReading | None, hold: GpuHold | None, pids: frozenset[int]) -> GpuSpec:
     milli = hold.milli_used if hold else 0
-    if hold is not None and hold.slot_cap and hold.calls >= hold.slot_cap:
-        milli = GPU_MILLI  # every slot busy: nothing more runs on it until one ends
+    if hold is not None and hold.at_cap:
+        milli = GPU_MILLI
     reserved = hold.memory_reserved_mib if hold else 0
     if reading is None:
         return GpuSpec(milli_used=milli, memory_reserved_mib=reserved)

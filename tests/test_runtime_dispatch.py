@@ -56,7 +56,7 @@ class FakeBackend:
             self._held.add((node.node_id, g))
             ready(WorkerInfo(handle=None, node_id=node.node_id, gpu_index=g, pid=1000 + g))
 
-    async def run(self, worker, batch, new_fns):
+    async def run(self, worker, batch):
         self.calls += 1
         key = (worker.node_id, worker.gpu_index)
         outs = []

@@ -280,11 +280,11 @@ def test_cancelling_a_packed_running_subtask_asks_the_backend_to_stop_its_proces
             self.events[sid].set()
             return True
 
-        async def run(self, worker, batch, new_fns):
+        async def run(self, worker, batch):
             if batch[0].id in self.events:  # its slot process: killed by stop(), so the call fails
                 await self.events[batch[0].id].wait()
                 raise SlotLost("killed")
-            return await super().run(worker, batch, new_fns)
+            return await super().run(worker, batch)
 
     def until_stopped(sid):
         async def run(w):
@@ -320,11 +320,11 @@ def test_a_lost_slot_process_retries_its_subtask_and_keeps_the_gpu():
     class LosingBackend(FakeBackend):
         lose = {"x"}
 
-        async def run(self, worker, batch, new_fns):
+        async def run(self, worker, batch):
             if batch[0].id in self.lose:
                 self.lose.discard(batch[0].id)
                 raise SlotLost("slot process 4242 ActorDiedError")
-            return await super().run(worker, batch, new_fns)
+            return await super().run(worker, batch)
 
     b = LosingBackend({"a": [16384]})
 
