@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from placement import GPU_MILLI, ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
-from placement.cost import slowdown
+from placement.cost import CostModel, slowdown
 from placement.durations import DurationModel, Estimate, duration_key
 
 from .demand import build_demand
@@ -59,6 +59,7 @@ AGING = 0.5  # best match: each second queued counts as this many seconds less e
 OOM_MARGIN_MIB = 256  # a subtask over its declaration is retried asking for its peak use plus this (or twice)
 MAX_SLOTS = 8  # default cap of calls (slot processes) running at once on one GPU
 SLOT_CONTEXT_MIB = 512  # default GPU memory a slot process's CUDA context takes (outside any declaration)
+_COST = CostModel()  # run-time pricing only (``compute_s``); transfers are priced by the session's model
 OVERDUE_LEFT = 0.25  # a run past its estimated end is expected to need this fraction of its elapsed time more
 
 
@@ -455,17 +456,16 @@ class DispatchCore:
     def projected_spec(self, node: str) -> NodeSpec | None:
         """``node`` as a new arrival would find it once the work ahead of it is done: every GPU free (at its
         outside load; GPUs other Ray work holds stay full), ``busy_s`` = estimated seconds of work ahead
-        on it: its running work's estimated end plus its share of this node's queue (estimated durations),
-        at the GPU's load. What the driver's ``Router`` chooses nodes with."""
+        on it: its running work's estimated end, then this node's queue played out over its GPUs
+        (``play_queue``: estimated durations at the GPU's load). What the driver's ``Router`` chooses nodes
+        with."""
         n = next((x for x in self.nodes if x.node_id == node), None)
         if n is None or not n.alive or not n.gpu_total:
             return None
         now = self.clock()
-        queued = self.queued_work()
-        busy = {}
-        for g in range(n.gpu_total):
-            left = self.free_in(node, g, now)
-            busy[(node, g)] = left + queued / n.gpu_total * slowdown(self.external_util(node, g))
+        free = [(self.free_in(node, g, now), self.external_util(node, g)) for g in range(n.gpu_total)]
+        _, until = self.play_queue(free, self.queued())
+        busy = {(node, g): until[g] for g in range(n.gpu_total)}
         if self.share is not None and self.share.others_held:  # other jobs' GPUs: ours in turn (fair share)
             n = dataclasses.replace(n, gpu_available=n.gpu_available + self.share.others_held)
         snap = build_snapshot([n], self.telemetry, {**self._claim_holds(), **self.holds}, busy)
@@ -777,11 +777,45 @@ class DispatchCore:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    def queued_work(self) -> float:
-        """Estimated GPU-seconds of the work queued here (on an idle GPU), and of the work whose inputs are
-        still coming (it is queued soon)."""
-        ahead = [st for _, _, st in self.queue] + list(self.waiting.values())
-        return sum(self.estimate(st).seconds * gpu_fraction(st) for st in ahead)
+    def queued(self) -> list[Subtask]:
+        """The work queued here, in queue order, then the work whose inputs are still coming (it is queued
+        soon)."""
+        return [st for _, _, st in sorted(self.queue, key=lambda x: x[:2])] + list(self.waiting.values())
+
+    def play_queue(self, free: list[tuple[float, float]], subtasks: list[Subtask],
+                   cost: CostModel = _COST) -> tuple[list[tuple[float, int]], list[float]]:
+        """Play ``subtasks`` (in queue order) out over GPUs given as (seconds until free, outside load): each
+        starts on the GPU(s) free first, as many as it asks for, which stay busy for its estimated run at
+        their load times its share of a GPU (packed work shares one). Returns each subtask's estimated
+        (start, GPU) (``(inf, -1)`` where there is no GPU) and each GPU's seconds until free once all have
+        started. One queued subtask on a node with an idle
+        GPU delays a new arrival by nothing, not by its run over the node's GPU count."""
+        until = [t for t, _ in free]
+        heap = [(t, i) for i, t in enumerate(until)]
+        heapq.heapify(heap)
+        starts = []
+        for st in subtasks:
+            if not until:
+                starts.append((math.inf, -1))
+                continue
+            k = min(max(st.opts.gpu_count, 1), len(until))
+            if k == 1:
+                t, i = heapq.heappop(heap)
+                pick = [i]
+            else:  # (rare: take the k GPUs free first and rebuild the heap)
+                pick = sorted(range(len(until)), key=until.__getitem__)[:k]
+                t = max(until[i] for i in pick)
+            est = self.estimate(st)
+            share = gpu_fraction(st) / max(st.opts.gpu_count, 1)
+            for i in pick:
+                until[i] = t + cost.compute_s(est.seconds, free[i][1]) * share
+            if k == 1:
+                heapq.heappush(heap, (until[pick[0]], pick[0]))
+            else:
+                heap = [(u, i) for i, u in enumerate(until)]
+                heapq.heapify(heap)
+            starts.append((t, pick[0]))
+        return starts, until
 
     def own_slots(self, node: str, now: float) -> list[tuple[int | None, float, float]] | None:
         """With other jobs on the cluster (fair share), the GPUs of ``node`` this job may run on: (GPU, est.
@@ -798,12 +832,12 @@ class DispatchCore:
 
     def projected_own(self, node: str, now: float) -> list[tuple[float, float]] | None:
         """``own_slots`` as a new arrival finds them (for the driver's report): each GPU's running work,
-        then this node's queue spread over them, at the GPU's load (as ``projected_spec`` spreads it)."""
+        then this node's queue played out over them (``play_queue``, as ``projected_spec`` does)."""
         own = self.own_slots(node, now)
         if not own:
             return own
-        ahead = self.queued_work() / len(own)
-        return [(busy + ahead * slowdown(util), util) for _, busy, util in own]
+        _, until = self.play_queue([(busy, util) for _, busy, util in own], self.queued())
+        return [(t, util) for t, (_, _, util) in zip(until, own)]
 
     def _live_node(self, node: str) -> NodeInfo | None:
         return next((x for x in self.nodes if x.node_id == node and x.alive), None)

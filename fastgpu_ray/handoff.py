@@ -38,7 +38,7 @@ from typing import Callable
 
 from placement.cost import CostModel
 
-from .dispatch import DispatchCore, Subtask, gpu_fraction
+from .dispatch import DispatchCore, Subtask
 
 HANDOFF_S = 0.05  # the extra hop: the call to the other node's scheduler and the result coming back
 MIN_GAIN = 0.1  # hand over only when it finishes at least this fraction sooner there
@@ -70,18 +70,11 @@ def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[
     own = core.own_slots(node, now)  # other jobs share the cluster: only the GPUs this job runs on here
     free = ([(core.free_in(node, g, now), core.external_util(node, g)) for g in range(gpus)] if own is None
             else [(busy, util) for _, busy, util in own])  # (free in, load) of each GPU it may use here
-    heap = [(t, i) for i, (t, _) in enumerate(free)]
-    heapq.heapify(heap)
+    starts, _ = core.play_queue(free, [st for _, _, st in items], cost)  # this node's queue, played out
     plan = []
-    for item in items:  # play the queue out over this node's GPUs, in queue order
-        st = item[2]
-        if not heap:  # the job holds no GPU here (fair share gave them to other jobs): no start in sight
-            plan.append((item, math.inf))
-            continue
-        t, i = heapq.heappop(heap)
-        est = core.estimate(st)
-        heapq.heappush(heap, (t + cost.compute_s(est.seconds, free[i][1]) * gpu_fraction(st), i))
-        plan.append((item, t + cost.compute_s(est.seconds, free[i][1], est.tail_s)))
+    for item, (t, gpu) in zip(items, starts):  # (no GPU: the job holds none here, fair share gave them away)
+        est = core.estimate(item[2])
+        plan.append((item, math.inf if gpu < 0 else t + cost.compute_s(est.seconds, free[gpu][1], est.tail_s)))
     slots = [[busy, u] for busy, u in there]  # the other node's GPUs as they fill up
     picked = []
     for item, here in reversed(plan[-scan(len(slots)):]):

@@ -419,3 +419,22 @@ def test_idle_workers_go_back_at_once_when_other_ray_work_waits_for_a_gpu():
         return kept, b.released
     kept, released = asyncio.run(main())
     assert len(kept) == 2 and sorted(released) == [("n1", 0), ("n1", 1)]
+
+
+def test_the_report_plays_the_queue_out_over_the_gpus():
+    """What the driver routes with: one queued 20 s subtask on an idle 2-GPU node leaves a GPU free for a
+    new arrival (it is not spread as 10 s over both); more queued work fills the GPUs in turn."""
+    async def main():
+        b = FakeBackend({"n1": [16384, 16384]})
+        core = await started(b)
+        seen = []
+        for n in (1, 3):
+            # (waiting for inputs: counted as queued soon, never started by the placement loop)
+            core.waiting = {f"h{i}": sub(f"h{i}", value(0), fn="hog", work_s=20.0) for i in range(n)}
+            seen.append(sorted(round(g.busy_s, 3) for g in core.projected_spec("n1").gpus))
+        core.waiting = {"w": sub("w", value(0), fn="wide", work_s=5.0, num_gpus=2)}
+        seen.append(sorted(round(g.busy_s, 3) for g in core.projected_spec("n1").gpus))
+        core.waiting = {}
+        await core.shutdown()
+        return seen
+    assert asyncio.run(main()) == [[0.0, 20.0], [20.0, 40.0], [5.0, 5.0]]
