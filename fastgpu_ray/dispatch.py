@@ -7,7 +7,8 @@ Contract:
 * ``submit(subtask)`` enqueues and resolves to the subtask's ``Outcome`` (value or error), exactly once.
 * The queue is ordered by priority (higher first), then age; among the queued subtasks of the highest
   priority present, the one with the shortest estimated run goes first (best match; waiting ages a
-  subtask: ``AGING``). A subtask that fits nowhere now waits; one that no GPU could ever hold
+  subtask); the queue discipline is ``placement.queue``, shared with the dynamic trace replay. A
+  subtask that fits nowhere now waits; one that no GPU could ever hold
   (``Unplaced.never``) fails at once with placement's reason (names the largest GPU).
 * Durations are estimated (``placement.durations``: declared ``work_s``, else learned from this node's
   finished subtasks and the driver's, else unknown) and every running subtask has an estimated end, so
@@ -38,6 +39,7 @@ from typing import Any, Callable, Protocol
 
 from placement import GPU_MILLI, ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
 from placement.cost import CostModel, slowdown
+from placement.queue import Scan, best_first
 from placement.durations import DurationModel, Estimate, duration_key
 
 from .demand import build_demand
@@ -53,9 +55,6 @@ RELEASE_FOR_OTHERS_S = 0.5  # an idle worker is given back this soon when other 
 CLAIM_S = 1.0  # a GPU no one holds: about this long until a claimed worker process runs (with a warm pool)
 ABOVE_CAP_GRACE_S = 1.0  # a worker that comes up above the job's (shrunk) cap may start one batch this long
 KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its explanations)
-UNPLACED_SCAN_LIMIT = 256  # per round, stop scanning after this many queued subtasks that do not fit
-BEST_MATCH_WINDOW = 64  # best match looks at this many queued subtasks of the top priority
-AGING = 0.5  # best match: each second queued counts as this many seconds less estimated run (no starvation)
 OOM_MARGIN_MIB = 256  # a subtask over its declaration is retried asking for its peak use plus this (or twice)
 MAX_SLOTS = 8  # default cap of calls (slot processes) running at once on one GPU
 SLOT_CONTEXT_MIB = 512  # default GPU memory a slot process's CUDA context takes (outside any declaration)
@@ -625,20 +624,13 @@ class DispatchCore:
         pol.prepare(state, [d for _, _, st in heapq.nsmallest(16, self.queue) if (d := _safe_demand(self, st))])
         sched = Scheduler(state, pol)
         slots = max(1, len(self.workers))
-        keep: list[tuple[int, int, Subtask]] = []
-        front = self._best_first()  # taken off the heap: served first, in this order
-
-        def pop() -> tuple[int, int, Subtask]:
-            return front.pop(0) if front else heapq.heappop(self.queue)
-
-        def head() -> Subtask | None:
-            return front[0][2] if front else (self.queue[0][2] if self.queue else None)
-
-        failed_shapes: set[tuple] = set()
-        started = misses = 0
+        now = self.clock()
+        scan = Scan(self.queue, best_first(self.queue, now, lambda st: self.estimate(st).seconds,
+                                           lambda st: st.duration_key, lambda st: st.enqueued))
+        started = 0
         try:
-            while (front or self.queue) and misses < UNPLACED_SCAN_LIMIT:
-                item = pop()
+            while scan.more():
+                item = scan.pop()
                 st = item[2]
                 if st.future is not None and st.future.done():
                     continue
@@ -647,9 +639,8 @@ class DispatchCore:
                     d = self.demand(st)
                     if est.known:  # placement prices unknown work itself (placement.durations)
                         d = dataclasses.replace(d, work_s=est.seconds, work_tail_s=est.tail_s)
-                    if (d.shape, d.gpu_types) in failed_shapes:
-                        keep.append(item)
-                        misses += 1
+                    if (d.shape, d.gpu_types) in scan.failed:
+                        scan.keep(item)
                         continue
                     dec = sched.place(d, explain=True)
                 except Exception as e:  # this subtask fails alone, with the reason; the round goes on
@@ -664,9 +655,7 @@ class DispatchCore:
                         self._resolve(st, Outcome(False, self.backend.fail(dec.unplaced.reason,
                                                                            _never(dec.unplaced.reason))))
                     else:
-                        failed_shapes.add((d.shape, d.gpu_types))
-                        keep.append(item)
-                        misses += 1
+                        scan.did_not_fit(item, (d.shape, d.gpu_types))
                         self._note_fair_wait(st)
                     continue
                 try:  # transfer (issue 4): explain line, dedup, prefetch; advisory, never loses the subtask
@@ -678,7 +667,7 @@ class DispatchCore:
                 if not all(w is not None and w.alive for w in workers):
                     spare = self._idle_worker(node, d, gpus[0]) if len(gpus) == 1 else None
                     if spare is None:
-                        keep.append(item)  # stays bound in this round's state: no second claim for the same GPUs
+                        scan.keep(item, miss=False)  # stays bound in this round's state: no second claim
                         self._claim(node)
                         continue
                     # A worker of ours sits idle on this node: run there now rather than wait for a worker to
@@ -688,50 +677,33 @@ class DispatchCore:
                     gpus, workers = (spare.gpu_index,), [spare]
                 if not self.fits_now(node, gpus, d):  # it chose to wait for a busy GPU (earliest finish)
                     st.record.explanation = dec.explanation
-                    keep.append(item)
-                    misses += 1
+                    scan.keep(item)
                     self._note_fair_wait(st)
                     state.queue_behind(dec.node, gpus, d)
                     if not self.can_start_now(d):  # no GPU takes this shape now: the rest of it waits too
-                        failed_shapes.add((d.shape, d.gpu_types))
+                        scan.failed.add((d.shape, d.gpu_types))
                     continue
                 batch = [st]
                 if st.opts.batch and self._tiny(st) and not d.input_total:  # data: placed alone
-                    size = min(self.max_batch, max(1, (len(self.queue) + len(front) + 1) // (2 * slots)))
+                    size = min(self.max_batch, max(1, (len(self.queue) + len(scan.front) + 1) // (2 * slots)))
                     key = st.batch_key()
-                    while (len(batch) < size and (nxt := head()) is not None and nxt.batch_key() == key
+                    while (len(batch) < size and (nxt := scan.head()) is not None and nxt.batch_key() == key
                            and not has_inputs(nxt.payload)):  # followers with data: alone too
-                        batch.append(pop()[2])
+                        batch.append(scan.pop()[2])
                 self._start(batch, node, gpus, d, dec.explanation, workers, est)
                 started += len(batch)
-                if est.seconds > BATCH_MAX_WORK_S and (front or self.queue):
+                if est.seconds > BATCH_MAX_WORK_S and (scan.front or self.queue):
                     # The next subtask must see this GPU as busy until an estimated end (so it can weigh
                     # waiting for it against a loaded GPU); this round's state only knows it is taken.
                     self._wake.set()
                     break
         finally:  # whatever happened, what this round took off the queue goes back
-            for item in keep + front:
-                heapq.heappush(self.queue, item)
+            scan.close()
         if started:
             self.metrics.placed(started, time.perf_counter() - t0)
         self.metrics.queued(len(self.queue))
         self.on_change()
         return started
-
-    def _best_first(self) -> list[tuple[int, int, Subtask]]:
-        """Best match: the first ``BEST_MATCH_WINDOW`` queued subtasks, taken off the heap, those of the
-        top priority ordered by estimated run minus ``AGING`` x seconds queued (shortest first: the GPU
-        that frees takes what finishes soonest there; waiting ages a long one so it is not starved),
-        then the rest in queue order. One function queued: queue order (estimates are equal)."""
-        if len(self.queue) < 2:
-            return []
-        front = [heapq.heappop(self.queue) for _ in range(min(BEST_MATCH_WINDOW, len(self.queue)))]
-        top = [x for x in front if x[0] == front[0][0]]
-        if len({x[2].duration_key for x in top}) < 2:
-            return front
-        now = self.clock()
-        top.sort(key=lambda x: (self.estimate(x[2]).seconds - AGING * (now - x[2].enqueued), x[1]))
-        return top + front[len(top):]
 
     def _note_fair_wait(self, st: Subtask) -> None:
         """Say once in the subtask's history that it waits because its job is at its fair share here."""

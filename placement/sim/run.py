@@ -66,3 +66,63 @@ def run_many(nodes_csv: str | Path, pods_csv: str | Path, policies: list[str], s
                 results[(r.policy, r.seed)] = r
                 bar.update(note=f"{r.policy} seed {r.seed}")
     return [results[(p, s)] for p in policies for s in seeds]
+
+
+# ------------------------------------------------------------------------------------ dynamic replay
+_WORKLOADS: dict[tuple, object] = {}
+
+
+def _dynamic_job(nodes_csv: str, pods_csv: str, system: str, seed: int, load: float | None, rate: float | None,
+                 cap_s: float, horizon_s: float | None, priorities: dict | None, round_s: float):
+    from .dynamic import replay, system as get_system
+    from .trace import load_nodes
+    from .workload import build, load_timed_pods
+
+    key = (nodes_csv, pods_csv)
+    if key not in _LOADED:
+        nodes = load_nodes(nodes_csv)
+        _LOADED[key] = (nodes, load_timed_pods(pods_csv, set(nodes.models)))
+    nodes, timed = _LOADED[key]
+    wkey = (key, seed, load, rate, cap_s, horizon_s)
+    if wkey not in _WORKLOADS:  # every system of one (seed, load) replays the same pods
+        _WORKLOADS.clear()
+        _WORKLOADS[wkey] = build(timed, int(nodes.gpus.sum()), seed, load=load, rate=rate, cap_s=cap_s,
+                                 horizon_s=horizon_s)
+    return replay(nodes, _WORKLOADS[wkey], get_system(system), seed, priorities=priorities, round_s=round_s)
+
+
+def run_dynamic(nodes_csv: str | Path, pods_csv: str | Path, systems: list[str], seeds: list[int],
+                loads: list[float | None], rate: float | None = None, cap_s: float = 1800.0,
+                horizon_s: float | None = None, priorities: dict | None = None, round_s: float = 1.0,
+                jobs: int = 1, progress: bool | None = None) -> list:
+    """Dynamic replays for every (load, seed, system), ordered that way. Raises early on bad input."""
+    from .dynamic import system as get_system
+    from .trace import load_nodes
+    from .workload import build, load_timed_pods
+
+    for s in systems:
+        get_system(s)
+    nodes = load_nodes(nodes_csv)
+    timed = load_timed_pods(pods_csv, set(nodes.models))  # errors name the file, line and field
+    for load in loads:  # bad loads, rates, caps and horizons fail here, before any replay
+        build(timed, int(nodes.gpus.sum()), seeds[0], load=load, rate=rate, cap_s=cap_s, horizon_s=horizon_s)
+    if round_s <= 0:
+        raise ValueError(f"--round must be > 0 seconds, got {round_s:g}")
+    tasks = [(str(nodes_csv), str(pods_csv), s, seed, load, rate, cap_s, horizon_s, priorities, round_s)
+             for load in loads for seed in seeds for s in systems]
+    bar = Progress(len(tasks), "simulate --dynamic", force=bool(progress))
+    if progress is False:
+        bar.enabled = False
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
+    out: dict[int, object] = {}
+    if jobs == 1:
+        for k, t in enumerate(tasks):
+            out[k] = r = _dynamic_job(*t)
+            bar.update(note=f"{r.system} load {r.load:.2f} seed {r.seed}")
+    else:
+        with ProcessPoolExecutor(jobs) as ex:
+            futs = {ex.submit(_dynamic_job, *t): k for k, t in enumerate(tasks)}
+            for f in as_completed(futs):
+                out[futs[f]] = r = f.result()
+                bar.update(note=f"{r.system} load {r.load:.2f} seed {r.seed}")
+    return [out[k] for k in range(len(tasks))]

@@ -115,36 +115,38 @@ def load_nodes(path: str | Path) -> Nodes:
                  np.array(pick(gpus), np.int64), pick(models))
 
 
-def load_pods(path: str | Path, known_models: set[str] | None = None) -> Pods:
-    """Pods sorted by name, with the protocol's rules: a CPU-only pod has no GPU share or type,
+def pod_demand(path: Path, line: int, row: dict, known_models: set[str] | None = None) -> Demand:
+    """One pod row as a demand, with the protocol's rules: a CPU-only pod has no GPU share or type,
     ``gpu_milli`` above 1000 is clamped to 1000."""
+    name = row["name"]
+    if not name:
+        raise TraceError(f"{path}:{line}: field 'name': empty pod name")
+    cpu = _int(path, line, row, "cpu_milli")
+    mem = _int(path, line, row, "memory_mib")
+    ng = _int(path, line, row, "num_gpu")
+    gm = _int(path, line, row, "gpu_milli")
+    types: tuple[str, ...] = ()
+    if ng > 0:
+        if gm == 0:
+            raise TraceError(f"{path}:{line}: field 'gpu_milli': a pod with num_gpu={ng} needs a share > 0")
+        gm = min(gm, GPU_MILLI)
+        if ng > 1 and gm != GPU_MILLI:
+            raise TraceError(f"{path}:{line}: field 'gpu_milli': {ng} GPUs must each be whole (1000), got {gm}")
+        types = tuple(p for p in row.get("gpu_spec", "").split("|") if p and p.lower() != "nan")
+        if known_models is not None:
+            bad = [t for t in types if t not in known_models]
+            if bad:
+                raise TraceError(f"{path}:{line}: field 'gpu_spec': unknown GPU model(s) {', '.join(bad)}; "
+                                 f"the nodes have {', '.join(sorted(known_models))}")
+    else:
+        gm = 0
+    return Demand(name, cpu_milli=cpu, memory_mib=mem, num_gpus=ng, gpu_milli=gm, gpu_types=types)
+
+
+def load_pods(path: str | Path, known_models: set[str] | None = None) -> Pods:
+    """Pods sorted by name (``pod_demand`` for each row)."""
     path = Path(path)
-    recs = []
-    for line, row in csv_rows(path, POD_COLUMNS):
-        name = row["name"]
-        if not name:
-            raise TraceError(f"{path}:{line}: field 'name': empty pod name")
-        cpu = _int(path, line, row, "cpu_milli")
-        mem = _int(path, line, row, "memory_mib")
-        ng = _int(path, line, row, "num_gpu")
-        gm = _int(path, line, row, "gpu_milli")
-        types: tuple[str, ...] = ()
-        if ng > 0:
-            if gm == 0:
-                raise TraceError(f"{path}:{line}: field 'gpu_milli': a pod with num_gpu={ng} needs a share > 0")
-            gm = min(gm, GPU_MILLI)
-            if ng > 1 and gm != GPU_MILLI:
-                raise TraceError(f"{path}:{line}: field 'gpu_milli': {ng} GPUs must each be whole (1000), got {gm}")
-            types = tuple(p for p in row.get("gpu_spec", "").split("|") if p and p.lower() != "nan")
-            if known_models is not None:
-                bad = [t for t in types if t not in known_models]
-                if bad:
-                    raise TraceError(f"{path}:{line}: field 'gpu_spec': unknown GPU model(s) {', '.join(bad)}; "
-                                     f"the nodes have {', '.join(sorted(known_models))}")
-        else:
-            gm = 0
-        recs.append((name, Demand(name, cpu_milli=cpu, memory_mib=mem, num_gpus=ng, gpu_milli=gm,
-                                  gpu_types=types)))
+    recs = [(d.id, d) for line, row in csv_rows(path, POD_COLUMNS) for d in (pod_demand(path, line, row, known_models),)]
     if not recs:
         raise TraceError(f"{path}: no pods")
     recs.sort(key=lambda r: r[0])

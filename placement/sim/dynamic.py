@@ -1,0 +1,212 @@
+"""Dynamic trace replay: pods arrive, queue, run and leave under a simulated clock. No Ray here.
+
+Every system is fastgpu's own scheduling core configured differently: the queue discipline of the live
+node schedulers (``placement.queue``: priority heap, best match, a round that skips what does not fit),
+the placement ``Scheduler`` with a registered policy on one ``ClusterState`` kept up to date by binding
+and unbinding (never rebuilt, no explain records), and learned durations (``placement.durations``)::
+
+    fifo-best-fit   arrival order, no priorities; a round stops at the first pod that does not fit
+    k8s-best-fit    priority order; a pod that does not fit now is skipped and retried next round
+    k8s-fgd         the same queue with the FGD policy (kube-scheduler with the FGD plugin)
+    fastgpu         priority order, best match among the top priority (shortest learned run first,
+                    aged), skipping what does not fit (backfill), the fastgpu policy
+
+Rounds run every ``round_s`` simulated seconds in which something arrived or left. No scheduler reads a
+pod's own run time: durations are learned per pod template (qos, CPU, memory, GPUs, GPU share and
+model; what a scheduler sees of a pod) from pods that finished, as the live runtime learns per function.
+
+Speed (the replay is driven at simulator speed): state changes are incremental; a pod that did not fit
+in the last round is tried again only if a node freed since could hold it, judged from upper bounds
+over the freed nodes (exact: placing only fills nodes, so nothing else can have made room). The cost is
+one placement per started pod (vectorised over the nodes: linear in nodes) plus per round at most the
+queue discipline's miss limit of O(1) checks, so it grows linearly with pods and with nodes.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import registry
+from ..durations import DurationModel
+from ..model import GPU_MILLI, Demand
+from ..queue import UNPLACED_SCAN_LIMIT, Scan, best_first
+from ..scheduler import Scheduler
+from ..state import ClusterState
+from .trace import Nodes
+from .workload import QOS_PRIORITY, Workload, gpu_class
+
+ROUND_S = 1.0
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    policy: str
+    priorities: bool  # serve by qos priority (else arrival order)
+    best_match: bool  # best match among the top priority (learned durations)
+    limit: float  # misses per round before it ends (1: strict FIFO)
+
+
+SYSTEMS = {s.name: s for s in (
+    System("fifo-best-fit", "best-fit", False, False, 1),
+    System("k8s-best-fit", "best-fit", True, False, UNPLACED_SCAN_LIMIT),
+    System("k8s-fgd", "fgd", True, False, UNPLACED_SCAN_LIMIT),
+    System("fastgpu", "fastgpu", True, True, UNPLACED_SCAN_LIMIT),
+)}
+
+
+def system(name: str) -> System:
+    if name not in SYSTEMS:
+        raise ValueError(f"unknown system {name!r}; the dynamic replay has: {', '.join(SYSTEMS)}")
+    return SYSTEMS[name]
+
+
+@dataclass
+class DynamicResult:
+    system: str
+    seed: int
+    load: float
+    warmup_s: float
+    horizon_s: float
+    capacity: int  # milli-GPU
+    arrive: np.ndarray  # per replayed pod
+    start: np.ndarray  # nan: never started within the horizon (or never could fit)
+    end: np.ndarray
+    gpus: np.ndarray  # GPUs each pod asked for (a share counts its fraction)
+    klass: list[str]
+    qos: list[str]
+    never_fits: int  # pods no node could ever hold (dropped at arrival)
+    series: np.ndarray  # rows of (time, allocated milli, queued pods), one per round
+    seconds: float = 0.0
+    rounds: int = 0
+    placements: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+def template(d: Demand, qos: str) -> str:
+    """A pod's duration key: what a scheduler sees of it (its template), never its run time."""
+    return f"{qos}|{d.cpu_milli}|{d.memory_mib}|{d.num_gpus}x{d.gpu_share}|{','.join(d.gpu_types)}"
+
+
+def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: dict[str, int] | None = None,
+           round_s: float = ROUND_S, warmup_s: float | None = None) -> DynamicResult:
+    prio_of = QOS_PRIORITY if priorities is None else priorities
+    tp = wl.timed
+    rng = np.random.default_rng(seed)
+    rank = np.empty(len(nodes.names), dtype=np.int64)
+    rank[rng.permutation(len(nodes.names))] = np.arange(len(nodes.names))
+    state = ClusterState(nodes.names, nodes.cpu, nodes.mem, nodes.gpus, nodes.models, rank=rank)
+    pol = registry.create(sys_.policy, rng=rng)
+    pol.prepare(state, tp.demands)  # the trace's pods are the typical workload (as the static replay)
+    sched = Scheduler(state, pol)
+    model = DurationModel()
+
+    n = len(wl.pods)
+    demands: list[Demand] = []
+    keys: list[str] = []
+    for j, d in enumerate(tp.demands):  # (one Demand per trace pod, with its qos priority)
+        p = prio_of.get(tp.qos[j], 0) if sys_.priorities else 0
+        demands.append(Demand(d.id, d.cpu_milli, d.memory_mib, d.num_gpus, d.gpu_milli, gpu_types=d.gpu_types,
+                              priority=p))
+        keys.append(template(d, tp.qos[j]))
+    start = np.full(n, math.nan)
+    end = np.full(n, math.nan)
+    enq = wl.arrive
+    failed_round = np.full(n, -2, dtype=np.int64)  # the round each queued pod last did not fit in
+    ever: dict[tuple, bool] = {}
+    never_fits = 0
+    heap: list[tuple] = []
+    leaving: list[tuple[float, int, int, tuple[int, ...]]] = []  # (end, pod, node, gpus)
+    series = []
+    freed: set[int] = set()
+    ai = rounds = placements = 0
+    t = 0.0
+    t0 = time.perf_counter()
+
+    def estimate(i: int) -> float:
+        return model.estimate(keys[wl.pods[i]]).seconds
+
+    while True:
+        nxt = min(wl.arrive[ai] if ai < n else math.inf, leaving[0][0] if leaving else math.inf)
+        if nxt >= wl.horizon_s:
+            break
+        t = max(nxt, t + round_s) if rounds else nxt
+        freed.clear()
+        while leaving and leaving[0][0] <= t:
+            e, i, node, gpus = heapq.heappop(leaving)
+            d = demands[wl.pods[i]]
+            state.unbind(node, gpus, d)
+            freed.add(node)
+            model.observe(keys[wl.pods[i]], wl.run_s[i])
+        while ai < n and wl.arrive[ai] <= t:
+            d = demands[wl.pods[ai]]
+            k = (d.shape, d.gpu_types)
+            if k not in ever:
+                ever[k] = state.could_ever_fit(d)
+            if ever[k]:
+                heapq.heappush(heap, (-d.priority, ai, ai))
+            else:
+                never_fits += 1
+            ai += 1
+        rounds += 1
+        if heap:
+            placements += _round(state, sched, heap, demands, wl, sys_, t, rounds, freed, failed_round, start,
+                                 end, leaving, estimate, enq)
+        series.append((t, state.allocated_milli(), len(heap)))
+    secs = time.perf_counter() - t0
+    gpus = np.array([demands[j].total_gpu_milli / GPU_MILLI for j in wl.pods])
+    return DynamicResult(sys_.name, seed, wl.load, wl.cap_s if warmup_s is None else warmup_s, wl.horizon_s,
+                         state.capacity_milli(), wl.arrive, start, end, gpus,
+                         [gpu_class(tp.demands[j]) for j in wl.pods], [tp.qos[j] for j in wl.pods], never_fits,
+                         np.array(series, dtype=float).reshape(-1, 3), secs, rounds, placements)
+
+
+def _round(state, sched, heap, demands, wl, sys_, t, rnd, freed, failed_round, start, end, leaving, estimate,
+           enq) -> int:
+    """One round of the queue discipline at time ``t``; returns the pods started."""
+    if freed:  # upper bounds of what the nodes freed since the last round can hold
+        rows = np.fromiter(freed, dtype=np.int64)
+        cpu, mem = state.cpu_left[rows].max(), state.mem_left[rows].max()
+        share, whole = state.max_free[rows].max(), state.nfull[rows].max()
+    else:
+        cpu = mem = share = whole = -1
+    front = best_first(heap, t, estimate, lambda i: wl.pods[i], lambda i: enq[i]) if sys_.best_match else None
+    scan = Scan(heap, front, sys_.limit)
+    started = 0
+    try:
+        while scan.more():
+            entry = scan.pop()
+            i = entry[2]
+            d = demands[wl.pods[i]]
+            shape = (d.shape, d.gpu_types)
+            if shape in scan.failed:
+                scan.keep(entry)
+                continue
+            if failed_round[i] == rnd - 1 and not _may_fit(d, cpu, mem, share, whole):
+                failed_round[i] = rnd  # did not fit last round, and no node freed since can hold it
+                scan.did_not_fit(entry, shape)
+                continue
+            dec = sched.place(d, reasons=False)
+            if dec.node < 0:
+                failed_round[i] = rnd
+                scan.did_not_fit(entry, shape)
+                continue
+            start[i] = t
+            end[i] = t + wl.run_s[i]
+            heapq.heappush(leaving, (end[i], i, dec.node, dec.gpus))
+            started += 1
+    finally:
+        scan.close()
+    return started
+
+
+def _may_fit(d: Demand, cpu, mem, share, whole) -> bool:
+    if d.cpu_milli > cpu or d.memory_mib > mem:
+        return False
+    if not d.num_gpus:
+        return True
+    return share >= d.gpu_share if d.num_gpus == 1 else whole >= d.num_gpus
