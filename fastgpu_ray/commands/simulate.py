@@ -39,6 +39,9 @@ def add_parser(sub):
     dyn.add_argument("--qos-priority", default="Guaranteed=2,LS=2,Burstable=1,BE=0",
                      help="priority of each qos class, higher first (default Guaranteed=2,LS=2,Burstable=1,BE=0)")
     dyn.add_argument("--round", type=float, default=1.0, help="simulated seconds between scheduling rounds (1)")
+    dyn.add_argument("--scan-limit", type=float, metavar="N",
+                     help="ablation: pods that may fail to fit per round before it ends, for every system but "
+                          "strict FIFO (default: the runtime's, 256; 'inf' tries the whole queue)")
     p.set_defaults(run=run)
 
 
@@ -131,7 +134,7 @@ def _run_dynamic(args, nodes_csv, pods_csv, workload) -> int:
         systems = args.systems or list(SYSTEMS)
         runs = run_dynamic(nodes_csv, pods_csv, systems, seeds, loads, args.rate, args.cap, args.horizon,
                            _priorities(args.qos_priority), args.round, args.jobs,
-                           progress=False if args.no_progress else None)
+                           progress=False if args.no_progress else None, scan_limit=args.scan_limit)
     except (TraceError, ValueError) as e:
         print(f"fastgpu simulate: error: {e}", file=sys.stderr)
         return 2
@@ -153,7 +156,8 @@ def _run_dynamic(args, nodes_csv, pods_csv, workload) -> int:
     if args.json:
         meta = {"trace": workload, "nodes": str(nodes_csv), "pods": str(pods_csv), "seeds": seeds,
                 "loads": loads, "rate": args.rate, "cap_s": args.cap, "horizon_s": args.horizon,
-                "qos_priority": _priorities(args.qos_priority), "round_s": args.round}
+                "qos_priority": _priorities(args.qos_priority), "round_s": args.round,
+                "scan_limit": args.scan_limit}
         rep.write_json(args.json, rep.to_json(summ, meta))
         print(f"wrote {args.json}")
     if args.plot:

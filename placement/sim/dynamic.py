@@ -127,8 +127,14 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
     t = 0.0
     t0 = time.perf_counter()
 
+    memo: dict[str, float] = {}  # estimates of this round (the model changes only as pods leave)
+
     def estimate(i: int) -> float:
-        return model.estimate(keys[wl.pods[i]]).seconds
+        k = keys[wl.pods[i]]
+        v = memo.get(k)
+        if v is None:
+            v = memo[k] = model.estimate(k).seconds
+        return v
 
     while True:
         nxt = min(wl.arrive[ai] if ai < n else math.inf, leaving[0][0] if leaving else math.inf)
@@ -136,6 +142,7 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
             break
         t = max(nxt, t + round_s) if rounds else nxt
         freed.clear()
+        memo.clear()
         while leaving and leaving[0][0] <= t:
             e, i, node, gpus = heapq.heappop(leaving)
             d = demands[wl.pods[i]]

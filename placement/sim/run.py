@@ -73,7 +73,10 @@ _WORKLOADS: dict[tuple, object] = {}
 
 
 def _dynamic_job(nodes_csv: str, pods_csv: str, system: str, seed: int, load: float | None, rate: float | None,
-                 cap_s: float, horizon_s: float | None, priorities: dict | None, round_s: float):
+                 cap_s: float, horizon_s: float | None, priorities: dict | None, round_s: float,
+                 scan_limit: float | None = None):
+    import dataclasses
+
     from .dynamic import replay, system as get_system
     from .trace import load_nodes
     from .workload import build, load_timed_pods
@@ -88,14 +91,18 @@ def _dynamic_job(nodes_csv: str, pods_csv: str, system: str, seed: int, load: fl
         _WORKLOADS.clear()
         _WORKLOADS[wkey] = build(timed, int(nodes.gpus.sum()), seed, load=load, rate=rate, cap_s=cap_s,
                                  horizon_s=horizon_s)
-    return replay(nodes, _WORKLOADS[wkey], get_system(system), seed, priorities=priorities, round_s=round_s)
+    sys_ = get_system(system)
+    if scan_limit is not None and sys_.limit > 1:  # (an ablation: strict FIFO stays strict)
+        sys_ = dataclasses.replace(sys_, limit=scan_limit)
+    return replay(nodes, _WORKLOADS[wkey], sys_, seed, priorities=priorities, round_s=round_s)
 
 
 def run_dynamic(nodes_csv: str | Path, pods_csv: str | Path, systems: list[str], seeds: list[int],
                 loads: list[float | None], rate: float | None = None, cap_s: float = 1800.0,
                 horizon_s: float | None = None, priorities: dict | None = None, round_s: float = 1.0,
-                jobs: int = 1, progress: bool | None = None) -> list:
-    """Dynamic replays for every (load, seed, system), ordered that way. Raises early on bad input."""
+                jobs: int = 1, progress: bool | None = None, scan_limit: float | None = None) -> list:
+    """Dynamic replays for every (load, seed, system), ordered that way. Raises early on bad input.
+    ``scan_limit``: misses per round for every system but strict FIFO, instead of the runtime's."""
     from .dynamic import system as get_system
     from .trace import load_nodes
     from .workload import build, load_timed_pods
@@ -106,9 +113,11 @@ def run_dynamic(nodes_csv: str | Path, pods_csv: str | Path, systems: list[str],
     timed = load_timed_pods(pods_csv, set(nodes.models))  # errors name the file, line and field
     for load in loads:  # bad loads, rates, caps and horizons fail here, before any replay
         build(timed, int(nodes.gpus.sum()), seeds[0], load=load, rate=rate, cap_s=cap_s, horizon_s=horizon_s)
-    if round_s <= 0:
+    if not round_s > 0:
         raise ValueError(f"--round must be > 0 seconds, got {round_s:g}")
-    tasks = [(str(nodes_csv), str(pods_csv), s, seed, load, rate, cap_s, horizon_s, priorities, round_s)
+    if scan_limit is not None and not scan_limit >= 1:
+        raise ValueError(f"--scan-limit must be >= 1, got {scan_limit:g}")
+    tasks = [(str(nodes_csv), str(pods_csv), s, seed, load, rate, cap_s, horizon_s, priorities, round_s, scan_limit)
              for load in loads for seed in seeds for s in systems]
     bar = Progress(len(tasks), "simulate --dynamic", force=bool(progress))
     if progress is False:

@@ -1,0 +1,176 @@
+"""The dynamic trace replay (`fastgpu simulate --dynamic`): the workload transform, the queue disciplines
+it runs (the runtime's `placement.queue`), its figures, and its errors for bad input."""
+import heapq
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fastgpu_ray.cli import main
+from placement.model import Demand
+from placement.queue import Scan, best_first
+from placement.sim import dynamic
+from placement.sim.dynamic_report import stats
+from placement.sim.trace import Nodes, TraceError
+from placement.sim.workload import TimedPods, Workload, build, load_timed_pods
+
+HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time"
+
+
+def nodes(n: int = 1, gpus: int = 2) -> Nodes:
+    return Nodes([f"n{i}" for i in range(n)], np.full(n, 64000), np.full(n, 262144), np.full(n, gpus), ["T4"] * n)
+
+
+def timed(pods: list[tuple[Demand, str, float, float]], cut=None) -> TimedPods:
+    """(demand, qos, created, run_s) per pod; run_s nan = never ran."""
+    run = np.array([p[3] for p in pods], dtype=float)
+    return TimedPods(None, [p[0] for p in pods], np.array([p[2] for p in pods], dtype=float), run,
+                     np.zeros(len(pods), bool) if cut is None else np.array(cut), [p[1] for p in pods])
+
+
+def workload(tp: TimedPods, horizon: float = 1000.0) -> Workload:
+    """The pods as given: arriving at their creation time, running their run time (no transform)."""
+    order = np.argsort(tp.created, kind="stable")
+    return Workload(tp, order, tp.created[order], tp.run_s[order], 1.0, 1.0, 100.0, horizon, 1, 0.0, 0.0)
+
+
+def gpu(name, k=1, milli=1000, cpu=1000):
+    return Demand(name, cpu_milli=cpu, memory_mib=1024, num_gpus=k, gpu_milli=milli)
+
+
+def starts(tp, system, horizon=1000.0):
+    """Each pod's start time (by name) on one node with 2 GPUs, and the result."""
+    wl = workload(tp, horizon)
+    r = dynamic.replay(nodes(), wl, dynamic.SYSTEMS[system], seed=1)
+    return {tp.demands[j].id: s for j, s in zip(wl.pods, r.start)}, r
+
+
+# ------------------------------------------------------------------------------------------ queue
+
+
+def test_best_first_serves_shortest_estimate_of_the_top_priority_and_ages_waiting_ones():
+    items = {"long": (0, 100.0), "short": (0, 10.0), "old-long": (-300, 100.0), "low": (0, 1.0)}
+    heap = [(-1, 0, "long"), (-1, 1, "short"), (-1, 2, "old-long"), (0, 3, "low")]
+    heapq.heapify(heap)
+    front = best_first(heap, 0.0, lambda i: items[i][1], lambda i: i, lambda i: items[i][0], aging=0.5)
+    # old-long: 100 - 0.5 * 300 = -50 (aged past the short one); the lower priority goes last
+    assert [e[2] for e in front] == ["old-long", "short", "long", "low"] and heap == []
+
+
+def test_a_strict_scan_stops_at_the_first_miss_and_close_puts_everything_back():
+    heap = [(0, i, f"p{i}") for i in range(5)]
+    scan = Scan(heap, limit=1)
+    seen = []
+    while scan.more():
+        e = scan.pop()
+        seen.append(e[2])
+        scan.did_not_fit(e, "shape")
+    scan.close()
+    assert seen == ["p0"] and sorted(e[2] for e in heap) == [f"p{i}" for i in range(5)]
+
+
+# ------------------------------------------------------------------------------- the disciplines
+
+
+def test_strict_fifo_blocks_behind_a_pod_that_does_not_fit_and_the_k8s_queue_skips_it():
+    tp = timed([(gpu("busy"), "LS", 0.0, 100.0), (gpu("wide", k=2), "LS", 1.0, 10.0),
+                (gpu("small"), "LS", 2.0, 10.0)])
+    fifo, _ = starts(tp, "fifo-best-fit")
+    k8s, _ = starts(tp, "k8s-best-fit")
+    assert fifo["wide"] == 100.0 and fifo["small"] == 110.0  # nothing passes the 2-GPU pod
+    assert k8s["small"] == 2.0 and k8s["wide"] == 100.0  # the small one ran beside the busy one
+
+
+def test_priorities_from_qos_put_ls_ahead_of_an_earlier_be_pod():
+    tp = timed([(gpu("busy1"), "BE", 0.0, 50.0), (gpu("busy2"), "BE", 0.0, 100.0),
+                (gpu("be"), "BE", 1.0, 10.0), (gpu("ls"), "LS", 2.0, 10.0)])
+    k8s, _ = starts(tp, "k8s-fgd")
+    fifo, _ = starts(tp, "fifo-best-fit")
+    assert k8s["ls"] == 50.0 and k8s["be"] == 60.0
+    assert fifo["be"] == 50.0 and fifo["ls"] == 60.0  # FIFO ignores qos
+
+
+def test_fastgpu_serves_the_template_it_learned_is_short_first_and_never_reads_a_pods_own_run_time():
+    def pods(short_run, long_run):
+        out = [(gpu("warm-short", cpu=1000), "LS", 0.0, 5.0), (gpu("warm-long", cpu=2000), "LS", 0.0, 500.0),
+               (gpu("hog1", cpu=3000), "LS", 6.0, 2000.0), (gpu("hog2", cpu=3000), "LS", 501.0, 600.0)]
+        # queued behind the hogs once both templates' first runs have finished: long first in arrival order
+        out += [(gpu(f"long{i}", cpu=2000), "LS", 510.0 + i, long_run) for i in range(3)]
+        out += [(gpu(f"short{i}", cpu=1000), "LS", 520.0 + i, short_run) for i in range(3)]
+        return timed(out)
+
+    fast, _ = starts(pods(5.0, 500.0), "fastgpu", horizon=5000)
+    k8s, _ = starts(pods(5.0, 500.0), "k8s-fgd", horizon=5000)
+    assert max(fast[f"short{i}"] for i in range(3)) < min(fast[f"long{i}"] for i in range(3))
+    assert min(k8s[f"long{i}"] for i in range(3)) < min(k8s[f"short{i}"] for i in range(3))
+    # The queued pods' own run times changed (templates keep their learned durations): same order
+    swapped, _ = starts(pods(50.0, 400.0), "fastgpu", horizon=5000)
+    order = lambda s: sorted((v, k) for k, v in s.items() if k[:4] in ("shor", "long"))  # noqa: E731
+    assert [k for _, k in order(swapped)][:3] == [k for _, k in order(fast)][:3]
+
+
+def test_departures_free_the_gpus_and_allocation_is_time_weighted_while_pods_queue():
+    tp = timed([(gpu("a", k=2), "LS", 0.0, 100.0), (gpu("b", k=2), "LS", 0.0, 100.0)])
+    r = dynamic.replay(nodes(), workload(tp, 300.0), dynamic.SYSTEMS["k8s-best-fit"], seed=1)
+    assert sorted(r.start) == [0.0, 100.0] and sorted(r.end) == [100.0, 200.0]
+    r.warmup_s = 0.0
+    s = stats(r)
+    assert s["alloc_busy"] == pytest.approx(1.0)  # queue non-empty only while "b" waited: both GPUs held
+    assert s["alloc"] == pytest.approx(200 / 300)
+    assert s["pods_per_hour"] == pytest.approx(2 / (300 / 3600))
+    assert s["wait"]["mean"] == pytest.approx(50.0) and s["never_placed"] == 0
+
+
+# ----------------------------------------------------------------------------------- the transform
+
+
+def test_transform_draws_never_ran_pods_from_their_class_caps_runs_and_meets_the_offered_load():
+    pods = [(gpu(f"r{i}"), "LS", float(i), float(r)) for i, r in enumerate([10, 20, 30, 5000])]
+    pods += [(gpu("pending"), "BE", 4.0, math.nan), (gpu("cut", k=2), "LS", 5.0, 7.0),
+             (gpu("done2", k=2), "LS", 6.0, 40.0), (gpu("done2b", k=2), "LS", 7.0, 3.0)]
+    tp = timed(pods, cut=[False] * 5 + [True, False, False])
+    wl = build(tp, gpus=4, seed=3, load=0.5, cap_s=100.0, horizon_s=5000.0)
+    first = {tp.demands[j].id: r for j, r in zip(wl.pods, wl.run_s)}  # (the last pass's draws)
+    assert first["pending"] in (10.0, 20.0, 30.0, 100.0)  # a 1-GPU class run time, capped
+    assert first["cut"] == 40.0  # the only finished 2-GPU pod that ran at least 7 s
+    assert first["r3"] == 100.0  # capped
+    assert wl.load == pytest.approx(0.5) and wl.passes > 1 and wl.arrive.max() < 5000.0
+    assert np.all(np.diff(wl.arrive) >= 0)
+    again = build(tp, gpus=4, seed=3, load=0.5, cap_s=100.0, horizon_s=5000.0)
+    assert np.array_equal(again.run_s, wl.run_s)  # seeded
+    with pytest.raises(ValueError, match="--rate must be > 0"):
+        build(tp, gpus=4, seed=3, rate=0.0)
+
+
+def _csv(tmp_path, rows):
+    p = tmp_path / "pods.csv"
+    p.write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    return p
+
+
+def test_bad_time_rows_name_file_line_and_field(tmp_path):
+    p = _csv(tmp_path, ["a,1000,1024,1,1000,,LS,Running,0,100,10", "b,1000,1024,1,1000,,LS,Running,0,5,10"])
+    with pytest.raises(TraceError, match=r"pods.csv:3: field 'deletion_time': 5 precedes scheduled_time 10"):
+        load_timed_pods(p)
+    p.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli\na,1000,1024,1,1000\n")
+    with pytest.raises(TraceError, match="missing column.*creation_time"):
+        load_timed_pods(p)
+
+
+def test_cli_dynamic_prints_the_table_and_json_and_rejects_a_bad_rate(tmp_path, capsys):
+    n = tmp_path / "nodes.csv"
+    n.write_text("sn,cpu_milli,memory_mib,gpu,model\n" + "".join(f"n{i},64000,262144,4,T4\n" for i in range(4)))
+    rows = [f"p{i},{1000 * (1 + i % 3)},1024,{(1, 1, 2, 0)[i % 4]},{(1000, 500, 1000, 0)[i % 4]},,"
+            f"{('LS', 'BE')[i % 2]},Running,{i * 10},{i * 10 + 50 + (i * 37) % 200},{i * 10}" for i in range(200)]
+    p = _csv(tmp_path, rows)
+    out = tmp_path / "d.json"
+    rc = main(["simulate", "--dynamic", "--nodes", str(n), "--pods", str(p), "--load", "1.2", "--cap", "300",
+               "--json", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "k8s-fgd" in text and "fifo-best-fit" in text and "changed" in text
+    data = json.loads(out.read_text())
+    assert {r["system"] for r in data["runs"]} == set(dynamic.SYSTEMS)
+    assert all(r["mean"]["arrived"] > 0 for r in data["runs"])
+    assert main(["simulate", "--dynamic", "--nodes", str(n), "--pods", str(p), "--rate", "-1"]) == 2
+    assert "--rate must be > 0" in capsys.readouterr().err
