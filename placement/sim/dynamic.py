@@ -8,6 +8,7 @@ and unbinding (never rebuilt, no explain records), and learned durations (``plac
     fifo-best-fit   arrival order, no priorities; a round stops at the first pod that does not fit
     k8s-best-fit    priority order; a pod that does not fit now is skipped and retried next round
     k8s-fgd         the same queue with the FGD policy (kube-scheduler with the FGD plugin)
+    k8s-fastgpu     the same queue with the fastgpu policy (an ablation: packing without queue order)
     fastgpu         priority order, best match among the top priority (shortest learned run first,
                     aged), skipping what does not fit (backfill), the fastgpu policy
 
@@ -55,6 +56,7 @@ SYSTEMS = {s.name: s for s in (
     System("fifo-best-fit", "best-fit", False, False, 1),
     System("k8s-best-fit", "best-fit", True, False, UNPLACED_SCAN_LIMIT),
     System("k8s-fgd", "fgd", True, False, UNPLACED_SCAN_LIMIT),
+    System("k8s-fastgpu", "fastgpu", True, False, UNPLACED_SCAN_LIMIT),
     System("fastgpu", "fastgpu", True, True, UNPLACED_SCAN_LIMIT),
 )}
 
