@@ -40,7 +40,7 @@ from typing import Any, Callable, Protocol
 from placement import GPU_MILLI, ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
 from placement.cost import CostModel, slowdown
 from placement.queue import Scan, best_first
-from placement.durations import DurationModel, Estimate, duration_key
+from placement.durations import DurationModel, Estimate, duration_key, with_elapsed
 
 from .demand import build_demand
 from .options import TaskOptions
@@ -220,6 +220,7 @@ class DispatchCore:
         self.share: Share | None = None
         self.share_expected_until = 0.0  # before this (clock), with no share yet, claim nothing: wait for it
         self.durations = DurationModel()  # learned run times (placement.durations)
+        self._since: dict[str, dict[int, float]] = {}  # duration key -> {batch id: start} of running batches
         self.on_change: Callable[[], None] = lambda: None
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -558,8 +559,14 @@ class DispatchCore:
         return st.demand(self.slot_context_mib)
 
     def estimate(self, st: Subtask) -> Estimate:
-        """``st``'s work on an idle GPU: learned (here or by the driver), else declared, else unknown."""
-        return self.durations.estimate(st.duration_key, st.opts.work_s)
+        """``st``'s work on an idle GPU: learned (here or by the driver), else declared, else unknown, raised
+        to how long its function's oldest running subtask has run (``placement.durations.with_elapsed``)."""
+        est = self.durations.estimate(st.duration_key, st.opts.work_s)
+        if not est.known:
+            runs = self._since.get(st.duration_key)
+            if runs:
+                est = with_elapsed(est, self.clock() - min(runs.values()))
+        return est
 
     def _tiny(self, st: Subtask) -> bool:
         """Whether ``st`` is small enough to share a worker call with others (a batch): its estimated work
@@ -733,6 +740,7 @@ class DispatchCore:
             rec.history.append(f"placed on {node[:12]} GPU {list(gpus)} after {now - st.enqueued:.3f}s queued"
                                + (f" (batch of {len(batch)})" if len(batch) > 1 else ""))
         free_mib = self._free_memory(node, gpus)  # before this reservation: an OOM retry asks for more
+        self._since.setdefault(batch[0].duration_key, {})[id(batch)] = now
         work = est.seconds * len(batch)  # a batch holds one key (batch_key has the function and options)
         for g in gpus:
             dur = work * slowdown(self.external_util(node, g))
@@ -906,6 +914,11 @@ class DispatchCore:
         self._enqueue(st)
 
     def _unreserve(self, node, gpus, d: Demand, batch, workers: list[WorkerInfo]) -> None:
+        runs = self._since.get(batch[0].duration_key)
+        if runs is not None:
+            runs.pop(id(batch), None)
+            if not runs:
+                del self._since[batch[0].duration_key]
         for g in gpus:
             self.ends.get((node, g), {}).pop(id(batch), None)
         for g, w in zip(gpus, workers):

@@ -20,6 +20,9 @@ run time: GPU count and share, declared ``work_s``). Contract:
   function's first finished run teaches the next decisions (there is no separate probe phase).
 * Only successful runs are observed, each under its own key: a function whose runs keep failing teaches
   nothing and does not touch the estimates of others.
+* ``with_elapsed``: while no run of a key has finished, a subtask of it that has run ``e`` seconds says
+  its key takes at least ``e`` (source ``running``), so a queue behind a long first run is not priced
+  at ``UNKNOWN_WORK_S`` per subtask.
 * ``Estimate.tail_s``: the 90th percentile (``exp(m + 1.28 s)``) minus the estimate: how much longer a
   long run is, which the cost model lets a slower GPU stretch (``placement.cost.compute_s``).
 * ``summary()`` / ``adopt()``: estimates travel between schedulers as (log mean, runs, log 90th
@@ -58,6 +61,8 @@ class Estimate:
             return f"{self.seconds:.3g} s (learned from {self.runs} run{'s' if self.runs != 1 else ''})"
         if self.source == "declared":
             return f"{self.seconds:.3g} s (declared work_s)"
+        if self.source == "running":
+            return f"{self.seconds:.3g} s (at least: a run of it has taken that long so far, none finished)"
         return f"{self.seconds:.3g} s (unknown: assumed for work never seen)"
 
 
@@ -66,6 +71,15 @@ def duration_key(fn_key: str, gpu_count: int, gpu_milli: int, declared_s: float 
     count and share, and a declared ``work_s``: ``f.options(work_s=20)`` says it is other work than
     ``f``'s usual)."""
     return f"{fn_key}|{gpu_count}x{gpu_milli}|{declared_s:g}"
+
+
+def with_elapsed(est: Estimate, elapsed_s: float) -> Estimate:
+    """``est`` for work of unknown duration raised to ``elapsed_s``, how long the oldest running subtask
+    of its key has run so far (it takes at least that long; Dask raises unknown durations by elapsed
+    time likewise). Learned and declared estimates are kept as they are."""
+    if est.known or not elapsed_s > est.seconds:
+        return est
+    return Estimate(float(elapsed_s), "running")
 
 
 class DurationModel:

@@ -438,3 +438,34 @@ def test_the_report_plays_the_queue_out_over_the_gpus():
         await core.shutdown()
         return seen
     assert asyncio.run(main()) == [[0.0, 20.0], [20.0, 40.0], [5.0, 5.0]]
+
+
+def test_work_never_finished_is_priced_at_least_at_the_elapsed_time_of_its_running_subtask():
+    """Before any run of a function ends, a queue of it is not priced at the unknown-work default per
+    subtask once its first run has taken longer (the hand-off and the report read these estimates)."""
+    now = [0.0]
+
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b, clock=lambda: now[0])
+        gate = asyncio.Event()
+
+        async def blocked(w):
+            await gate.wait()
+        first = asyncio.ensure_future(core.submit(sub("a", lambda w: blocked(w), fn="slow")))
+        await until(lambda: "a" in core.records and core.records["a"].state == "running", what="the first run")
+        queued = sub("b", value(0), fn="slow")
+        before = core.estimate(queued)
+        now[0] = 3.0
+        during = core.estimate(queued)
+        other = core.estimate(sub("c", value(0), fn="other"))
+        gate.set()
+        await first
+        after = core.estimate(queued)
+        await core.shutdown()
+        return before, during, other, after
+    before, during, other, after = asyncio.run(main())
+    assert before.source == "unknown" and before.seconds == 0.5
+    assert during.source == "running" and during.seconds == 3.0 and "at least" in during.describe()
+    assert other.source == "unknown"  # another function's estimate is untouched
+    assert after.source == "learned" and after.seconds == pytest.approx(3.0)
