@@ -40,8 +40,9 @@ def add_parser(sub):
                      help="priority of each qos class, higher first (default Guaranteed=2,LS=2,Burstable=1,BE=0)")
     dyn.add_argument("--round", type=float, default=1.0, help="simulated seconds between scheduling rounds (1)")
     dyn.add_argument("--scan-limit", type=float, metavar="N",
-                     help="ablation: pods that may fail to fit per round before it ends, for every system but "
-                          "strict FIFO (default: the runtime's, 256; 'inf' tries the whole queue)")
+                     help="pods that may fail to fit per round before it ends, for every system but strict "
+                          "FIFO (default: the runtime's, 256; 1 = no backfill: nothing passes a pod that does "
+                          "not fit; 'inf' tries the whole queue)")
     p.set_defaults(run=run)
 
 

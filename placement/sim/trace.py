@@ -146,7 +146,8 @@ def pod_demand(path: Path, line: int, row: dict, known_models: set[str] | None =
 def load_pods(path: str | Path, known_models: set[str] | None = None) -> Pods:
     """Pods sorted by name (``pod_demand`` for each row)."""
     path = Path(path)
-    recs = [(d.id, d) for line, row in csv_rows(path, POD_COLUMNS) for d in (pod_demand(path, line, row, known_models),)]
+    recs = [(d.id, d) for line, row in csv_rows(path, POD_COLUMNS)
+            for d in (pod_demand(path, line, row, known_models),)]
     if not recs:
         raise TraceError(f"{path}: no pods")
     recs.sort(key=lambda r: r[0])
