@@ -117,8 +117,10 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
         keys.append(template(d, tp.qos[j]))
     start = np.full(n, math.nan)
     end = np.full(n, math.nan)
-    enq = wl.arrive
-    failed_round = np.full(n, -2, dtype=np.int64)  # the round each queued pod last did not fit in
+    enq = wl.arrive.tolist()
+    failed_round = [-2] * n  # the round each queued pod last did not fit in
+    pods = wl.pods.tolist()  # (plain lists: the round's loop indexes them ~250 times per round)
+    shapes = [(d.shape, d.gpu_types) for d in demands]
     ever: dict[tuple, bool] = {}
     never_fits = 0
     heap: list[tuple] = []
@@ -132,7 +134,7 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
     memo: dict[str, float] = {}  # estimates of this round (the model changes only as pods leave)
 
     def estimate(i: int) -> float:
-        k = keys[wl.pods[i]]
+        k = keys[pods[i]]
         v = memo.get(k)
         if v is None:
             v = memo[k] = model.estimate(k).seconds
@@ -147,13 +149,12 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
         memo.clear()
         while leaving and leaving[0][0] <= t:
             e, i, node, gpus = heapq.heappop(leaving)
-            d = demands[wl.pods[i]]
-            state.unbind(node, gpus, d)
+            state.unbind(node, gpus, demands[pods[i]])
             freed.add(node)
-            model.observe(keys[wl.pods[i]], wl.run_s[i])
+            model.observe(keys[pods[i]], wl.run_s[i])
         while ai < n and wl.arrive[ai] <= t:
-            d = demands[wl.pods[ai]]
-            k = (d.shape, d.gpu_types)
+            d = demands[pods[ai]]
+            k = shapes[pods[ai]]
             if k not in ever:
                 ever[k] = state.could_ever_fit(d)
             if ever[k]:
@@ -163,8 +164,8 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
             ai += 1
         rounds += 1
         if heap:
-            placements += _round(state, sched, heap, demands, wl, sys_, t, rounds, freed, failed_round, start,
-                                 end, leaving, estimate, enq)
+            placements += _round(state, sched, heap, demands, shapes, pods, wl, sys_, t, rounds, freed,
+                                 failed_round, start, end, leaving, estimate, enq)
         series.append((t, state.allocated_milli(), len(heap)))
     secs = time.perf_counter() - t0
     gpus = np.array([demands[j].total_gpu_milli / GPU_MILLI for j in wl.pods])
@@ -174,8 +175,8 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
                          np.array(series, dtype=float).reshape(-1, 3), secs, rounds, placements)
 
 
-def _round(state, sched, heap, demands, wl, sys_, t, rnd, freed, failed_round, start, end, leaving, estimate,
-           enq) -> int:
+def _round(state, sched, heap, demands, shapes, pods, wl, sys_, t, rnd, freed, failed_round, start, end, leaving,
+           estimate, enq) -> int:
     """One round of the queue discipline at time ``t``; returns the pods started."""
     if freed:  # upper bounds of what the nodes freed since the last round can hold
         rows = np.fromiter(freed, dtype=np.int64)
@@ -183,18 +184,19 @@ def _round(state, sched, heap, demands, wl, sys_, t, rnd, freed, failed_round, s
         share, whole = state.max_free[rows].max(), state.nfull[rows].max()
     else:
         cpu = mem = share = whole = -1
-    front = best_first(heap, t, estimate, lambda i: wl.pods[i], lambda i: enq[i]) if sys_.best_match else None
+    front = best_first(heap, t, estimate, pods.__getitem__, enq.__getitem__) if sys_.best_match else None
     scan = Scan(heap, front, sys_.limit)
+    failed, more, pop, keep = scan.failed, scan.more, scan.pop, scan.keep
     started = 0
     try:
-        while scan.more():
-            entry = scan.pop()
+        while more():
+            entry = pop()
             i = entry[2]
-            d = demands[wl.pods[i]]
-            shape = (d.shape, d.gpu_types)
-            if shape in scan.failed:
-                scan.keep(entry)
+            shape = shapes[pods[i]]
+            if shape in failed:
+                keep(entry)
                 continue
+            d = demands[pods[i]]
             if failed_round[i] == rnd - 1 and not _may_fit(d, cpu, mem, share, whole):
                 failed_round[i] = rnd  # did not fit last round, and no node freed since can hold it
                 scan.did_not_fit(entry, shape)
