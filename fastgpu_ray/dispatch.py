@@ -220,7 +220,8 @@ class DispatchCore:
         self.share: Share | None = None
         self.share_expected_until = 0.0  # before this (clock), with no share yet, claim nothing: wait for it
         self.durations = DurationModel()  # learned run times (placement.durations)
-        self._since: dict[str, dict[int, float]] = {}  # duration key -> {batch id: start} of running batches
+        # duration key -> {batch id: (start, slowdown of its GPU)} of its running batches
+        self._since: dict[str, dict[int, tuple[float, float]]] = {}
         self.on_change: Callable[[], None] = lambda: None
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -463,13 +464,17 @@ class DispatchCore:
         if n is None or not n.alive or not n.gpu_total:
             return None
         now = self.clock()
-        free = [(self.free_in(node, g, now), self.external_util(node, g)) for g in range(n.gpu_total)]
-        _, until = self.play_queue(free, self.queued())
-        busy = {(node, g): until[g] for g in range(n.gpu_total)}
         if self.share is not None and self.share.others_held:  # other jobs' GPUs: ours in turn (fair share)
             n = dataclasses.replace(n, gpu_available=n.gpu_available + self.share.others_held)
-        snap = build_snapshot([n], self.telemetry, {**self._claim_holds(), **self.holds}, busy)
-        return snap.nodes[0]
+        holds = {**self._claim_holds(), **self.holds}
+        # The queue is played out only over the GPUs it can run on: ours (held or being claimed) and the
+        # ones Ray shows free; a GPU other Ray work holds stays full and takes none of it.
+        plain = build_snapshot([n], self.telemetry, holds).nodes[0]
+        usable = [g for g in range(n.gpu_total) if (node, g) in holds or plain.gpus[g].milli_used < GPU_MILLI]
+        free = [(self.free_in(node, g, now), self.external_util(node, g)) for g in usable]
+        _, until = self.play_queue(free, self.queued())
+        busy = {(node, g): t for g, t in zip(usable, until)}
+        return build_snapshot([n], self.telemetry, holds, busy).nodes[0]
 
     # -------------------------------------------------------------------------- fair share (jobs)
     def _held(self, node: str) -> int:
@@ -564,8 +569,9 @@ class DispatchCore:
         est = self.durations.estimate(st.duration_key, st.opts.work_s)
         if not est.known:
             runs = self._since.get(st.duration_key)
-            if runs:
-                est = with_elapsed(est, self.clock() - min(runs.values()))
+            if runs:  # (on an idle GPU: the elapsed time over its GPU's slowdown, as ``observe`` divides)
+                now = self.clock()
+                est = with_elapsed(est, max((now - t0) / load for t0, load in runs.values()))
         return est
 
     def _tiny(self, st: Subtask) -> bool:
@@ -573,7 +579,7 @@ class DispatchCore:
         (declared or learned) is at most ``BATCH_MAX_WORK_S``. Unknown work is not batched (a 1 s subtask
         batched with 31 others would hold one GPU for 32 s)."""
         est = self.estimate(st)
-        return est.known and est.seconds <= BATCH_MAX_WORK_S
+        return est.source in ("learned", "declared") and est.seconds <= BATCH_MAX_WORK_S
 
     def _claim_holds(self) -> dict:
         out = {}
@@ -644,7 +650,7 @@ class DispatchCore:
                 try:
                     est = self.estimate(st)
                     d = self.demand(st)
-                    if est.known:  # placement prices unknown work itself (placement.durations)
+                    if est.known:  # (unknown work is priced by placement itself; a "running" lower bound is passed)
                         d = dataclasses.replace(d, work_s=est.seconds, work_tail_s=est.tail_s)
                     if (d.shape, d.gpu_types) in scan.failed:
                         scan.keep(item)
@@ -740,7 +746,8 @@ class DispatchCore:
             rec.history.append(f"placed on {node[:12]} GPU {list(gpus)} after {now - st.enqueued:.3f}s queued"
                                + (f" (batch of {len(batch)})" if len(batch) > 1 else ""))
         free_mib = self._free_memory(node, gpus)  # before this reservation: an OOM retry asks for more
-        self._since.setdefault(batch[0].duration_key, {})[id(batch)] = now
+        self._since.setdefault(batch[0].duration_key, {})[id(batch)] = (
+            now, slowdown(self.external_util(node, gpus[0])) if gpus else 1.0)
         work = est.seconds * len(batch)  # a batch holds one key (batch_key has the function and options)
         for g in gpus:
             dur = work * slowdown(self.external_util(node, g))

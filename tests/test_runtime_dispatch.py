@@ -3,6 +3,7 @@ batching, retries after worker loss and out-of-memory, load-aware placement, exp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -469,3 +470,21 @@ def test_work_never_finished_is_priced_at_least_at_the_elapsed_time_of_its_runni
     assert during.source == "running" and during.seconds == 3.0 and "at least" in during.describe()
     assert other.source == "unknown"  # another function's estimate is untouched
     assert after.source == "learned" and after.seconds == pytest.approx(3.0)
+
+
+def test_the_report_plays_the_queue_only_over_gpus_the_job_can_run_on():
+    """GPUs other Ray work holds stay full and take none of the queue: three queued 10 s subtasks on a
+    4-GPU node with one GPU left for us are 30 s ahead on that GPU, not 10 s spread over four."""
+    class OthersHoldThree(FakeBackend):
+        def nodes(self):
+            return [dataclasses.replace(n, gpu_available=max(0, n.gpu_available - 3)) for n in super().nodes()]
+
+    async def main():
+        core = await started(OthersHoldThree({"n1": [16384] * 4}))
+        core.waiting = {f"q{i}": sub(f"q{i}", value(0), fn="q", work_s=10.0) for i in range(3)}
+        spec = core.projected_spec("n1")
+        core.waiting = {}
+        await core.shutdown()
+        return [(g.milli_used, round(g.busy_s, 3)) for g in spec.gpus]
+    gpus = asyncio.run(main())
+    assert sorted(gpus) == [(0, 30.0), (1000, 0.0), (1000, 0.0), (1000, 0.0)]

@@ -174,3 +174,27 @@ def test_cli_dynamic_prints_the_table_and_json_and_rejects_a_bad_rate(tmp_path, 
     assert all(r["mean"]["arrived"] > 0 for r in data["runs"])
     assert main(["simulate", "--dynamic", "--nodes", str(n), "--pods", str(p), "--rate", "-1"]) == 2
     assert "--rate must be > 0" in capsys.readouterr().err
+
+
+def test_host_memory_is_part_of_the_fit_and_a_pod_no_node_can_hold_is_dropped_not_queued():
+    """Pods that differ only in host memory are not skipped together: a pod too big for any node is
+    dropped at arrival (counted apart), one too big for the free memory now does not hold back a
+    same-shaped smaller one."""
+    big = Demand("huge", cpu_milli=1000, memory_mib=10**9, num_gpus=1, gpu_milli=1000)
+    mid = Demand("mid", cpu_milli=1000, memory_mib=200000, num_gpus=1, gpu_milli=1000)
+    tp = timed([(big, "LS", 0.0, 10.0), (gpu("hold", cpu=1000), "LS", 0.0, 100.0),
+                (Demand("mem", cpu_milli=2000, memory_mib=100000, num_gpus=0), "LS", 0.0, 100.0),
+                (mid, "LS", 1.0, 10.0), (gpu("small"), "LS", 2.0, 10.0)])
+    s, r = starts(tp, "fifo-best-fit")
+    assert math.isnan(s["huge"]) and s["small"] == 100.0 and s["mid"] == 100.0  # FIFO: small waits behind mid
+    s, r = starts(tp, "k8s-best-fit")
+    assert s["small"] == 2.0 and s["mid"] == 100.0  # mid lacks host memory until "mem" leaves
+    r.warmup_s = 0.0
+    st = stats(r)
+    assert st["never_fits"] == 1 and st["never_placed"] == 0 and st["arrived"] == 4
+
+
+def test_a_horizon_not_longer_than_the_cap_is_rejected():
+    tp = timed([(gpu("a"), "LS", 0.0, 10.0), (gpu("b"), "LS", 5.0, 10.0)])
+    with pytest.raises(ValueError, match="--horizon .* must be longer than --cap"):
+        build(tp, gpus=2, seed=1, load=1.0, cap_s=100.0, horizon_s=100.0)

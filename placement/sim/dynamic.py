@@ -81,7 +81,7 @@ class DynamicResult:
     gpus: np.ndarray  # GPUs each pod asked for (a share counts its fraction)
     klass: list[str]
     qos: list[str]
-    never_fits: int  # pods no node could ever hold (dropped at arrival)
+    dropped: np.ndarray  # per replayed pod: no node could ever hold it (dropped at arrival, never queued)
     series: np.ndarray  # rows of (time, allocated milli, queued pods), one per round
     seconds: float = 0.0
     rounds: int = 0
@@ -120,9 +120,9 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
     enq = wl.arrive.tolist()
     failed_round = [-2] * n  # the round each queued pod last did not fit in
     pods = wl.pods.tolist()  # (plain lists: the round's loop indexes them ~250 times per round)
-    shapes = [(d.shape, d.gpu_types) for d in demands]
+    shapes = [(d.shape, d.memory_mib, d.gpu_types) for d in demands]  # (host memory is checked, not in shape)
     ever: dict[tuple, bool] = {}
-    never_fits = 0
+    dropped = np.zeros(n, dtype=bool)  # no node could ever hold it: dropped at arrival
     heap: list[tuple] = []
     leaving: list[tuple[float, int, int, tuple[int, ...]]] = []  # (end, pod, node, gpus)
     series = []
@@ -145,6 +145,8 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
         if nxt >= wl.horizon_s:
             break
         t = max(nxt, t + round_s) if rounds else nxt
+        if t >= wl.horizon_s:
+            break
         freed.clear()
         memo.clear()
         while leaving and leaving[0][0] <= t:
@@ -160,23 +162,23 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
             if ever[k]:
                 heapq.heappush(heap, (-d.priority, ai, ai))
             else:
-                never_fits += 1
+                dropped[ai] = True
             ai += 1
         rounds += 1
         if heap:
-            placements += _round(state, sched, heap, demands, shapes, pods, wl, sys_, t, rounds, freed,
+            placements += _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rounds, freed,
                                  failed_round, start, end, leaving, estimate, enq)
         series.append((t, state.allocated_milli(), len(heap)))
     secs = time.perf_counter() - t0
     gpus = np.array([demands[j].total_gpu_milli / GPU_MILLI for j in wl.pods])
     return DynamicResult(sys_.name, seed, wl.load, wl.cap_s if warmup_s is None else warmup_s, wl.horizon_s,
                          state.capacity_milli(), wl.arrive, start, end, gpus,
-                         [gpu_class(tp.demands[j]) for j in wl.pods], [tp.qos[j] for j in wl.pods], never_fits,
+                         [gpu_class(tp.demands[j]) for j in wl.pods], [tp.qos[j] for j in wl.pods], dropped,
                          np.array(series, dtype=float).reshape(-1, 3), secs, rounds, placements)
 
 
-def _round(state, sched, heap, demands, shapes, pods, wl, sys_, t, rnd, freed, failed_round, start, end, leaving,
-           estimate, enq) -> int:
+def _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rnd, freed, failed_round, start, end,
+           leaving, estimate, enq) -> int:
     """One round of the queue discipline at time ``t``; returns the pods started."""
     if freed:  # upper bounds of what the nodes freed since the last round can hold
         rows = np.fromiter(freed, dtype=np.int64)
@@ -184,7 +186,8 @@ def _round(state, sched, heap, demands, shapes, pods, wl, sys_, t, rnd, freed, f
         share, whole = state.max_free[rows].max(), state.nfull[rows].max()
     else:
         cpu = mem = share = whole = -1
-    front = best_first(heap, t, estimate, pods.__getitem__, enq.__getitem__) if sys_.best_match else None
+    front = (best_first(heap, t, estimate, lambda i: keys[pods[i]], enq.__getitem__) if sys_.best_match
+             else None)
     scan = Scan(heap, front, sys_.limit)
     failed, more, pop, keep = scan.failed, scan.more, scan.pop, scan.keep
     started = 0

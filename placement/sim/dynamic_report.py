@@ -4,7 +4,7 @@ All figures are over the measurement window ``[warmup_s, horizon_s)``: waits of 
 it, completions in it, allocation over it. A pod that arrived in the window and had not started when the
 replay ended is "never placed"; its wait is censored (counted to the horizon) in the 8-GPU starvation
 figure and in ``wait_all_mean``, and left out of the other wait statistics, which cover the pods that
-started.
+started. A pod no node could ever hold is dropped at arrival and counted only in ``never_fits``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _waits(w: np.ndarray) -> dict:
 
 def stats(r: DynamicResult) -> dict:
     lo, hi = r.warmup_s, r.horizon_s
-    inwin = (r.arrive >= lo) & (r.arrive < hi)
+    inwin = (r.arrive >= lo) & (r.arrive < hi) & ~r.dropped  # (dropped pods are counted apart)
     started = inwin & ~np.isnan(r.start)
     w = r.start - r.arrive
     t, alloc, q = r.series[:, 0], r.series[:, 1], r.series[:, 2]
@@ -57,7 +57,7 @@ def stats(r: DynamicResult) -> dict:
         "max_wait_8gpu": float(censored[eight].max()) if eight.any() else None,
         "arrived": int(inwin.sum()),
         "never_placed": int((inwin & np.isnan(r.start)).sum()),
-        "never_fits": r.never_fits,
+        "never_fits": int((r.dropped & (r.arrive >= lo) & (r.arrive < hi)).sum()),
         "seconds": r.seconds,
     }
 

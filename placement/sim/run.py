@@ -69,6 +69,7 @@ def run_many(nodes_csv: str | Path, pods_csv: str | Path, policies: list[str], s
 
 
 # ------------------------------------------------------------------------------------ dynamic replay
+_TIMED: dict[tuple[str, str], tuple] = {}  # (the static replay's cache holds other objects per file pair)
 _WORKLOADS: dict[tuple, object] = {}
 
 
@@ -82,10 +83,10 @@ def _dynamic_job(nodes_csv: str, pods_csv: str, system: str, seed: int, load: fl
     from .workload import build, load_timed_pods
 
     key = (nodes_csv, pods_csv)
-    if key not in _LOADED:
+    if key not in _TIMED:
         nodes = load_nodes(nodes_csv)
-        _LOADED[key] = (nodes, load_timed_pods(pods_csv, set(nodes.models)))
-    nodes, timed = _LOADED[key]
+        _TIMED[key] = (nodes, load_timed_pods(pods_csv, set(nodes.models)))
+    nodes, timed = _TIMED[key]
     wkey = (key, seed, load, rate, cap_s, horizon_s)
     if wkey not in _WORKLOADS:  # every system of one (seed, load) replays the same pods
         _WORKLOADS.clear()

@@ -139,6 +139,8 @@ def run_times(tp: TimedPods, rng: np.random.Generator, cap_s: float) -> np.ndarr
     """One pass's run times (module doc, steps 1-2)."""
     classes = np.array([gpu_class(d) for d in tp.demands])
     ran = ~np.isnan(tp.run_s)
+    if not ran.any():
+        raise ValueError(f"{tp.path}: no pod has a scheduled_time (none ran): no run time to draw from")
     out = np.where(ran, tp.run_s, math.nan)
     for c in np.unique(classes):
         mine = classes == c
@@ -167,12 +169,15 @@ def build(tp: TimedPods, gpus: int, seed: int, *, load: float | None = None, rat
     if not cap_s > 0:
         raise ValueError(f"--cap must be > 0 seconds, got {cap_s:g}")
     horizon_s = HORIZON_CAPS * cap_s if horizon_s is None else horizon_s
-    if not horizon_s > 0:
-        raise ValueError(f"--horizon must be > 0 seconds, got {horizon_s:g}")
+    if not horizon_s > cap_s:
+        raise ValueError(f"--horizon ({horizon_s:g} s) must be longer than --cap ({cap_s:g} s): the first cap is "
+                         "warm-up, the rest is measured")
     rng = np.random.default_rng(seed)
     g = np.array([gpus_of(d) for d in tp.demands])
     first = run_times(tp, rng, cap_s)
     work = float((g * first).sum())  # GPU-seconds one pass brings
+    if not work > 0:
+        raise ValueError(f"{tp.path}: no GPU pod with a run time: nothing to replay")
     if rate is None:
         rate = load * gpus * tp.span / work
     load = work * rate / tp.span / gpus
