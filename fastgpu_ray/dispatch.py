@@ -45,7 +45,7 @@ from placement.durations import DurationModel, Estimate, duration_key, with_elap
 from .demand import build_demand
 from .options import TaskOptions
 from .share_book import Share
-from .telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot, split_util
+from .telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot, split_util, taken_on
 
 log = logging.getLogger("fastgpu.dispatch")
 
@@ -467,10 +467,10 @@ class DispatchCore:
         if self.share is not None and self.share.others_held:  # other jobs' GPUs: ours in turn (fair share)
             n = dataclasses.replace(n, gpu_available=n.gpu_available + self.share.others_held)
         holds = {**self._claim_holds(), **self.holds}
-        # The queue is played out only over the GPUs it can run on: ours (held or being claimed) and the
-        # ones Ray shows free; a GPU other Ray work holds stays full and takes none of it.
-        plain = build_snapshot([n], self.telemetry, holds).nodes[0]
-        usable = [g for g in range(n.gpu_total) if (node, g) in holds or plain.gpus[g].milli_used < GPU_MILLI]
+        # The queue is played out only over the GPUs it can run on: a GPU other Ray work holds stays full
+        # and takes none of it.
+        taken = taken_on(n, self.telemetry, holds)
+        usable = [g for g in range(n.gpu_total) if g not in taken]
         free = [(self.free_in(node, g, now), self.external_util(node, g)) for g in usable]
         _, until = self.play_queue(free, self.queued())
         busy = {(node, g): t for g, t in zip(usable, until)}
@@ -746,8 +746,8 @@ class DispatchCore:
             rec.history.append(f"placed on {node[:12]} GPU {list(gpus)} after {now - st.enqueued:.3f}s queued"
                                + (f" (batch of {len(batch)})" if len(batch) > 1 else ""))
         free_mib = self._free_memory(node, gpus)  # before this reservation: an OOM retry asks for more
-        self._since.setdefault(batch[0].duration_key, {})[id(batch)] = (
-            now, slowdown(self.external_util(node, gpus[0])) if gpus else 1.0)
+        load = slowdown(self.external_util(node, gpus[0])) if gpus else 1.0  # (the first GPU runs it)
+        self._since.setdefault(batch[0].duration_key, {})[id(batch)] = (now, load)
         work = est.seconds * len(batch)  # a batch holds one key (batch_key has the function and options)
         for g in gpus:
             dur = work * slowdown(self.external_util(node, g))
@@ -759,7 +759,6 @@ class DispatchCore:
             h.running += len(batch)
             h.calls += 1
             h.util_declared += batch[0].opts.gpu_util
-        load = slowdown(self.external_util(node, gpus[0])) if gpus else 1.0
         task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib, load))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -775,8 +774,8 @@ class DispatchCore:
         starts on the GPU(s) free first, as many as it asks for, which stay busy for its estimated run at
         their load times its share of a GPU (packed work shares one). Returns each subtask's estimated
         (start, GPU) (``(inf, -1)`` where there is no GPU) and each GPU's seconds until free once all have
-        started. One queued subtask on a node with an idle
-        GPU delays a new arrival by nothing, not by its run over the node's GPU count."""
+        started. One queued subtask on a node with an idle GPU delays a new arrival by nothing, not by its
+        run over the node's GPU count."""
         until = [t for t, _ in free]
         heap = [(t, i) for i, t in enumerate(until)]
         heapq.heapify(heap)

@@ -10,7 +10,8 @@ multi-GPU subtask runs in a slot that sees all of its GPUs.
 
 Where no slot can start (Ray shows no free CPU for it on the node, or its process did not come up within
 the backend's start timeout) the call runs as a thread in the lease process, as before slots existed,
-and says so: a fallback, not an indefinite wait. The Ray side (``start``: create and wait for a process; ``kill``; ``cpus_free``) is passed in.
+and says so: a fallback, not an indefinite wait. The Ray side (``start``: create and wait for a process;
+``kill``; ``cpus_free``) is passed in.
 """
 from __future__ import annotations
 

@@ -136,6 +136,20 @@ def gpu_spec(reading: GpuReading | None, hold: GpuHold | None, pids: frozenset[i
         emulated=reading.emulated)
 
 
+def taken_on(n: NodeInfo, telemetry: Mapping[str, NodeTelemetry],
+             holds: Mapping[tuple[str, int], GpuHold]) -> set[int]:
+    """The GPU indices of node ``n`` that count as held by other Ray work (``taken_indices`` over the GPUs
+    fastgpu does not hold or claim); the snapshot shows them full."""
+    tel = telemetry.get(n.node_id)
+    readings = {r.index: r for r in tel.gpus} if tel else {}
+    pids = tel.fastgpu_pids if tel else frozenset()
+    mine = {g: h for (node, g), h in holds.items() if node == n.node_id}
+    held = sum(1 for h in mine.values() if not h.claiming)
+    others = taken_by_others(n, held, len(mine) - held)
+    unheld = [g for g in range(n.gpu_total) if g not in mine]
+    return taken_indices([gpu_spec(readings.get(g), None, pids) for g in range(n.gpu_total)], unheld, others)
+
+
 def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry],
                    holds: Mapping[tuple[str, int], GpuHold],
                    busy: Mapping[tuple[str, int], float] | None = None) -> Snapshot:
@@ -152,11 +166,7 @@ def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry]
         readings = {r.index: r for r in tel.gpus} if tel else {}
         pids = tel.fastgpu_pids if tel else frozenset()
         mine = {g: h for (node, g), h in holds.items() if node == n.node_id}
-        held = sum(1 for h in mine.values() if not h.claiming)
-        claiming = sum(1 for h in mine.values() if h.claiming)
-        others = taken_by_others(n, held, claiming)
-        unheld = [g for g in range(n.gpu_total) if g not in mine]
-        taken = taken_indices([gpu_spec(readings.get(g), None, pids) for g in range(n.gpu_total)], unheld, others)
+        taken = taken_on(n, telemetry, holds)
         gpus = []
         for g in range(n.gpu_total):
             r = readings.get(g)
