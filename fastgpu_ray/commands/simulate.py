@@ -122,7 +122,7 @@ def run(args) -> int:
 
 
 def _run_dynamic(args, nodes_csv, pods_csv, workload) -> int:
-    from placement.sim import dynamic_report as rep
+    from placement.sim import dynamic_report as rep, report
     from placement.sim.dynamic import SYSTEMS
     from placement.sim.run import parse_seeds, run_dynamic
     from placement.sim.trace import TraceError
@@ -140,19 +140,17 @@ def _run_dynamic(args, nodes_csv, pods_csv, workload) -> int:
     except (TraceError, ValueError) as e:
         print(f"fastgpu simulate: error: {e}", file=sys.stderr)
         return 2
-    from placement.sim.trace import load_nodes
-    from placement.sim.workload import build, load_timed_pods
-
-    nodes = load_nodes(nodes_csv)
-    timed = load_timed_pods(pods_csv, set(nodes.models))
     print(f"trace {workload} (dynamic): {pods_csv} on {nodes_csv}, seeds {args.seeds or '42'}, cap {args.cap:g} s")
-    for load in loads:
-        wl = build(timed, int(nodes.gpus.sum()), seeds[0], load=load, rate=args.rate, cap_s=args.cap,
-                   horizon_s=args.horizon)
-        print(f"  load {wl.load:.2f}: rate {wl.rate:.0f}, {len(wl.pods)} pods in {wl.passes} pass(es) over "
-              f"{wl.horizon_s:g} s (window {wl.cap_s:g}-{wl.horizon_s:g} s); the transform changed "
-              f"{wl.gpu_time_changed:.1%} of the recorded GPU-time (cap and cut-off pods); pods that never ran "
-              f"hold {wl.gpu_time_drawn:.1%} of the replay's (drawn from their class)")
+    shown = set()
+    for r in runs:  # what the transform did, once per load (as the first seed's workload did it)
+        f = r.transform
+        if f["load"] in shown:
+            continue
+        shown.add(f["load"])
+        print(f"  load {f['load']:.2f}: rate {f['rate']:.0f}, {f['pods']} pods in {f['passes']} pass(es) over "
+              f"{f['horizon_s']:g} s (window {f['cap_s']:g}-{f['horizon_s']:g} s); the transform changed "
+              f"{f['gpu_time_changed']:.1%} of the recorded GPU-time (cap and cut-off pods); pods that never ran "
+              f"hold {f['gpu_time_drawn']:.1%} of the replay's (drawn from their class)")
     summ = rep.summarise(runs)
     print(rep.table(summ))
     if args.json:
@@ -160,7 +158,7 @@ def _run_dynamic(args, nodes_csv, pods_csv, workload) -> int:
                 "loads": loads, "rate": args.rate, "cap_s": args.cap, "horizon_s": args.horizon,
                 "qos_priority": _priorities(args.qos_priority), "round_s": args.round,
                 "scan_limit": args.scan_limit}
-        rep.write_json(args.json, rep.to_json(summ, meta))
+        report.write_json(args.json, rep.to_json(summ, meta))
         print(f"wrote {args.json}")
     if args.plot:
         rep.plot(args.plot, runs, workload)

@@ -33,12 +33,12 @@ import numpy as np
 
 from .. import registry
 from ..durations import DurationModel
-from ..model import GPU_MILLI, Demand
+from ..model import Demand
 from ..queue import UNPLACED_SCAN_LIMIT, Scan, best_first
 from ..scheduler import Scheduler
 from ..state import ClusterState
 from .trace import Nodes
-from .workload import QOS_PRIORITY, Workload, gpu_class
+from .workload import QOS_PRIORITY, Workload, gpu_class, gpus_of
 
 ROUND_S = 1.0
 
@@ -86,7 +86,7 @@ class DynamicResult:
     seconds: float = 0.0
     rounds: int = 0
     placements: int = 0
-    stats: dict = field(default_factory=dict)
+    transform: dict = field(default_factory=dict)  # the workload's figures (``workload.Workload.figures``)
 
 
 def template(d: Demand, qos: str) -> str:
@@ -170,11 +170,12 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
                                  failed_round, start, end, leaving, estimate, enq)
         series.append((t, state.allocated_milli(), len(heap)))
     secs = time.perf_counter() - t0
-    gpus = np.array([demands[j].total_gpu_milli / GPU_MILLI for j in wl.pods])
+    gpus = np.array([gpus_of(demands[j]) for j in wl.pods])
     return DynamicResult(sys_.name, seed, wl.load, wl.cap_s if warmup_s is None else warmup_s, wl.horizon_s,
                          state.capacity_milli(), wl.arrive, start, end, gpus,
                          [gpu_class(tp.demands[j]) for j in wl.pods], [tp.qos[j] for j in wl.pods], dropped,
-                         np.array(series, dtype=float).reshape(-1, 3), secs, rounds, placements)
+                         np.array(series, dtype=float).reshape(-1, 3), secs, rounds, placements,
+                         wl.figures())
 
 
 def _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rnd, freed, failed_round, start, end,

@@ -8,7 +8,6 @@ started. A pod no node could ever hold is dropped at arrival and counted only in
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 
 import numpy as np
@@ -129,11 +128,6 @@ def to_json(summ: dict, meta: dict) -> dict:
     return {"meta": meta, "runs": [{"load": load, "system": name, "per_seed": dict(s),
                                     "mean": {k: _mean(v) if not isinstance(v[0], str) else v for k, v in s.items()}}
                                    for (load, name), s in summ.items()]}
-
-
-def write_json(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
 
 
 def plot(path: str, results: list[DynamicResult], title: str) -> None:

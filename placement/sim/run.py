@@ -48,24 +48,28 @@ def run_many(nodes_csv: str | Path, pods_csv: str | Path, policies: list[str], s
         raise ValueError(f"--tune must be > 0, got {tune}")
     load_trace(nodes_csv, pods_csv)  # validate the files once, in this process, with a clear error
     tasks = [(str(nodes_csv), str(pods_csv), p, s, tune) for p in policies for s in seeds]
-    bar = Progress(len(tasks), "simulate", force=bool(progress))
+    return _run_all(_job, tasks, "simulate", jobs, progress, lambda r: f"{r.policy} seed {r.seed}")
+
+
+def _run_all(job, tasks: list[tuple], label: str, jobs: int, progress: bool | None, note) -> list:
+    """``job(*t)`` for every task, in parallel processes when ``jobs`` > 1 (0 = one per core), with a
+    progress bar (``note(result)`` says which finished); results in task order."""
+    bar = Progress(len(tasks), label, force=bool(progress))
     if progress is False:
         bar.enabled = False
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
-    results: dict[tuple[str, int], RunResult] = {}
+    out: dict[int, object] = {}
     if jobs == 1:
-        for t in tasks:
-            r = _job(*t)
-            results[(r.policy, r.seed)] = r
-            bar.update(note=f"{r.policy} seed {r.seed}")
+        for k, t in enumerate(tasks):
+            out[k] = r = job(*t)
+            bar.update(note=note(r))
     else:
         with ProcessPoolExecutor(jobs) as ex:
-            futs = [ex.submit(_job, *t) for t in tasks]
+            futs = {ex.submit(job, *t): k for k, t in enumerate(tasks)}
             for f in as_completed(futs):
-                r = f.result()
-                results[(r.policy, r.seed)] = r
-                bar.update(note=f"{r.policy} seed {r.seed}")
-    return [results[(p, s)] for p in policies for s in seeds]
+                out[futs[f]] = r = f.result()
+                bar.update(note=note(r))
+    return [out[k] for k in range(len(tasks))]
 
 
 # ------------------------------------------------------------------------------------ dynamic replay
@@ -120,19 +124,5 @@ def run_dynamic(nodes_csv: str | Path, pods_csv: str | Path, systems: list[str],
         raise ValueError(f"--scan-limit must be >= 1, got {scan_limit:g}")
     tasks = [(str(nodes_csv), str(pods_csv), s, seed, load, rate, cap_s, horizon_s, priorities, round_s, scan_limit)
              for load in loads for seed in seeds for s in systems]
-    bar = Progress(len(tasks), "simulate --dynamic", force=bool(progress))
-    if progress is False:
-        bar.enabled = False
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
-    out: dict[int, object] = {}
-    if jobs == 1:
-        for k, t in enumerate(tasks):
-            out[k] = r = _dynamic_job(*t)
-            bar.update(note=f"{r.system} load {r.load:.2f} seed {r.seed}")
-    else:
-        with ProcessPoolExecutor(jobs) as ex:
-            futs = {ex.submit(_dynamic_job, *t): k for k, t in enumerate(tasks)}
-            for f in as_completed(futs):
-                out[futs[f]] = r = f.result()
-                bar.update(note=f"{r.system} load {r.load:.2f} seed {r.seed}")
-    return [out[k] for k in range(len(tasks))]
+    return _run_all(_dynamic_job, tasks, "simulate --dynamic", jobs, progress,
+                    lambda r: f"{r.system} load {r.load:.2f} seed {r.seed}")

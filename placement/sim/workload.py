@@ -134,6 +134,12 @@ class Workload:
     gpu_time_changed: float  # of the recorded GPU-time of pods that ran: the fraction the cap/draws changed
     gpu_time_drawn: float  # of the replay's GPU-time (pass 0): the fraction given to pods that never ran
 
+    def figures(self) -> dict:
+        """What the transform did, for reports (the pods themselves are left out)."""
+        return {"load": self.load, "rate": self.rate, "pods": len(self.pods), "passes": self.passes,
+                "cap_s": self.cap_s, "horizon_s": self.horizon_s, "gpu_time_changed": self.gpu_time_changed,
+                "gpu_time_drawn": self.gpu_time_drawn}
+
 
 def run_times(tp: TimedPods, rng: np.random.Generator, cap_s: float) -> np.ndarray:
     """One pass's run times (module doc, steps 1-2)."""
