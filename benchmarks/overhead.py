@@ -4,6 +4,7 @@
     python benchmarks/overhead.py --result-mib 4 --n 500               # results of 4 MiB, gathered
     python benchmarks/overhead.py --scaling --n 20000                  # submit rates with 1 and 3 GPU nodes
     python benchmarks/overhead.py --uss 10000 --result-mib 1           # scheduler memory over a long run
+    python benchmarks/overhead.py --uss 1000000 --uss-map              # the same, 1M tiny subtasks via f.map
 
 Baselines, on the same local multi-node cluster in the same run:
   1. ``@ray.remote(num_gpus=1)`` as users write it (max_calls=1: a fresh worker process per GPU task; so
@@ -17,7 +18,9 @@ actors of 3/4 do). Prints subtasks/s for each and fastgpu's ratio to each.
 ``--scaling``: with 1 and then 3 GPU nodes, the rate at which ``f.map`` and a ``.remote()`` loop submit
 (calls returned) and complete, against Ray tasks with worker reuse and round-robin actor calls.
 ``--uss N``: N subtasks in waves of 500 whose refs are released as the run goes; prints the unique memory
-(USS) of the driver and the node schedulers before and after.
+(USS) of the driver and the node schedulers before and after, and on the way (every tenth of the run).
+``--uss-map`` submits each wave as one ``f.map`` of tiny subtasks (waves of 5,000) instead of a
+``.remote()`` loop, so that a million subtasks take minutes, not hours.
 """
 from __future__ import annotations
 
@@ -172,7 +175,7 @@ def uss_bytes(pid: int) -> int:
     return total
 
 
-def uss_run(n: int, nbytes: int) -> None:
+def uss_run(n: int, nbytes: int, use_map: bool = False) -> None:
     import ray
 
     import fastgpu_ray as fastgpu
@@ -186,25 +189,38 @@ def uss_run(n: int, nbytes: int) -> None:
 
     fastgpu.init(emulate=True)
     try:
-        f = fastgpu.task(sized)
+        f = fastgpu.task(tiny if use_map else sized)
         s = fastgpu.session.current()
         nodes = list(s.schedulers)
-        ray.get([f.remote(i, nbytes) for i in range(500)])
+        wave = 5000 if use_map else 500
+
+        def submit(k):
+            if use_map:
+                return list(f.map(range(k)))
+            return [f.remote(i, nbytes) for i in range(k)]
+
+        ray.get(submit(wave))
         gc.collect()
         ps = pids()
         before, d0 = uss(ps, nodes), uss_bytes(os.getpid())
-        done = 0
+        done, mark = 0, max(n // 10, 1)
         t0 = time.perf_counter()
         while done < n:
-            k = min(500, n - done)
-            refs = [f.remote(i, nbytes) for i in range(k)]
+            k = min(wave, n - done)
+            refs = submit(k)
             ray.wait(refs, num_returns=len(refs), fetch_local=False)
             del refs
             done += k
+            if done % mark < k:
+                now, dn = uss(ps, nodes), uss_bytes(os.getpid()) - d0
+                grow = " ".join(f"{(a - b) / 2**20:+.1f}" for a, b in zip(now, before))
+                print(f"  {done:>9} done, {time.perf_counter() - t0:7.1f}s: node schedulers {grow} MiB, "
+                      f"driver {dn / 2**20:+.1f} MiB", flush=True)
         gc.collect()
         time.sleep(2.0)
         after, d1 = uss(ps, nodes), uss_bytes(os.getpid())
-        print(f"\n{n} subtasks with {nbytes / 2**20:.1f} MiB results in {time.perf_counter() - t0:.1f}s, refs released")
+        what = "tiny results (f.map)" if use_map else f"{nbytes / 2**20:.1f} MiB results"
+        print(f"\n{n} subtasks with {what} in {time.perf_counter() - t0:.1f}s, refs released")
         for nd, b, a in zip(nodes, before, after):
             print(f"  node scheduler {nd[:12]}: USS {b / 2**20:.1f} -> {a / 2**20:.1f} MiB ({(a - b) / 2**20:+.1f})")
         print(f"  driver: USS {d0 / 2**20:.1f} -> {d1 / 2**20:.1f} MiB ({(d1 - d0) / 2**20:+.1f})")
@@ -221,9 +237,12 @@ def main(argv=None) -> int:
     ap.add_argument("--result-mib", type=float, default=0.0, help="each subtask returns an array this large")
     ap.add_argument("--scaling", action="store_true", help="submit rates with 1 and 3 GPU nodes")
     ap.add_argument("--uss", type=int, default=0, help="run this many subtasks and print scheduler memory")
+    ap.add_argument("--uss-map", action="store_true", help="with --uss: tiny subtasks submitted by f.map")
     a = ap.parse_args(argv)
     if a.n < 1 or a.result_mib < 0 or a.uss < 0:
         ap.error("--n must be >= 1, --result-mib and --uss >= 0")
+    if a.uss_map and not a.uss:
+        ap.error("--uss-map needs --uss N")
     import ray  # noqa: F401
 
     from fastgpu_ray.local_cluster import LocalCluster
@@ -248,7 +267,7 @@ def main(argv=None) -> int:
     c = LocalCluster(nodes=3, gpus_per_node=2, object_store_mib=store).start()
     try:
         if a.uss:
-            uss_run(a.uss, nbytes or 2**20)
+            uss_run(a.uss, nbytes or 2**20, a.uss_map)
             return 0
         res = baselines(a.n, a.default_tasks, 6, nbytes)
         fg = fastgpu_rates(a.n, nbytes)

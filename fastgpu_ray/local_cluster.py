@@ -16,12 +16,14 @@ def _free_port() -> int:
 @dataclass
 class LocalCluster:
     """Head (no GPUs, runs the driver) + ``nodes`` nodes with ``gpus_per_node``
-    logical GPUs each. ``node_ids``: the GPU nodes, in the order they were added."""
+    logical GPUs each (and the custom ``resources``, if any). ``node_ids``: the GPU nodes, in the order
+    they were added."""
 
     nodes: int = 3
     gpus_per_node: int = 2
     cpus_per_node: int = 2
     object_store_mib: int = 100
+    resources: dict = field(default_factory=dict)
     cluster: object = None
     node_ids: list = field(default_factory=list)
 
@@ -38,7 +40,8 @@ class LocalCluster:
                                "health_check_failure_threshold": 3}})
         for _ in range(self.nodes):
             n = self.cluster.add_node(num_cpus=self.cpus_per_node, num_gpus=self.gpus_per_node,
-                                      object_store_memory=store, dashboard_agent_listen_port=_free_port())
+                                      object_store_memory=store, dashboard_agent_listen_port=_free_port(),
+                                      resources=dict(self.resources))
             self.node_ids.append(n.node_id)
         self.cluster.wait_for_nodes()
         ray.init(address=self.cluster.address, log_to_driver=False)
