@@ -182,15 +182,14 @@ def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = No
             f = fg_warm
         refs = [f.remote(x, i, reg.work_s) for i, x in enumerate(inputs)]
         out = ray.get(refs, timeout=GET_TIMEOUT_S)
-        if os.environ.get("FG_DBG_HOMES"):
-            sess = fg.session.current()
-            homes = {h[:8]: ray.get(a.__ray_call__.remote(lambda self: (self.here[:8], self.delegate is not None)))
-                     for h, a in sess.schedulers.items()}
-            print("  DBG schedulers home->(here, delegating):", homes, flush=True)
-        if os.environ.get("FASTGPU_BENCH_EXPLAIN") and reg.name != "warm":  # why subtasks ran away from their data
+        # FASTGPU_BENCH_EXPLAIN=N: print why the first N subtasks that ran away from their data did ("all":
+        # every subtask's record)
+        want = os.environ.get("FASTGPU_BENCH_EXPLAIN", "")
+        if want and reg.name != "warm":
+            every = want == "all"
             locs = ray.experimental.get_object_locations(inputs)
-            away = [r for r, x, (_, _, nid) in zip(refs, inputs, out) if nid not in locs[x]["node_ids"][:1]]
-            for r in away[: int(os.environ["FASTGPU_BENCH_EXPLAIN"])]:
+            away = [r for r, x, (_, _, nid) in zip(refs, inputs, out) if every or nid not in locs[x]["node_ids"][:1]]
+            for r in away if every else away[:int(want)]:
                 print(fg.explain(r).format(), flush=True)
         return out
 

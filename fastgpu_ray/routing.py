@@ -7,7 +7,10 @@ The choice is made with the configured placement policy on a projected view of t
 * every node scheduler reports its node as it will be once its running and queued work is done
   (``DispatchCore.projected_spec``: each GPU free at its outside load, ``busy_s`` = estimated seconds of
   work ahead of a new arrival), refreshed about every half second, with the run times it has learned
-  (``placement.durations``; merged into ``durations``, which price the subtasks routed here);
+  (``placement.durations``; merged into ``durations``, which price the subtasks routed here); a report
+  is a projection from when it was asked for, so the view ages it: ``busy_s`` counts down by the time
+  since then (a report taken while an earlier burst ran must not keep a node looking busy after the burst
+  is done; the error is how late a scheduler answered, milliseconds when all is well);
 * between reports, each routed subtask is queued behind the GPU the policy chose
   (``ClusterState.queue_behind``), so consecutive choices spread over the cluster;
 * inputs that are finished objects are located by the transfer model (``transfer``); inputs that are
@@ -33,6 +36,8 @@ it, live now or launched for it.
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -66,9 +71,11 @@ class Route:
 
 class Router:
     def __init__(self, policy: str, *, keep_refs: int = KEEP_REFS, cost: Callable[[], CostModel] = CostModel,
-                 scale_wait_s: float = 600.0) -> None:
+                 scale_wait_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
         registry.policy_class(policy)
         self.policy = policy
+        self.clock = clock
+        self._asked_at: float | None = None  # when the reports in ``specs`` were asked for (None: not aged)
         self.scaling = Scaling()  # what the autoscaler can launch (set by the session from the arbiter)
         self.scale_wait_s = scale_wait_s  # how long to wait for a node when the launchable types are unknown
         self.cost = cost  # the cost model at the session's link bandwidth (read on every rebuild)
@@ -89,10 +96,12 @@ class Router:
         """Reports are being asked for now: choices made from here on are not in them."""
         self._mark = len(self._log)
 
-    def update(self, specs: Iterable[NodeSpec]) -> None:
+    def update(self, specs: Iterable[NodeSpec], asked_at: float | None = None) -> None:
         """Replace the view with the node schedulers' reports (projected node specs), asked for at the last
-        ``asking()``; the choices made since then are queued again on top (a report does not show them)."""
+        ``asking()`` (at ``asked_at`` on ``clock``: their ``busy_s`` count down from then; None: as given);
+        the choices made since then are queued again on top (a report does not show them)."""
         self.specs = {s.name: s for s in specs}
+        self._asked_at = asked_at
         self._state = None
         self._leases.clear()
         self._routed = 0
@@ -116,7 +125,8 @@ class Router:
 
     def _scheduler(self, d: Demand) -> Scheduler:
         if self._sched is None or self._state is None:
-            snap = Snapshot(tuple(self.specs[n] for n in sorted(self.specs)))
+            age = 0.0 if self._asked_at is None else max(0.0, self.clock() - self._asked_at)
+            snap = Snapshot(tuple(aged(self.specs[n], age) for n in sorted(self.specs)))
             self._state = ClusterState.from_snapshot(snap)
             pol = registry.create(self.policy, cost=self.cost())
             pol.prepare(self._state, [d])
@@ -255,6 +265,16 @@ class Router:
         for n, b in extra.items():
             ib[n] = ib.get(n, 0) + b
         return dataclasses.replace(d, input_bytes=ib, input_total=d.input_total + sum(extra.values()))
+
+
+def aged(spec: NodeSpec, age_s: float) -> NodeSpec:
+    """``spec`` (a report's projection) ``age_s`` seconds later: each GPU's known ``busy_s`` counts down (an
+    unknown end stays unknown)."""
+    if age_s <= 0 or not any(g.busy_s > 0 for g in spec.gpus):
+        return spec
+    gpus = tuple(g if not (g.busy_s > 0 and math.isfinite(g.busy_s))
+                 else dataclasses.replace(g, busy_s=max(0.0, g.busy_s - age_s)) for g in spec.gpus)
+    return dataclasses.replace(spec, gpus=gpus)
 
 
 def _no_gpu_node(d: Demand, sc: Scaling) -> str:

@@ -335,7 +335,7 @@ class Session:
                 self._heard[node] = self._reported
                 self.router.durations.adopt(rep.learned)
         self._asked = {}
-        self.router.update(specs.values())
+        self.router.update(specs.values(), asked_at=self._reported)
         self._view_at = self._reported
 
     # ------------------------------------------------------------------------------------- routing

@@ -2,6 +2,8 @@
 moving when waiting is dearer, failing fast, bounded memory."""
 from __future__ import annotations
 
+import pytest
+
 from placement import Demand, GpuSpec, NodeSpec
 from placement.cost import CostModel
 
@@ -108,3 +110,25 @@ def test_choices_made_after_reports_were_asked_for_survive_the_update():
     st = r._scheduler(demand(2)).state
     assert [float(st.busy[st.names.index(n), 0]) for n in ("a", "b")] == [5.0, 5.0]
     assert float(st.free[st.names.index(after), 0]) == 1000  # queued there, not bound
+
+
+def test_a_report_ages_so_a_burst_long_done_does_not_keep_its_node_looking_busy():
+    """A report taken while an earlier burst ran projects that node busy for a while; routed later, the
+    same report counts down by the time since it was asked for, and the subtask goes to its data."""
+    now = [100.0]
+    r = Router("fastgpu", cost=lambda: CostModel(link_bandwidth=125e6), clock=lambda: now[0])
+    report = [node("a", busy=(0.6, 0.6)), node("b")]  # the data's node "a", busy as last reported
+
+    d = demand(0, work=0.02, input_bytes={"a": 32 * MiB}, input_total=32 * MiB)  # its input sits on "a"
+
+    def route():
+        r.update(report, asked_at=100.0)
+        return r.choose(d, explain=True)
+
+    assert route().node == "b"  # fresh: 0.6 s of wait at "a" costs more than moving 32 MiB (~0.27 s)
+    now[0] = 100.5  # half a second later the same report says "a" frees in 0.1 s
+    got = route()
+    assert got.node == "a"
+    assert {c.node: c.terms["wait_s"] for c in got.explanation.candidates}["a"] == pytest.approx(0.1, abs=1e-6)
+    r.update(report)  # no time given: taken as is
+    assert r.choose(d).node == "b"
