@@ -633,6 +633,7 @@ class DispatchCore:
             return 0
         t0 = time.perf_counter()
         state = ClusterState.from_snapshot(self.placement_snapshot())
+        state.max_side_by_side = self.max_slots
         pol = registry.create(self.policy)
         pol.prepare(state, [d for _, _, st in heapq.nsmallest(16, self.queue) if (d := _safe_demand(self, st))])
         sched = Scheduler(state, pol)

@@ -14,6 +14,8 @@ from .cost import slowdown
 from .model import GPU_MILLI, Demand, Snapshot
 
 UNTRACKED_MEM = np.int64(1) << 40  # GPU memory of a GPU whose memory is not tracked
+MAX_SIDE_BY_SIDE = 8  # at most this many packed demands run on one GPU at once (the runtime's default
+#                       max_slots_per_gpu; ``ClusterState.max_side_by_side`` may be set to the session's)
 MAX_TAG = 9  # GpuClustering tags: 0 = sharing, k = whole k-GPU demand (k <= 8)
 
 
@@ -58,6 +60,7 @@ class ClusterState:
         self.load = np.zeros(self.free.shape, dtype=np.float64)  # live utilisation 0..1 per GPU
         self.external = np.zeros(self.free.shape, dtype=np.int64)  # processes outside fastgpu
         self.busy = np.zeros(self.free.shape, dtype=np.float64)  # seconds until a GPU takes new work
+        self.max_side_by_side = MAX_SIDE_BY_SIDE
         self.has_live = False  # any live figure (load, busy) present: the live terms matter
         self.alive = np.ones(n, dtype=bool)
         self.pods = np.zeros(n, dtype=np.int64)
@@ -202,10 +205,24 @@ class ClusterState:
         self.add_wait(node, gpus, d)
 
     def add_wait(self, node: int, gpus: Sequence[int], d: Demand) -> None:
-        """Push each GPU's wait back by ``d``'s compute time there (``d`` is queued there, not bound)."""
+        """Push each GPU's wait back by ``d``'s compute time there (``d`` is queued there, not bound),
+        divided by how many like it the GPU runs at once (``side_by_side``): on a GPU packed five at a
+        time, five queued subtasks delay the next by one run, not five."""
         for g in gpus:
-            self.busy[node, g] += d.work_s * slowdown(self.load[node, g])
+            self.busy[node, g] += d.work_s * slowdown(self.load[node, g]) / self.side_by_side(node, g, d)
         self.has_live = True
+
+    def side_by_side(self, node: int, g: int, d: Demand) -> int:
+        """How many demands like ``d`` GPU ``g`` of ``node`` runs at once: a share packs 1000 // share, a
+        memory slice as many as its memory holds, both at most ``max_side_by_side``; a whole GPU, a
+        multi-GPU demand or memory-only demands on a GPU whose memory is not tracked: one."""
+        if d.num_gpus != 1:
+            return 1
+        k = min(GPU_MILLI // max(d.gpu_share, 1), self.max_side_by_side)
+        if d.gpu_memory_mib > 0:
+            cap = int(self.gmem_cap[node, g])
+            k = min(k, cap // d.gpu_memory_mib) if cap < UNTRACKED_MEM else (k if d.gpu_milli > 0 else 1)
+        return max(1, k)
 
     # ------------------------------------------------------------------------------------ metrics
     def allocated_milli(self) -> int:

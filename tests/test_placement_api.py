@@ -139,3 +139,24 @@ def test_memory_only_demand_never_lands_on_a_gpu_held_whole():
                                                  GpuSpec("T4", 16000, milli_used=400))),))
     plan = schedule(PlacementRequest(snap, (Demand("m", num_gpus=1, gpu_memory_mib=1000),)), "best-fit")
     assert plan.assignments[0].gpus == (1,)
+
+
+def test_a_queued_subtask_delays_a_packed_gpu_by_its_share_of_the_gpu():
+    """``add_wait``: five 3 GiB subtasks queued on a 16 GiB GPU (five run at once) push its wait back by
+    one run, not five; a whole-GPU subtask by its full run; a quarter share by a quarter."""
+    from placement import ClusterState
+
+    snap = Snapshot((NodeSpec("n", 8000, 65536, (GpuSpec(model="E", memory_mib=16384),)),))
+    cases = [(Demand(id="m", num_gpus=1, gpu_memory_mib=3072, work_s=1.0), 1.0),
+             (Demand(id="w", num_gpus=1, gpu_milli=1000, work_s=1.0), 5.0),
+             (Demand(id="q", num_gpus=1, gpu_milli=250, work_s=1.0), 1.25)]
+    for d, want in cases:
+        st = ClusterState.from_snapshot(snap)
+        for _ in range(5):
+            st.add_wait(0, (0,), d)
+        assert st.busy[0, 0] == pytest.approx(want), d.id
+    st = ClusterState.from_snapshot(snap)
+    st.max_side_by_side = 2  # the runtime's slot cap bounds it too
+    for _ in range(4):
+        st.add_wait(0, (0,), cases[0][0])
+    assert st.busy[0, 0] == pytest.approx(2.0)
