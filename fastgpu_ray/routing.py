@@ -47,6 +47,7 @@ import numpy as np
 from placement import ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
 from placement.cost import CostModel
 from placement.durations import UNKNOWN_WORK_S, DurationModel
+from placement.state import MAX_SIDE_BY_SIDE
 
 from .scaling import Scaling
 
@@ -71,9 +72,11 @@ class Route:
 
 class Router:
     def __init__(self, policy: str, *, keep_refs: int = KEEP_REFS, cost: Callable[[], CostModel] = CostModel,
-                 scale_wait_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 scale_wait_s: float = 600.0, clock: Callable[[], float] = time.monotonic,
+                 max_side_by_side: int = MAX_SIDE_BY_SIDE) -> None:
         registry.policy_class(policy)
         self.policy = policy
+        self.max_side_by_side = max_side_by_side  # the session's slot cap: packed subtasks per GPU at once
         self.clock = clock
         self._asked_at: float | None = None  # when the reports in ``specs`` were asked for (None: not aged)
         self.scaling = Scaling()  # what the autoscaler can launch (set by the session from the arbiter)
@@ -128,6 +131,7 @@ class Router:
             age = 0.0 if self._asked_at is None else max(0.0, self.clock() - self._asked_at)
             snap = Snapshot(tuple(aged(self.specs[n], age) for n in sorted(self.specs)))
             self._state = ClusterState.from_snapshot(snap)
+            self._state.max_side_by_side = self.max_side_by_side
             pol = registry.create(self.policy, cost=self.cost())
             pol.prepare(self._state, [d])
             self._sched = Scheduler(self._state, pol)

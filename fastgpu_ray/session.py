@@ -488,7 +488,8 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
 
     runtime_hooks.reset(environ=env)  # the transfer model lives in the driver, which routes
     s = Session(uuid.uuid4().hex[:8], started, policy, (policy, idle_timeout_s, mem, bool(emulate), weight, slots),
-                Router(policy, cost=lambda: runtime_hooks.runtime().cost(), scale_wait_s=float(scale_wait_s)))
+                Router(policy, cost=lambda: runtime_hooks.runtime().cost(), scale_wait_s=float(scale_wait_s),
+                       max_side_by_side=slots[0]))
     try:
         s.refresh(force=True)
     except BaseException:

@@ -132,3 +132,15 @@ def test_a_report_ages_so_a_burst_long_done_does_not_keep_its_node_looking_busy(
     assert {c.node: c.terms["wait_s"] for c in got.explanation.candidates}["a"] == pytest.approx(0.1, abs=1e-6)
     r.update(report)  # no time given: taken as is
     assert r.choose(d).node == "b"
+
+
+def test_queued_packed_subtasks_spread_by_the_sessions_slot_cap():
+    """A 3 GiB subtask packs five to a 16 GiB GPU; with a slot cap of 1 they run one at a time, so the
+    router's view of the queue behind a GPU grows by a whole run per subtask, and consecutive choices
+    alternate; with the default cap five share a run's worth of wait."""
+    d = Demand(id="m", num_gpus=1, gpu_memory_mib=3072, work_s=1.0)  # memory only: it packs
+    for cap, want in ((1, 1.0), (8, 0.2)):
+        r = Router("fastgpu", cost=lambda: CostModel(link_bandwidth=125e6), max_side_by_side=cap)
+        r.update([node("a", busy=(0.0,)), node("b", busy=(0.0,))])
+        r.choose(d)
+        assert float(r._state.busy.max()) == pytest.approx(want)
