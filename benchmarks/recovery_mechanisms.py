@@ -28,6 +28,7 @@ logical GPUs, health checks every second, 3 misses):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import threading
 import time
@@ -174,24 +175,30 @@ def recovery(lc, call, runs, calls: int, mib: float, work_s: float) -> dict:
             "bytes_copied_mib": copied / 2**20, "unlocated": unlocated}
 
 
-def one(mechanism: str, a) -> dict:
+@contextlib.contextmanager
+def started(mechanism: str, store_mib: int):
+    """A fresh local cluster with ``mechanism`` built and warm (a first call per node starts what it
+    needs); yields (cluster, call, run counter)."""
     import ray
 
     from fastgpu_ray.local_cluster import LocalCluster
 
-    store = max(300, int(3 * a.calls * a.mib) + 200)
-    out = {}
-    with LocalCluster(nodes=3, gpus_per_node=2, object_store_mib=store, resources={"gpu_host": 100}) as lc:
-        call, _, keep = build(mechanism, lc.node_ids)
-        ray.get([call(0, n, 0, 0.0) for n in lc.node_ids])  # warm: a first call per node starts what it needs
-        out.update(rates(call, lc.node_ids, a.n))
-    with LocalCluster(nodes=3, gpus_per_node=2, object_store_mib=store, resources={"gpu_host": 100}) as lc:
-        call, runs, keep = build(mechanism, lc.node_ids)
+    with LocalCluster(nodes=3, gpus_per_node=2, object_store_mib=store_mib, resources={"gpu_host": 100}) as lc:
+        call, runs, keep = build(mechanism, lc.node_ids)  # ``keep`` holds the GPU workers while we run
         ray.get([call(0, n, 0, 0.0) for n in lc.node_ids])
+        yield lc, call, runs
+
+
+def one(mechanism: str, a) -> dict:
+    import ray
+
+    store = max(300, int(3 * a.calls * a.mib) + 200)
+    with started(mechanism, store) as (lc, call, _):
+        out = rates(call, lc.node_ids, a.n)
+    with started(mechanism, store) as (lc, call, runs):
         base = ray.get(runs.get.remote())
         out.update(recovery(lc, call, runs, a.calls, a.mib, a.work))
         out["runs"] -= base
-        del keep
     return out
 
 

@@ -78,7 +78,7 @@ class Router:
         self.policy = policy
         self.max_side_by_side = max_side_by_side  # the session's slot cap: packed subtasks per GPU at once
         self.clock = clock
-        self._asked_at: float | None = None  # when the reports in ``specs`` were asked for (None: not aged)
+        self.asked_at: float | None = None  # when the reports in ``specs`` were asked for (None: not aged)
         self.scaling = Scaling()  # what the autoscaler can launch (set by the session from the arbiter)
         self.scale_wait_s = scale_wait_s  # how long to wait for a node when the launchable types are unknown
         self.cost = cost  # the cost model at the session's link bandwidth (read on every rebuild)
@@ -104,7 +104,7 @@ class Router:
         ``asking()`` (at ``asked_at`` on ``clock``: their ``busy_s`` count down from then; None: as given);
         the choices made since then are queued again on top (a report does not show them)."""
         self.specs = {s.name: s for s in specs}
-        self._asked_at = asked_at
+        self.asked_at = asked_at
         self._state = None
         self._leases.clear()
         self._routed = 0
@@ -128,7 +128,7 @@ class Router:
 
     def _scheduler(self, d: Demand) -> Scheduler:
         if self._sched is None or self._state is None:
-            age = 0.0 if self._asked_at is None else max(0.0, self.clock() - self._asked_at)
+            age = 0.0 if self.asked_at is None else max(0.0, self.clock() - self.asked_at)
             snap = Snapshot(tuple(aged(self.specs[n], age) for n in sorted(self.specs)))
             self._state = ClusterState.from_snapshot(snap)
             self._state.max_side_by_side = self.max_side_by_side

@@ -78,7 +78,6 @@ class Session:
     _heard: dict = field(default_factory=dict)  # node -> when its last report that arrived was asked for
     _handing: dict = field(default_factory=dict)  # node -> (its hand_off call in flight, the receiver)
     _fed: dict = field(default_factory=dict)  # node -> when a hand-off to it last returned
-    _view_at: float = 0.0  # when the reports in use were asked for
 
     # ------------------------------------------------------------------------------ node schedulers
     def sync_nodes(self, wait: bool = True) -> None:
@@ -221,7 +220,8 @@ class Session:
                             log.debug("node %s handed %d subtask(s) to node %s", node[:12], ray.get(call), recv[:12])
             # A node takes part in one hand-off at a time, and receives again only once a report shows what
             # it received (a stale report would show its GPUs free still: everything would go there).
-            engaged = ({n for n, at in self._fed.items() if at >= self._view_at} | set(self._handing)
+            view_at = self.router.asked_at or 0.0  # when the reports in use were asked for
+            engaged = ({n for n, at in self._fed.items() if at >= view_at} | set(self._handing)
                        | {recv for _, recv in self._handing.values()})
             # A node's GPUs for this job: every free one (alone on the cluster), else those it holds there
             gpus = {n: ([(g.busy_s, g.util or 0.0) for g in spec.gpus if g.milli_free >= GPU_MILLI]
@@ -336,7 +336,6 @@ class Session:
                 self.router.durations.adopt(rep.learned)
         self._asked = {}
         self.router.update(specs.values(), asked_at=self._reported)
-        self._view_at = self._reported
 
     # ------------------------------------------------------------------------------------- routing
     def estimate(self, fn_key: str, opts: TaskOptions) -> tuple[str, Estimate]:

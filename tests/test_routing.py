@@ -136,8 +136,8 @@ def test_a_report_ages_so_a_burst_long_done_does_not_keep_its_node_looking_busy(
 
 def test_queued_packed_subtasks_spread_by_the_sessions_slot_cap():
     """A 3 GiB subtask packs five to a 16 GiB GPU; with a slot cap of 1 they run one at a time, so the
-    router's view of the queue behind a GPU grows by a whole run per subtask, and consecutive choices
-    alternate; with the default cap five share a run's worth of wait."""
+    router's view of the queue behind a GPU grows by a whole run per subtask; with the default cap (8,
+    memory allows 5) by a fifth of one."""
     d = Demand(id="m", num_gpus=1, gpu_memory_mib=3072, work_s=1.0)  # memory only: it packs
     for cap, want in ((1, 1.0), (8, 0.2)):
         r = Router("fastgpu", cost=lambda: CostModel(link_bandwidth=125e6), max_side_by_side=cap)
