@@ -231,7 +231,10 @@ class DispatchCore:
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        await self.refresh()
+        """Read Ray's nodes and their telemetry, then run the scheduling and refresh loops. Ray's pending GPU
+        demand (which only bounds how long idle GPUs are kept) is first read by the refresh loop: a scheduler
+        on a node just launched places its first subtasks without waiting for that GCS query."""
+        await self.refresh(pending_demand=False)
         self._tasks = [asyncio.ensure_future(self._schedule_loop()), asyncio.ensure_future(self._refresh_loop())]
 
     async def shutdown(self) -> int:
@@ -372,8 +375,9 @@ class DispatchCore:
             st.future.set_result(out)
 
     # ------------------------------------------------------------------------------------- telemetry
-    async def refresh(self) -> None:
-        """Re-read Ray's nodes and every node's monitor; notice dead nodes and workers."""
+    async def refresh(self, pending_demand: bool = True) -> None:
+        """Re-read Ray's nodes and every node's monitor (and Ray's pending GPU demand); notice dead nodes and
+        workers."""
         await self.reread_nodes()
         alive = {n.node_id for n in self.nodes if n.alive}
         for key, w in list(self.workers.items()):
@@ -393,7 +397,7 @@ class DispatchCore:
                 tel[n.node_id] = self.telemetry[n.node_id]
         self.telemetry = tel
         demand = getattr(self.backend, "pending_gpu_demand", None)
-        if demand is not None:
+        if demand is not None and pending_demand:
             try:
                 self.gpu_demand = await demand()
             except Exception:  # a GCS hiccup: keep the last answer
@@ -973,7 +977,22 @@ class DispatchCore:
         else:
             self.claiming.pop(node, None)
 
-    async def _do_claim(self, n: NodeInfo, count: int) -> None:
+    def adopt(self, node_id: str, started: list) -> bool:
+        """Take GPU workers that were started on ``node_id`` for this core (by the session's lobby, beside
+        this scheduler's own start, so the first subtasks on a node just launched wait for one process start,
+        not two in a row) as a claim in progress; as with any claim, one that comes up above the job's fair
+        share runs one batch, then goes back. Returns False (nothing taken: the caller kills them) when the
+        core is shut down or does not know the node."""
+        n = next((x for x in self.nodes if x.node_id == node_id), None)
+        if n is None or self._closed or not started:
+            return False
+        self._count_claim(node_id, len(started))
+        task = asyncio.ensure_future(self._do_claim(n, len(started), started))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return True
+
+    async def _do_claim(self, n: NodeInfo, count: int, started: list | None = None) -> None:
         got: list[WorkerInfo] = []
         left = [count]  # GPUs of this claim still counted in ``self.claiming``
 
@@ -1005,13 +1024,16 @@ class DispatchCore:
         try:  # Ray's view of available GPUs right now, not as of the last refresh
             fresh = {x.node_id: x for x in await asyncio.to_thread(self.backend.nodes)}
             n = fresh.get(n.node_id, n)
-            settle(count)  # what this claim may get, not counting itself
-            count = min(count, self._claimable(n)) if n.alive else 0
-            if count > 0:
-                self._count_claim(n.node_id, count)
-                left[0] = count
+            if started is None:  # (workers already started hold their GPUs, or wait for them, in Ray)
+                settle(count)  # what this claim may get, not counting itself
+                count = min(count, self._claimable(n)) if n.alive else 0
+                if count > 0:
+                    self._count_claim(n.node_id, count)
+                    left[0] = count
             t0 = self.clock()
-            if count > 0:
+            if started is not None:
+                await self.backend.claim(n, count, ready, started=started)
+            elif count > 0:
                 await self.backend.claim(n, count, ready)
             log.info("claimed %d of %d GPU(s) on %s in %.1fs", len(got), count, n.node_id[:12], self.clock() - t0)
         except Exception:

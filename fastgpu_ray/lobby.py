@@ -5,7 +5,8 @@ A subtask goes to the lobby when no live node can take it now and the cluster ca
 type the autoscaler can launch, or a backlog beyond the busy GPUs). The lobby is one actor per session on
 the driver's node, ``num_cpus=0``. It reports the GPUs its subtasks need to the arbiter, which asks Ray's
 autoscaler for them (``Arbiter.wait_for_node``); as nodes come up it starts the session's scheduler there
-(the same named actor the driver would start) and hands each subtask, in priority order, to a node whose
+(the same named actor the driver would start), with GPU workers for the waiting subtasks beside it (the
+scheduler takes them as its claim: ``_warm_workers``), and hands each subtask, in priority order, to a node whose
 scheduler has room for it (``NodeScheduler.room``), live before or launched for it: late binding, so a
 backlog spreads over every node that arrives instead of piling on the first.
 
@@ -21,6 +22,7 @@ import dataclasses
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -81,6 +83,7 @@ class Lobby:
         self._reported: tuple = ()
         self._reported_at = -1e9
         self.handed = 0
+        self._warmed = 0.0  # GPUs of warm workers started for waiting subtasks not yet handed out
         self._arbiter = None
 
     # ------------------------------------------------------------------------------------ the calls
@@ -195,7 +198,7 @@ class Lobby:
         t0 = time.monotonic()
         try:
             h = start_scheduler(self.session, node, self.args, alive)
-            await h.ready.remote()
+            await h.ready.remote(tuple(await self._warm_workers(node)))
             self.scheds[node] = h
             log.info("node %s: the session's scheduler is up after %.2fs; %d subtask(s) wait", node[:12],
                      time.monotonic() - t0, len(self.waiting))
@@ -204,6 +207,20 @@ class Lobby:
             log.info("no scheduler on node %s yet: %s", node[:12], e)
         finally:
             self._starting.discard(node)
+
+    async def _warm_workers(self, node: str) -> list:
+        """GPU workers started on ``node`` beside its new scheduler, which takes them as its claim
+        (``NodeScheduler.ready``): on a node just launched the first subtasks then wait for one process
+        start, not two in a row. As many as the whole GPUs the waiting subtasks need beyond what earlier
+        warm starts cover, at most the GPUs Ray shows free there."""
+        from .ray_backend import free_gpus, start_gpu_workers
+
+        need = math.ceil(sum(e.gpus for e in self.waiting.values()) - self._warmed - 1e-9)
+        if need <= 0:
+            return []
+        k = min(need, int(await asyncio.to_thread(free_gpus, node)))
+        self._warmed += max(k, 0)
+        return start_gpu_workers(node, k) if k > 0 else []
 
     async def _hand_out(self) -> None:
         if not self.scheds:
@@ -228,6 +245,7 @@ class Lobby:
                     continue
                 node = max(fits, key=lambda n: room[n])
                 room[node] -= need
+                self._warmed = max(0.0, self._warmed - need)
                 del self.waiting[e.sid]
                 self.where[e.sid] = (node, self.scheds[node])
                 if len(self.where) > KEEP:

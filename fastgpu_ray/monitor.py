@@ -51,8 +51,9 @@ class NodeMonitor:
             except Exception:  # keep the last good reading; NVML hiccups are transient
                 pass
 
-    def read(self) -> NodeTelemetry:
-        gpus = self.source.read() if self.source.emulated else self._last
+    def read(self, fresh: bool = False) -> NodeTelemetry:
+        """The node now (NVML: as of the last poll; ``fresh``: read now, for a monitor without its thread)."""
+        gpus = self.source.read() if self.source.emulated or fresh else self._last
         return NodeTelemetry(self.node_id, self.source.emulated, tuple(gpus), frozenset(self.pids), time.time())
 
     def register_pids(self, pids, add: bool = True) -> None:

@@ -82,26 +82,40 @@ class NodeScheduler:
                                  round_gap_s=ROUND_GAP_S, max_slots=slots[0], slot_context_mib=slots[1])
         self.deps = DependencyWaiter()
         self._started = False
+        self._up = asyncio.Event()  # set once the core has started
         self._inflight = 0  # submit calls that have not returned (queued, waiting for inputs, running)
         self._arriving: set[str] = set()  # subtasks whose submit call is here but not yet recorded (startup)
         self._last_busy = self.core.clock()  # when it last had a call in flight or a GPU worker
 
     # ------------------------------------------------------------------------------------ lifecycle
-    async def ready(self) -> str:
+    async def ready(self, warm: tuple = ()) -> str:
+        """Start (once) and return this node's id. ``warm``: GPU workers the session's lobby started on this
+        node beside this scheduler, for subtasks waiting for it (``DispatchCore.adopt``)."""
         if self.here != self.home:  # restarted away from home: the scheduler of this node does the work
+            _kill_all(warm)
             if self.delegate is None:
                 self.delegate = start_scheduler(self.session, self.here, self.args[:-1], self.args[-1])
                 await self.delegate.ready.remote()
             return self.here
-        if not self._started:
+        if self._started:
+            await self._up.wait()
+        else:
             self._started = True
-            await self.core.start()
-            self.core.on_change = self._changed.set
             # Claim nothing until the arbiter has answered (it does within milliseconds): a new job would
             # otherwise take every free GPU and hand most back at once. Without an answer, go on alone.
             self.core.share_expected_until = self.core.clock() + SHARE_FIRST_WAIT_S
+            # The first exchange with the arbiter (a new process's first calls each way: a GCS lookup,
+            # connections; up to a second on a busy head) overlaps the core's start.
             self._changed.set()
             self._share_task = asyncio.ensure_future(self._share_loop())
+            try:
+                await self.core.start()
+                self.core.on_change = self._changed.set
+                self._changed.set()
+            finally:  # (calls that wait for the start go on, also after a failed one, as the first call does)
+                self._up.set()
+        if warm and not self.core.adopt(self.here, list(warm)):
+            _kill_all(warm)
         return self.here
 
     def _rerun(self) -> str | None:
@@ -198,11 +212,12 @@ class NodeScheduler:
             if state == last:
                 continue
             try:
-                if arbiter is None:
+                first = arbiter is None
+                if first:
                     arbiter = get_arbiter()
                     handle = ray.get_runtime_context().current_actor
-                known = await arbiter.report.remote(self.session, self.here, None, state)
-                if not known:  # first report, or the arbiter restarted: it needs this scheduler's handle
+                known = await arbiter.report.remote(self.session, self.here, handle if first else None, state)
+                if not known:  # the arbiter restarted: it needs this scheduler's handle again
                     await arbiter.report.remote(self.session, self.here, handle, state)
                 last = state
             except Exception:  # no arbiter now (it restarts): hold what Ray gives, retry on the next beat
@@ -375,6 +390,12 @@ def start_scheduler(session: str, node: str, args: tuple, gpu_nodes: list[str]):
     queue at it until it is up. ``args``: the session's scheduler arguments (``Session.scheduler_args``)."""
     return NodeScheduler.options(**placement_options(session, node, gpu_nodes)).remote(session, node, *args,
                                                                                       gpu_nodes)
+
+
+def _kill_all(handles) -> None:
+    for h in handles:
+        with contextlib.suppress(Exception):
+            ray.kill(h, no_restart=True)
 
 
 def find_scheduler(session: str, node: str):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import ray
 from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError, NodeDiedError,
@@ -20,9 +21,20 @@ log = logging.getLogger("fastgpu.ray")
 CLAIM_TIMEOUT_S = 60.0  # a worker process may take a while to start on a loaded machine
 SLOT_START_TIMEOUT_S = 30.0  # a slot process not up by then: the call runs as a thread in the lease
 READ_TIMEOUT_S = 5.0
-FIRST_READ_WAIT_S = 0.3  # a node's first reading: waits this long for a monitor actor still starting ...
+MONITOR_DEFER_S = 3.0  # the own node's monitor starts at the first claim, or this long after the first reading
 _INPUT_LOST = (ObjectLostError, OwnerDiedError)
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, NodeDiedError, WorkerCrashedError) + _INPUT_LOST
+
+
+def start_gpu_workers(node_id: str, count: int) -> list:
+    """``count`` GPU workers (leases) started on ``node_id``, not waited for."""
+    return [GpuWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(
+        node_id, monitor_name(node_id), NAMESPACE) for _ in range(count)]
+
+
+def free_gpus(node_id: str) -> float:
+    """GPUs Ray shows available on ``node_id`` now."""
+    return float(ray._private.state.available_resources_per_node().get(node_id, {}).get("GPU", 0.0))
 
 
 def ray_nodes() -> list[NodeInfo]:
@@ -38,7 +50,8 @@ class RayBackend:
         self.node = node
         self.monitors: dict[str, object] = {}
         self.created: dict[bytes, object] = {}  # every worker handle not yet released, started or not
-        self._read_once: set[str] = set()
+        self._local_since: dict[str, float] = {}  # own node -> its first reading (``read``)
+        self._local: dict[str, NodeMonitor] = {}
         self.slots = SlotPool(self._start_slot, self._kill_slot, self._cpus_free)
         self.running_in: dict[str, Slot] = {}  # subtask id -> the process running it
 
@@ -57,34 +70,48 @@ class RayBackend:
         return m
 
     async def read(self, node: NodeInfo) -> NodeTelemetry | None:
-        """The node's monitor's reading. The first one of this scheduler's own node, if its monitor actor
-        is still starting (seconds on a node just launched), is read in this process instead (NVML or the
-        emulation's defaults, as a new monitor would report them), so the first placement does not wait
-        for a second process start."""
-        first = node.node_id == self.node and node.node_id not in self._read_once
+        """The node's monitor's reading. This scheduler's own node is read in this process (NVML, or the
+        emulation's defaults: what a new monitor reports) until its monitor actor is started, at the first
+        claim of GPU workers (after them: on a node just launched, Ray's prestarted worker processes go to
+        the GPU workers, not to the monitor) or ``MONITOR_DEFER_S`` after the first reading; a monitor that
+        already runs (another job's) is asked from the first reading, so emulated load set on it is seen."""
         try:
-            call = self.monitor(node).read.remote()
-            if first:
-                self._read_once.add(node.node_id)
-                try:
-                    return await asyncio.wait_for(asyncio.shield(_await(call)), FIRST_READ_WAIT_S)
-                except (asyncio.TimeoutError, GetTimeoutError):
-                    return NodeMonitor(node.node_id, node.gpu_total, self.emulated_memory_mib, self.force_emulation,
-                                       poll=False).read()
-            return await asyncio.wait_for(call, READ_TIMEOUT_S)
+            if node.node_id == self.node and node.node_id not in self.monitors:
+                first = self._local_since.get(node.node_id)
+                if first is None:
+                    self._local_since[node.node_id] = time.monotonic()
+                    if not self._running_monitor(node):  # (one that runs, another job's, is asked)
+                        return self._local_reading(node)
+                elif time.monotonic() - first < MONITOR_DEFER_S:
+                    return self._local_reading(node)
+            return await asyncio.wait_for(_await(self.monitor(node).read.remote()), READ_TIMEOUT_S)
         except (asyncio.TimeoutError, GetTimeoutError):
             return None
         except _LOST:
             self.monitors.pop(node.node_id, None)
             return None
 
-    async def claim(self, node: NodeInfo, count: int, ready) -> None:
-        """Start ``count`` GPU workers on ``node``; ``ready(worker)`` as each comes up. Workers not up
-        within ``CLAIM_TIMEOUT_S`` are killed (Ray had no GPU for them after all, or the node died)."""
-        self.monitor(node)  # up before the workers register their pids with it (_pids)
-        handles = [GpuWorker.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-        ).remote(node.node_id, monitor_name(node.node_id), NAMESPACE) for _ in range(count)]
+    def _running_monitor(self, node: NodeInfo) -> bool:
+        """Whether ``node``'s monitor actor runs already (then it is this backend's monitor of the node)."""
+        try:
+            self.monitors[node.node_id] = ray.get_actor(monitor_name(node.node_id), namespace=NAMESPACE)
+            return True
+        except ValueError:
+            return False
+
+    def _local_reading(self, node: NodeInfo) -> NodeTelemetry:
+        m = self._local.get(node.node_id)
+        if m is None:
+            m = self._local[node.node_id] = NodeMonitor(node.node_id, node.gpu_total, self.emulated_memory_mib,
+                                                        self.force_emulation, poll=False)
+        return m.read(fresh=True)
+
+    async def claim(self, node: NodeInfo, count: int, ready, started: list | None = None) -> None:
+        """Start ``count`` GPU workers on ``node`` (``started``: workers someone else started there for this
+        scheduler: ``start_gpu_workers``); ``ready(worker)`` as each comes up. Workers not up within
+        ``CLAIM_TIMEOUT_S`` are killed (Ray had no GPU for them after all, or the node died)."""
+        handles = list(started) if started is not None else start_gpu_workers(node.node_id, count)
+        self.monitor(node)  # after the workers (read): before they register their pids with it (_pids)
         for h in handles:
             self.created[h._actor_id.binary()] = h
 

@@ -135,6 +135,39 @@ def test_results_come_back_and_small_subtasks_are_batched():
     assert b.claims == 1  # one claim took both GPUs of the node
 
 
+class AdoptingBackend(FakeBackend):
+    """Also takes workers started for the core elsewhere (``started``: the GPU index each holds)."""
+
+    async def claim(self, node, count, ready, started=None):
+        if started is None:
+            return await super().claim(node, count, ready)
+        for g in started:
+            await asyncio.sleep(0.01)
+            self._held.add((node.node_id, g))
+            ready(WorkerInfo(handle=None, node_id=node.node_id, gpu_index=g, pid=2000 + g))
+
+
+def test_workers_started_beside_a_new_scheduler_are_taken_as_its_claim():
+    """The lobby starts GPU workers on a node just launched beside its scheduler: the core counts them as
+    a claim in progress (so it claims nothing more for them) and runs its subtasks on them; workers for a
+    node it does not know are refused (the caller kills them)."""
+    async def main():
+        b = AdoptingBackend({"n1": [16384, 16384]})
+        core = await started(b)
+        assert not core.adopt("elsewhere", [0])
+        assert core.adopt("n1", [0, 1])
+        assert core.claiming == {"n1": 2}
+        outs = await asyncio.gather(*(core.submit(sub(f"s{i}", sleeper(0.05, i), batch=False)) for i in range(4)))
+        held = sorted(core.workers)
+        await core.shutdown()
+        return b, outs, held
+    b, outs, held = asyncio.run(main())
+    assert [o.value for o in outs] == [0, 1, 2, 3]
+    assert b.claims == 0, "the core claimed GPUs of its own beside the adopted workers"
+    assert held == [("n1", 0), ("n1", 1)]
+    assert {(r.node, r.gpu) for r in b.runs} == {("n1", 0), ("n1", 1)}
+
+
 def test_queue_orders_by_priority_then_age():
     async def main():
         b = FakeBackend({"n1": [16384]})
