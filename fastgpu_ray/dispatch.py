@@ -771,7 +771,8 @@ class DispatchCore:
     def queued(self) -> list[Subtask]:
         """The work queued here, in queue order, then the work whose inputs are still coming (it is queued
         soon)."""
-        return [st for _, _, st in sorted(self.queue, key=lambda x: x[:2])] + list(self.waiting.values())
+        # (entries are (rank, unique seq, subtask): tuples compare in C and never reach the subtask)
+        return [st for _, _, st in sorted(self.queue)] + list(self.waiting.values())
 
     def play_queue(self, free: list[tuple[float, float]], subtasks: list[Subtask],
                    cost: CostModel = _COST) -> tuple[list[tuple[float, int]], list[float]]:
@@ -785,6 +786,8 @@ class DispatchCore:
         heap = [(t, i) for i, t in enumerate(until)]
         heapq.heapify(heap)
         starts = []
+        runs: dict = {}  # (duration key, options) -> each GPU's run time for one such subtask: a queue of
+        #                  thousands holds a few kinds, and the driver asks for this play-out twice a second
         for st in subtasks:
             if not until:
                 starts.append((math.inf, -1))
@@ -796,10 +799,14 @@ class DispatchCore:
             else:  # (rare: take the k GPUs free first and rebuild the heap)
                 pick = sorted(range(len(until)), key=until.__getitem__)[:k]
                 t = max(until[i] for i in pick)
-            est = self.estimate(st)
-            share = gpu_fraction(st) / max(st.opts.gpu_count, 1)
+            run = runs.get((st.duration_key, st.opts))
+            if run is None:
+                est = self.estimate(st)
+                share = gpu_fraction(st) / max(st.opts.gpu_count, 1)
+                run = runs[(st.duration_key, st.opts)] = [cost.compute_s(est.seconds, util) * share
+                                                          for _, util in free]
             for i in pick:
-                until[i] = t + cost.compute_s(est.seconds, free[i][1]) * share
+                until[i] = t + run[i]
             if k == 1:
                 heapq.heappush(heap, (until[pick[0]], pick[0]))
             else:

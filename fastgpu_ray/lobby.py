@@ -39,7 +39,7 @@ from .wire import FnBox, Payload, RouteInfo
 log = logging.getLogger("fastgpu.lobby")
 
 LOOP_S = 0.1  # waiting subtasks are matched to nodes' room this often
-NODES_S = 0.25  # new GPU nodes are looked for this often while subtasks wait
+NODES_S = 0.1  # new GPU nodes are looked for this often while subtasks wait (a ray.nodes() call)
 KEEP = 100_000  # handed subtasks remembered for explain (the oldest are forgotten)
 REPORT_S = 1.0  # the arbiter hears the waiting GPUs on change and at least this often (soft state)
 

@@ -37,6 +37,7 @@ log = logging.getLogger("fastgpu.session")
 REPORT_PERIOD_S = 0.5  # the node schedulers' reports are re-read at most this often (on submit)
 NODES_PERIOD_S = 2.0  # Ray's node list (new or dead GPU nodes) is re-read at most this often
 REPORT_TIMEOUT_S = 2.0
+POLL_GAP_S = 0.005  # answers not in yet are looked for at most this often (not on every submit of a flood)
 STALE_VIEW_S = 1.0  # a view older than this (a quiet session) is renewed before routing on it ...
 STALE_WAIT_S = 0.25  # ... waiting at most this long for the reports (they take milliseconds when all is well)
 RETIRE_S = 5.0  # autoscaling clusters: a node scheduler with nothing of its job on its node this long retires
@@ -72,6 +73,7 @@ class Session:
     _reported: float = 0.0
     _synced: float = 0.0
     _asked: dict = field(default_factory=dict)  # report call -> node, not collected yet
+    _polled: float = 0.0  # when the answers to ``_asked`` were last looked for
     queued: dict = field(default_factory=dict)  # node id -> subtasks queued there (last report)
     own: dict = field(default_factory=dict)  # node id -> NodeReport.own (other jobs share the cluster)
     _routed_to: dict = field(default_factory=dict)  # node -> when a subtask was last routed there
@@ -305,7 +307,8 @@ class Session:
         stale = now - self._reported > STALE_VIEW_S
         if stale:
             self._asked = {}  # answers to an old question are old too
-        if self._asked and (force or now - self._reported >= REPORT_PERIOD_S / 10):
+        if self._asked and (force or (now - self._reported >= REPORT_PERIOD_S / 10
+                                      and now - self._polled >= POLL_GAP_S)):
             self._collect(REPORT_TIMEOUT_S if force else 0)
         if (force or now - self._reported >= REPORT_PERIOD_S) and not self._asked:
             nodes = [n for n in self.gpu_nodes if n in self.schedulers]
@@ -316,6 +319,7 @@ class Session:
                 self._collect(REPORT_TIMEOUT_S if force else STALE_WAIT_S)
 
     def _collect(self, timeout_s: float) -> None:
+        self._polled = time.monotonic()
         calls = list(self._asked)
         ready, _ = ray.wait(calls, num_returns=len(calls), timeout=timeout_s)
         if timeout_s == 0 and len(ready) < len(calls) and time.monotonic() - self._reported < REPORT_TIMEOUT_S:

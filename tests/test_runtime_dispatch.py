@@ -168,6 +168,19 @@ def test_workers_started_beside_a_new_scheduler_are_taken_as_its_claim():
     assert {(r.node, r.gpu) for r in b.runs} == {("n1", 0), ("n1", 1)}
 
 
+def test_the_queue_plays_out_per_subtask_kind_over_gpus_of_different_load():
+    """``play_queue`` (what the driver's reports are made of): each subtask starts on the GPU(s) free first
+    and holds them for its own estimated run at each GPU's load; kinds of subtask interleaved in one queue
+    each keep their own run (the play-out computes a kind's runs once per call)."""
+    core = DispatchCore(FakeBackend({"n1": [16384, 16384]}))
+    a = [sub(f"a{i}", value(0), fn="a", work_s=1.0) for i in range(4)]
+    b = sub("b", value(0), fn="b", work_s=2.0, num_gpus=2)
+    free = [(0.0, 0.0), (1.0, 0.5)]  # GPU 1: busy for 1 s more, half loaded from outside (runs take 2x)
+    starts, until = core.play_queue(free, [a[0], a[1], a[2], b, a[3]])
+    assert starts == [(0.0, 0), (1.0, 0), (1.0, 1), (3.0, 0), (5.0, 0)]
+    assert until == [6.0, 7.0]
+
+
 def test_queue_orders_by_priority_then_age():
     async def main():
         b = FakeBackend({"n1": [16384]})
