@@ -439,16 +439,18 @@ class DispatchCore:
         nodes = self._within_share()
         holds = {**self._claim_holds(), **self.holds}
         live = build_snapshot(nodes, self.telemetry, holds)
-        need = min((st.opts.gpu_memory_mib + self.slot_context_mib for _, _, st in self.queue
-                    if st.opts.gpu_memory_mib), default=0)
-        free_mib = ({(n.name, g): spec.memory_free_mib for n in live.nodes for g, spec in enumerate(n.gpus)}
-                    if need else {})
+        need, free_mib = None, {}
         busy = {}
         for key, ends in self.ends.items():
             h = self.holds.get(key)
             if h is None or not ends:
                 continue
             whole = h.milli_used >= GPU_MILLI
+            if not (whole or h.at_cap) and need is None:  # (a scan of the queue: only where it can matter)
+                need = min((st.opts.gpu_memory_mib + self.slot_context_mib for _, _, st in self.queue
+                            if st.opts.gpu_memory_mib), default=0)
+                free_mib = ({(n.name, g): spec.memory_free_mib for n in live.nodes
+                             for g, spec in enumerate(n.gpus)} if need else {})
             # (a GPU at its call cap frees a slot at its earliest end, as a memory-full one does)
             if not (whole or h.at_cap or (need and free_mib.get(key, 0) < need)):
                 continue
@@ -639,7 +641,7 @@ class DispatchCore:
         state = ClusterState.from_snapshot(self.placement_snapshot())
         state.max_side_by_side = self.max_slots
         pol = registry.create(self.policy)
-        pol.prepare(state, [d for _, _, st in heapq.nsmallest(16, self.queue) if (d := _safe_demand(self, st))])
+        pol.prepare(state, [d for _, _, st in _head(self.queue, 16) if (d := _safe_demand(self, st))])
         sched = Scheduler(state, pol)
         slots = max(1, len(self.workers))
         now = self.clock()
@@ -786,7 +788,7 @@ class DispatchCore:
         heap = [(t, i) for i, t in enumerate(until)]
         heapq.heapify(heap)
         starts = []
-        runs: dict = {}  # (duration key, options) -> each GPU's run time for one such subtask: a queue of
+        runs: dict = {}  # (function, options) -> each GPU's run time for one such subtask: a queue of
         #                  thousands holds a few kinds, and the driver asks for this play-out twice a second
         for st in subtasks:
             if not until:
@@ -799,12 +801,12 @@ class DispatchCore:
             else:  # (rare: take the k GPUs free first and rebuild the heap)
                 pick = sorted(range(len(until)), key=until.__getitem__)[:k]
                 t = max(until[i] for i in pick)
-            run = runs.get((st.duration_key, st.opts))
+            kind = (st.fn_key, id(st.opts))  # (the subtasks of one submit call share one options object)
+            run = runs.get(kind)
             if run is None:
                 est = self.estimate(st)
                 share = gpu_fraction(st) / max(st.opts.gpu_count, 1)
-                run = runs[(st.duration_key, st.opts)] = [cost.compute_s(est.seconds, util) * share
-                                                          for _, util in free]
+                run = runs[kind] = [cost.compute_s(est.seconds, util) * share for _, util in free]
             for i in pick:
                 until[i] = t + run[i]
             if k == 1:
@@ -1103,6 +1105,17 @@ def time_left(end: float, dur: float, now: float) -> float:
     """Estimated seconds until a run that should end at ``end`` (``dur`` long) is done: past its end, a
     fraction of what it has run so far (it is longer than estimated: the longer, the more is left)."""
     return max(end - now, OVERDUE_LEFT * (now - (end - dur)), 0.0)
+
+
+def _head(heap: list, k: int) -> list:
+    """The ``k`` smallest entries of ``heap``, in order, in O(k log n) (``heapq.nsmallest`` reads them all: a
+    round would scan a backlog of thousands)."""
+    if len(heap) <= k:
+        return sorted(heap)
+    out = [heapq.heappop(heap) for _ in range(k)]
+    for e in out:
+        heapq.heappush(heap, e)
+    return out
 
 
 def gpu_fraction(st: Subtask) -> float:
