@@ -196,15 +196,22 @@ class Lobby:
         from .node_scheduler import start_scheduler
 
         t0 = time.monotonic()
+        warm: list = []
         try:
             h = start_scheduler(self.session, node, self.args, alive)
-            await h.ready.remote(tuple(await self._warm_workers(node)))
+            warm = await self._warm_workers(node)
+            await h.ready.remote(tuple(warm))
             self.scheds[node] = h
             log.info("node %s: the session's scheduler is up after %.2fs; %d subtask(s) wait", node[:12],
                      time.monotonic() - t0, len(self.waiting))
             self._kick()
         except Exception as e:
             log.info("no scheduler on node %s yet: %s", node[:12], e)
+            if warm:  # no scheduler took them: they must not hold the node's GPUs
+                from .ray_backend import kill_actors
+
+                kill_actors(warm)
+                self._warmed = max(0.0, self._warmed - len(warm))
         finally:
             self._starting.discard(node)
 

@@ -32,7 +32,7 @@ from . import handoff
 from .dispatch import DispatchCore, Outcome, Record, Subtask
 from .monitor import NAMESPACE
 from .options import TaskOptions
-from .ray_backend import RayBackend
+from .ray_backend import RayBackend, kill_actors
 from .wire import FnBox, NodeReport, Payload, RouteInfo
 
 log = logging.getLogger("fastgpu.node")
@@ -92,7 +92,7 @@ class NodeScheduler:
         """Start (once) and return this node's id. ``warm``: GPU workers the session's lobby started on this
         node beside this scheduler, for subtasks waiting for it (``DispatchCore.adopt``)."""
         if self.here != self.home:  # restarted away from home: the scheduler of this node does the work
-            _kill_all(warm)
+            kill_actors(warm)
             if self.delegate is None:
                 self.delegate = start_scheduler(self.session, self.here, self.args[:-1], self.args[-1])
                 await self.delegate.ready.remote()
@@ -115,7 +115,7 @@ class NodeScheduler:
             finally:  # (calls that wait for the start go on, also after a failed one, as the first call does)
                 self._up.set()
         if warm and not self.core.adopt(self.here, list(warm)):
-            _kill_all(warm)
+            kill_actors(warm)
         return self.here
 
     def _rerun(self) -> str | None:
@@ -390,12 +390,6 @@ def start_scheduler(session: str, node: str, args: tuple, gpu_nodes: list[str]):
     queue at it until it is up. ``args``: the session's scheduler arguments (``Session.scheduler_args``)."""
     return NodeScheduler.options(**placement_options(session, node, gpu_nodes)).remote(session, node, *args,
                                                                                       gpu_nodes)
-
-
-def _kill_all(handles) -> None:
-    for h in handles:
-        with contextlib.suppress(Exception):
-            ray.kill(h, no_restart=True)
 
 
 def find_scheduler(session: str, node: str):

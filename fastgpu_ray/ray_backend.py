@@ -32,6 +32,15 @@ def start_gpu_workers(node_id: str, count: int) -> list:
         node_id, monitor_name(node_id), NAMESPACE) for _ in range(count)]
 
 
+def kill_actors(handles) -> None:
+    """Kill each actor (workers started for a scheduler that did not take them)."""
+    for h in handles:
+        try:
+            ray.kill(h, no_restart=True)
+        except Exception:
+            pass
+
+
 def free_gpus(node_id: str) -> float:
     """GPUs Ray shows available on ``node_id`` now."""
     return float(ray._private.state.available_resources_per_node().get(node_id, {}).get("GPU", 0.0))
