@@ -220,12 +220,12 @@ class Lobby:
         (``NodeScheduler.ready``): on a node just launched the first subtasks then wait for one process
         start, not two in a row. As many as the whole GPUs the waiting subtasks need beyond what earlier
         warm starts cover, at most the GPUs Ray shows free there."""
-        from .ray_backend import free_gpus, start_gpu_workers
+        from .ray_backend import available, start_gpu_workers
 
         need = math.ceil(sum(e.gpus for e in self.waiting.values()) - self._warmed - 1e-9)
         if need <= 0:
             return []
-        k = min(need, int(await asyncio.to_thread(free_gpus, node)))
+        k = min(need, int(await asyncio.to_thread(available, node, "GPU")))
         self._warmed += max(k, 0)
         return start_gpu_workers(node, k) if k > 0 else []
 

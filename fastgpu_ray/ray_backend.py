@@ -33,7 +33,7 @@ def start_gpu_workers(node_id: str, count: int) -> list:
 
 
 def kill_actors(handles) -> None:
-    """Kill each actor (workers started for a scheduler that did not take them)."""
+    """Kill each actor for good (no restart); one already gone is no error."""
     for h in handles:
         try:
             ray.kill(h, no_restart=True)
@@ -41,9 +41,9 @@ def kill_actors(handles) -> None:
             pass
 
 
-def free_gpus(node_id: str) -> float:
-    """GPUs Ray shows available on ``node_id`` now."""
-    return float(ray._private.state.available_resources_per_node().get(node_id, {}).get("GPU", 0.0))
+def available(node_id: str, resource: str) -> float:
+    """How much of ``resource`` (``"GPU"``, ``"CPU"``) Ray shows available on ``node_id`` now."""
+    return float(ray._private.state.available_resources_per_node().get(node_id, {}).get(resource, 0.0))
 
 
 def ray_nodes() -> list[NodeInfo]:
@@ -213,8 +213,7 @@ class RayBackend:
             m.register_pids.remote([pid], add)
 
     async def _cpus_free(self, node: str) -> float:
-        avail = await asyncio.to_thread(ray._private.state.available_resources_per_node)
-        return float(avail.get(node, {}).get("CPU", 0.0))
+        return await asyncio.to_thread(available, node, "CPU")
 
     def stop(self, sid: str) -> bool:
         """Stop subtask ``sid`` by killing the slot process running it, where that process runs it alone
@@ -234,10 +233,7 @@ class RayBackend:
 
     def _kill(self, handle) -> None:
         self.created.pop(handle._actor_id.binary(), None)
-        try:
-            ray.kill(handle, no_restart=True)
-        except Exception:
-            pass
+        kill_actors([handle])
 
     def kill_all(self) -> list:
         """Kill every worker and slot process this backend created (also those still starting)."""
