@@ -46,8 +46,6 @@ def emulate_work(seconds: float | None = None, *, util: float | None = None) -> 
     a GPU (for side-by-side comparisons). Returns the seconds slept."""
     import ray
 
-    from .monitor import monitor_for
-
     ctx = current()
     if seconds is None:
         seconds = ctx.work_s if ctx is not None else 0.0
@@ -64,7 +62,7 @@ def emulate_work(seconds: float | None = None, *, util: float | None = None) -> 
     if not gpus:
         raise RuntimeError("emulate_work() needs a GPU: call it in a fastgpu subtask or a Ray task with num_gpus")
     if mon is None:
-        mon = monitor_for(node)
+        mon = _node_monitor(node)
     token, factor = ray.get(mon.work_begin.remote(gpus[0], util, os.getpid()))
     try:
         dt = seconds * factor
@@ -78,10 +76,29 @@ def gpu_memory_total_mib() -> int:
     """Total memory of the running subtask's (first) GPU as its monitor reports it (emulated or NVML)."""
     import ray
 
-    from .monitor import monitor_for
     ctx = current()
     node = ctx.node_id if ctx else ray.get_runtime_context().get_node_id()
-    mon = (ctx.monitor if ctx else None) or monitor_for(node)
+    mon = (ctx.monitor if ctx else None) or _node_monitor(node)
     tel = ray.get(mon.read.remote())
     g = gpu_ids()[0]
     return next(r.memory_total_mib for r in tel.gpus if r.index == g)
+
+
+MONITOR_WAIT_S = 10.0  # a node's monitor starts with its first fastgpu work or a few seconds after init
+
+
+def _node_monitor(node: str):
+    """The monitor actor of ``node`` for code outside a fastgpu subtask (a plain Ray task emulating work
+    beside fastgpu): fastgpu may start it a few seconds after ``init`` (``node_scheduler``), so wait for it
+    up to ``MONITOR_WAIT_S``; then fail saying what it needs."""
+    from .monitor import monitor_for
+
+    deadline = time.monotonic() + MONITOR_WAIT_S
+    while True:
+        try:
+            return monitor_for(node)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no fastgpu node monitor on node {node[:12]} after {MONITOR_WAIT_S:g} s: "
+                                   "emulated GPUs need fastgpu.init(emulate=True) running in this cluster") from None
+            time.sleep(0.1)

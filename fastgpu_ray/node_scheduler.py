@@ -188,7 +188,8 @@ class NodeScheduler:
         refs = list(payload.refs) + list(payload.nested_refs)
         if info.learned:  # what the driver learned from other nodes: a prior until this node has learned more
             self.core.durations.adopt(info.learned)
-        st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False)
+        st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False,
+                     input_bytes=info.input_bytes if refs else len(payload.blob))
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
                                       inputs_ready=self.deps.ready(refs) if refs else None)
 
@@ -302,7 +303,7 @@ class NodeScheduler:
     async def _forward(self, st: Subtask, node: str, target) -> None:
         learned = self.core.durations.entry(st.duration_key)
         info = RouteInfo(None, (f"handed over by node {self.here[:12]} (its queue was longer than moving the "
-                                f"inputs here)",), {st.duration_key: learned} if learned else None)
+                                f"inputs here)",), {st.duration_key: learned} if learned else None, st.input_bytes)
         try:
             value = await target.submit.remote(st.id, st.opts, FnBox(st.fn_key, st.fn_ref), st.payload, info)
             out = Outcome(True, value)

@@ -169,8 +169,9 @@ class RayBackend:
         try:
             res, times = await slot.handle.run_batch.remote(keys, items, *flat)
             slot.fns.update(keys)
-            for st, (cpu_s, wall_s, sharing) in zip(batch, times):
+            for st, (cpu_s, wall_s, sharing, nbytes) in zip(batch, times):
                 self.slots.observe(st.fn_key, cpu_s, wall_s, sharing)
+                st.input_bytes = nbytes  # measured: what its learned run time is observed against
         except _LOST as e:
             if not slot.lease:
                 if not isinstance(e, _INPUT_LOST):  # an argument lost is not the process's fault

@@ -378,7 +378,7 @@ class Session:
             if est is not None and est.total:
                 runtime().placed([payload], r.node)  # dedup + prefetch to the chosen node
         learned = {key: self.router.durations.entry(key)} if work.source == "learned" else None
-        return r, RouteInfo(r.explanation, history, learned)
+        return r, RouteInfo(r.explanation, history, learned, _input_bytes(payload, est))
 
     def remember(self, refs: list, sids: list[str], node: str, fn_key: str) -> None:
         """``node``: where the subtasks were sent (``LOBBY``: to wait for a node; no producer node yet)."""
@@ -421,6 +421,19 @@ class Session:
         for part in ray.get(calls):
             out.extend(part)
         return out
+
+
+def _input_bytes(payload: Payload | None, est) -> int | None:
+    """The bytes of ``payload``'s arguments, refs included (``RouteInfo.input_bytes``), or None where a
+    ref's size is not known yet (its producer runs) or refs were not located. Refs under the inline
+    threshold are not located and count nothing: too small to change a run time."""
+    if payload is None:
+        return None
+    refs = bool(payload.refs or payload.nested_refs)
+    if refs and (est is None or est.unknown):
+        return None
+    objs = () if est is None else est.objects
+    return len(payload.blob) + sum(o.size for o in objs if not o.key.startswith("value:"))
 
 
 def _transfer_line(d, est, node: str) -> str:

@@ -32,6 +32,7 @@ class RouteInfo:
     node_choice: Any = None
     history: tuple[str, ...] = ()
     learned: dict | None = None  # the driver's learned run time of this subtask's function (DurationModel.summary)
+    input_bytes: int | None = None  # its arguments' bytes, refs included, where the sender knows them all
 
 
 @dataclass(frozen=True)

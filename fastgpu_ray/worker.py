@@ -24,6 +24,8 @@ import ray
 from ray import cloudpickle
 from ray.exceptions import RayTaskError
 
+from transfer.args import value_size
+
 from . import context, gpu_memory
 from .errors import is_gpu_oom
 
@@ -64,8 +66,10 @@ def run_items(fns: dict[str, Any], items: list[Item], values: list, make_ctx, se
     called with each item's declared memory before it runs; returns whether torch's allocator is capped
     at it now (``gpu_memory``; only where the process runs nothing else).
     ``times``: gets (CPU seconds of the running thread, wall seconds, calls running in this process when
-    it started: ``sharing()``) per item: how much of its run a subtask holds the CPU (Python code: the
-    GIL), which decides whether its packed runs need processes of their own (``slots``)."""
+    it started: ``sharing()``, input bytes) per item: how much of its run a subtask holds the CPU (Python
+    code: the GIL), which decides whether its packed runs need processes of their own (``slots``); and
+    the bytes of its arguments (``transfer.args.value_size`` of the resolved refs plus the pickled rest),
+    which learned run times scale with (``placement.durations``)."""
     out, pos = [], 0
     for it in items:
         mine = values[pos:pos + it.nrefs]
@@ -86,7 +90,8 @@ def run_items(fns: dict[str, Any], items: list[Item], values: list, make_ctx, se
         finally:
             context._set(None)
             if times is not None:
-                times.append((time.thread_time() - c0, time.perf_counter() - w0, k))
+                times.append((time.thread_time() - c0, time.perf_counter() - w0, k,
+                              len(it.blob) + sum(value_size(v) for v in mine)))
     return out
 
 

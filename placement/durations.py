@@ -25,12 +25,23 @@ run time: GPU count and share, declared ``work_s``). Contract:
   at ``UNKNOWN_WORK_S`` per subtask.
 * ``Estimate.tail_s``: the 90th percentile (``exp(m + 1.28 s)``) minus the estimate: how much longer a
   long run is, which the cost model lets a slower GPU stretch (``placement.cost.compute_s``).
+* Input bytes: ``observe(..., nbytes=)`` also keeps (log bytes, log duration) pairs. When a key's
+  recent runs took inputs of different sizes (the largest at least ``SIZE_MIN_RATIO`` times the smallest,
+  ``SIZE_MIN_RUNS`` runs) and a robust line through the pairs (Theil-Sen: the median of pairwise slopes,
+  clipped to ``[0, SIZE_MAX_EXPONENT]``) leaves a residual spread under ``SIZE_MIN_GAIN`` of the key's
+  spread, ``estimate(..., nbytes=)`` is that line at the subtask's bytes (clamped to ``SIZE_EXTRAPOLATE``
+  times beyond the sizes seen): run time ~ bytes ** exponent. Otherwise, or without the subtask's bytes,
+  the key's estimate: sizes that do not predict the run time change nothing. ``FASTGPU_DURATIONS_BY_SIZE=0``
+  in the environment of the processes that schedule (the node schedulers) turns this off (an ablation:
+  ``benchmarks/heterogeneous.py --sized``).
 * ``summary()`` / ``adopt()``: estimates travel between schedulers as (log mean, runs, log 90th
   percentile); a scheduler adopts one learned elsewhere when it has seen fewer runs of that key itself.
+  The size line stays with the scheduler that learned it (the one that runs the subtasks).
 """
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -40,6 +51,12 @@ WINDOW = 32  # observations kept per key
 MAX_SPREAD = 2.0  # log-spread cap: the mean is at most e^2 = 7.4x the median
 Z90 = 1.2816  # the standard normal's 90th percentile
 MIN_S = 1e-4  # durations are floored here before taking logs (an instant subtask is "very short")
+SIZE_MIN_RUNS = 4  # runs with known input bytes before the size line is fitted
+BY_SIZE = os.environ.get("FASTGPU_DURATIONS_BY_SIZE", "1") != "0"  # module doc
+SIZE_MIN_RATIO = 2.0  # ... and the largest input at least this many times the smallest
+SIZE_MIN_GAIN = 0.8  # the line is used when its residual spread is under this fraction of the key's spread
+SIZE_MAX_EXPONENT = 2.0  # run time grows at most as bytes squared (a steeper fit is noise or a cliff)
+SIZE_EXTRAPOLATE = 4.0  # predict for sizes at most this factor beyond the smallest and largest seen
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,8 @@ class Estimate:
     source: str
     runs: int = 0
     tail_s: float = 0.0  # 90th percentile - ``seconds`` (learned spread; 0 when declared or unknown)
+    nbytes: int = 0  # learned from input sizes: the subtask's input bytes it was scaled to (0: not scaled)
+    exponent: float = 0.0  # ... and the fitted run time ~ bytes ** exponent
 
     @property
     def known(self) -> bool:
@@ -58,12 +77,21 @@ class Estimate:
 
     def describe(self) -> str:
         if self.source == "learned":
-            return f"{self.seconds:.3g} s (learned from {self.runs} run{'s' if self.runs != 1 else ''})"
+            sized = (f"; for {_human_bytes(self.nbytes)} of input, run time ~ bytes^{self.exponent:.2f}"
+                     if self.nbytes else "")
+            return f"{self.seconds:.3g} s (learned from {self.runs} run{'s' if self.runs != 1 else ''}{sized})"
         if self.source == "declared":
             return f"{self.seconds:.3g} s (declared work_s)"
         if self.source == "running":
             return f"{self.seconds:.3g} s (at least: a run of it has taken that long so far, none finished)"
         return f"{self.seconds:.3g} s (unknown: assumed for work never seen)"
+
+
+def _human_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
 
 
 def duration_key(fn_key: str, gpu_count: int, gpu_milli: int, declared_s: float = 0.0) -> str:
@@ -87,13 +115,44 @@ class DurationModel:
         self._obs: dict[str, deque] = {}  # key -> the last WINDOW log-seconds
         self._runs: dict[str, int] = {}  # key -> runs observed (or adopted)
         self._est: dict[str, float] = {}  # key -> log of the estimate (cached; dropped on change)
+        self._sized: dict[str, deque] = {}  # key -> the last WINDOW (log bytes, log seconds) pairs
+        self._line: dict[str, tuple | None] = {}  # key -> fitted size line (cached; dropped on change)
 
-    def observe(self, key: str, run_s: float, slowdown: float = 1.0) -> None:
+    def observe(self, key: str, run_s: float, slowdown: float = 1.0, nbytes: int | None = None) -> None:
+        """One successful run (module doc); ``nbytes``: its input bytes, where known."""
         if not (math.isfinite(run_s) and run_s >= 0 and math.isfinite(slowdown) and slowdown > 0):
             return  # a broken measurement teaches nothing
-        self._obs.setdefault(key, deque(maxlen=WINDOW)).append(math.log(max(run_s / slowdown, MIN_S)))
+        y = math.log(max(run_s / slowdown, MIN_S))
+        self._obs.setdefault(key, deque(maxlen=WINDOW)).append(y)
         self._runs[key] = self._runs.get(key, 0) + 1
         self._est.pop(key, None)
+        if nbytes is not None and nbytes > 0:
+            self._sized.setdefault(key, deque(maxlen=WINDOW)).append((math.log(nbytes), y))
+            self._line.pop(key, None)
+
+    def size_line(self, key: str) -> tuple[float, float, float, float, float] | None:
+        """(exponent, intercept, residual spread, log of the smallest and of the largest bytes seen) of
+        ``key``'s run time against its input bytes, or None where sizes do not predict it (module doc)."""
+        if key in self._line:
+            return self._line[key]
+        pairs = list(self._sized.get(key, ()))
+        line = None
+        if len(pairs) >= SIZE_MIN_RUNS:
+            xs = [x for x, _ in pairs]
+            lo, hi = min(xs), max(xs)
+            if hi - lo >= math.log(SIZE_MIN_RATIO):
+                slopes = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(pairs)
+                          for x2, y2 in pairs[i + 1:] if abs(x2 - x1) > 1e-3]
+                b = min(max(statistics.median(slopes), 0.0), SIZE_MAX_EXPONENT)
+                a = statistics.median(y - b * x for x, y in pairs)
+                r = min(1.4826 * statistics.median(abs(y - a - b * x) for x, y in pairs), MAX_SPREAD)
+                ys = [y for _, y in pairs]
+                m = statistics.median(ys)
+                spread = 1.4826 * statistics.median(abs(y - m) for y in ys)
+                if b > 0 and r < SIZE_MIN_GAIN * spread:
+                    line = (b, a, r, lo, hi)
+        self._line[key] = line
+        return line
 
     def _fit(self, key: str) -> tuple[float, float]:
         """(log of the mean, log of the 90th percentile) of ``key``'s recent runs."""
@@ -105,8 +164,18 @@ class DurationModel:
             v = self._est[key] = (m + spread * spread / 2, m + Z90 * spread)
         return v
 
-    def estimate(self, key: str, declared: float = 0.0) -> Estimate:
+    def estimate(self, key: str, declared: float = 0.0, nbytes: int | None = None) -> Estimate:
+        """``key``'s estimate (module doc); ``nbytes``: the subtask's input bytes, where known, which a
+        learned size line scales it to."""
         if key in self._obs:
+            line = self.size_line(key) if BY_SIZE and nbytes and key in self._sized else None
+            if line is not None:
+                b, a, r, lo, hi = line
+                ext = math.log(SIZE_EXTRAPOLATE)
+                mu = a + b * min(max(math.log(nbytes), lo - ext), hi + ext)
+                est = math.exp(mu + r * r / 2)
+                return Estimate(est, "learned", self._runs[key], max(0.0, math.exp(mu + Z90 * r) - est),
+                                int(nbytes), b)
             mean, p90 = self._fit(key)
             return Estimate(math.exp(mean), "learned", self._runs[key], max(0.0, math.exp(p90) - math.exp(mean)))
         if declared > 0:

@@ -87,3 +87,37 @@ def test_spread_gives_a_tail_that_a_slower_gpu_stretches_and_that_travels():
     other = DurationModel()
     other.adopt(m.summary())
     assert other.estimate("g").tail_s == pytest.approx(e.tail_s)
+
+
+def test_run_time_that_grows_with_input_bytes_is_scaled_to_each_subtask():
+    rng = np.random.default_rng(1)
+    m = DurationModel()
+    for _ in range(24):  # 0.1 s per MiB, from 0.25 to 16 MiB, +-10 % noise, half of it on a loaded GPU
+        mib = float(2 ** rng.uniform(-2, 4))
+        load = float(rng.choice([1.0, 5.0]))
+        m.observe("f", 0.1 * mib * load * rng.uniform(0.9, 1.1), slowdown=load, nbytes=int(mib * 2**20))
+    small, big = m.estimate("f", nbytes=2**20), m.estimate("f", nbytes=8 * 2**20)
+    assert small.seconds == pytest.approx(0.1, rel=0.15) and big.seconds == pytest.approx(0.8, rel=0.15)
+    assert big.exponent == pytest.approx(1.0, abs=0.15) and big.nbytes == 8 * 2**20
+    assert "for 8 MiB of input, run time ~ bytes^" in big.describe() and "learned from 24 runs" in big.describe()
+    unsized = m.estimate("f")  # a subtask whose bytes are not known: the key's estimate
+    assert unsized.nbytes == 0 and 0.1 < unsized.seconds < 1.6
+    # Beyond the sizes seen it extrapolates at most SIZE_EXTRAPOLATE times: 1 GiB is priced as ~64 MiB.
+    assert m.estimate("f", nbytes=2**30).seconds == pytest.approx(0.1 * 16 * 4, rel=0.3)
+
+
+def test_sizes_that_do_not_predict_the_run_time_change_nothing():
+    rng = np.random.default_rng(2)
+    m, same = DurationModel(), DurationModel()
+    for _ in range(32):  # run times lognormal, unrelated to the input's size
+        run = float(rng.lognormal(np.log(0.2), 1.0))
+        m.observe("f", run, nbytes=int(2 ** rng.uniform(10, 24)))
+        same.observe("f", run, nbytes=2**20)  # every input the same size: nothing to fit
+    assert m.size_line("f") is None and same.size_line("f") is None
+    for model in (m, same):
+        assert model.estimate("f", nbytes=2**24).seconds == model.estimate("f").seconds
+        assert model.estimate("f", nbytes=2**24).nbytes == 0
+    few = DurationModel()  # too few runs with sizes: not fitted yet
+    for mib in (1, 2, 4):
+        few.observe("f", 0.1 * mib, nbytes=mib * 2**20)
+    assert few.size_line("f") is None

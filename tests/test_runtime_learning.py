@@ -109,6 +109,41 @@ def test_best_match_serves_the_shortest_first_within_a_priority_never_across():
     assert ran == ["hi-L", "S1", "S2", "L1", "L2"], ran
 
 
+def sized(sid: str, b: FakeBackend, mib: float, per_mib_s: float = 0.02):
+    """A subtask of function ``f`` whose input is ``mib`` MiB and whose work takes ``per_mib_s`` per MiB."""
+    st = sub(sid, loaded(b, per_mib_s * mib), fn="f", batch=False)
+    st.input_bytes = int(mib * 2**20)
+    return st
+
+
+def test_a_run_time_learned_per_input_byte_sends_a_large_input_to_the_idle_gpu_and_a_small_one_to_the_loaded():
+    """Run time 0.02 s per MiB of input, learned from runs of 1 to 16 MiB (nothing declared). GPU 0 is
+    busy with other work, GPU 1 80 % loaded (5x slower): a 0.5 MiB subtask starts on the loaded GPU at
+    once (~0.05 s there) and a 16 MiB one waits for GPU 0 (0.32 s there, 1.6 s on the loaded one). With
+    one estimate for every size both would choose alike."""
+    async def main():
+        b = FakeBackend({"a": [16384, 16384]})
+        core = await started(b)
+        await claim_gpus(core, 2)
+        for i, mib in enumerate((1, 16, 2, 8, 4, 1, 16, 8)):
+            await core.submit(sized(f"learn{i}", b, mib))
+        b.sources["a"].set_gpu(1, util=0.8)
+        await asyncio.sleep(0.2)  # the core reads telemetry every 0.05 s here
+        block = asyncio.ensure_future(core.submit(sub("block", loaded(b, 0.4), fn="other", batch=False)))
+        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        assert core.explain("block").gpus == (0,)
+        b.runs.clear()
+        small, big = sized("small", b, 0.5), sized("big", b, 16)
+        assert core.estimate(big).seconds == pytest.approx(32 * core.estimate(small).seconds, rel=0.2)
+        await asyncio.gather(block, core.submit(small), core.submit(big))
+        text = core.explain("big").format()
+        await core.shutdown()
+        return {r.sid: r.gpu for r in b.runs}, text
+    gpus, text = asyncio.run(main())
+    assert gpus == {"small": 1, "big": 0}, gpus
+    assert "for 16 MiB of input, run time ~ bytes^" in text, text
+
+
 def test_not_circular_work_slowed_more_than_the_cost_model_says():
     """The work's slowdown is the model's squared (0.8 load: 25x, the model says 5x): estimates still
     converge to the idle run time, and the loaded GPU gets no more work as the estimates are learned."""
