@@ -246,12 +246,14 @@ def explain(ref: ObjectRef) -> Record:
     if sid is None:
         raise ValueError(f"{ref} is not the ref of a fastgpu subtask of this session (or one so old that "
                          f"its entry was dropped: the last {session.KEEP_REFS} are kept)")
-    if sched is None:
-        raise ValueError(f"subtask {sid} failed before it was placed (no GPU could hold it): ray.get(ref) "
-                         "raises the reason")
+    node = s.refs[ref.hex()][1]
+    if sched is None:  # the scheduler that kept its record is gone
+        why = ("retired once this job had nothing left there (so that an autoscaler may remove the node)"
+               if node in s.retired else "gone with its node (removed by the autoscaler, or died)")
+        raise ValueError(f"no record left for subtask {sid}: it was sent to node {node[:12]}, whose scheduler "
+                         f"{why}, taking its records with it")
     rec = ray.get(sched.explain.remote(sid))
     if rec is None:
-        node = s.refs[ref.hex()][1]
         if node not in s.gpu_nodes:
             raise ValueError(f"no record left for subtask {sid}: it was kept by the node scheduler of node "
                              f"{node[:12]}, which died after the subtask finished (its result had already "

@@ -10,6 +10,15 @@ scheduler takes them as its claim: ``_warm_workers``), and hands each subtask, i
 scheduler has room for it (``NodeScheduler.room``), live before or launched for it: late binding, so a
 backlog spreads over every node that arrives instead of piling on the first.
 
+Early workers: for waiting subtasks that take one whole GPU (no memory share, no GPU type), the lobby
+also asks Ray for GPU workers placed nowhere in particular (pending actors, which Ray's autoscaler counts
+as demand too). Ray starts each on the first node with a free GPU as soon as that node registers, as it
+would a Ray task, while the session's scheduler there still has to be started after the lobby sees the
+node. Until that scheduler is up, an early worker runs waiting subtasks itself, one at a time in
+priority order (``_run_early``; explain says so); then the scheduler takes it (``NodeScheduler.ready``).
+A subtask that failed there for a reason the scheduler handles (out of GPU memory, an argument lost, the
+worker lost) waits again, for a scheduler. Measured in docs/BENCHMARKS.md (issue 10).
+
 Cost, stated: the ref the user holds is the lobby's call, so the result of a subtask that waited here is
 copied once from the node that computed it to the driver's node (a subtask routed to a live node at
 submit has no such copy). Subtasks whose node types are unknown wait at most ``wait_s``, then fail with
@@ -42,6 +51,7 @@ LOOP_S = 0.1  # waiting subtasks are matched to nodes' room this often
 NODES_S = 0.1  # new GPU nodes are looked for this often while subtasks wait (a ray.nodes() call)
 KEEP = 100_000  # handed subtasks remembered for explain (the oldest are forgotten)
 REPORT_S = 1.0  # the arbiter hears the waiting GPUs on change and at least this often (soft state)
+EARLY_MAX = 16  # early workers (module doc) pending at once
 
 
 @dataclass(order=True)
@@ -56,10 +66,25 @@ class _Entry:
     deadline: float | None = field(compare=False)
     submitted: float = field(compare=False)
     future: Any = field(compare=False, default=None)
+    early: bool = field(compare=False, default=True)  # may run on an early worker (module doc)
 
     @property
     def gpus(self) -> float:
         return gpu_fraction(self)
+
+    @property
+    def takes_early(self) -> bool:
+        o = self.opts
+        return self.early and o.num_gpus == 1 and not o.gpu_memory_mib and not o.gpu_types
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """What an early worker gave for a subtask (``Lobby._run_early``): its result (a RayTaskError value
+    for its own error) and its record."""
+
+    value: Any
+    record: Record
 
 
 def lobby_name(session: str) -> str:
@@ -84,6 +109,9 @@ class Lobby:
         self._reported_at = -1e9
         self.handed = 0
         self._warmed = 0.0  # GPUs of warm workers started for waiting subtasks not yet handed out
+        self._early: dict[bytes, Any] = {}  # early workers not handed to a scheduler yet (module doc)
+        self._pending: dict[bytes, Any] = {}  # ... of which Ray has not started these yet
+        self.ran: OrderedDict[str, Record] = OrderedDict()  # subtasks an early worker ran (for explain)
         self._arbiter = None
 
     # ------------------------------------------------------------------------------------ the calls
@@ -101,6 +129,8 @@ class Lobby:
             finally:  # (also when the call is cancelled: it waits no more)
                 if self.waiting.get(sid) is e:
                     self._drop(e)
+            if isinstance(handle, _Ran):
+                return handle.value
             waited = time.monotonic() - now
             sent = dataclasses.replace(info, history=tuple(info.history) + (
                 f"waited {waited:.2f}s in the lobby ({wait}); handed to node {node[:12]}",))
@@ -123,8 +153,16 @@ class Lobby:
             g, RayTaskError) else g for g in got)
 
     async def explain(self, sid: str) -> Record | None:
+        if sid in self.ran:
+            return self.ran[sid]
         if sid in self.where:
-            return await self.where[sid][1].explain.remote(sid)
+            node, h = self.where[sid]
+            try:
+                return await h.explain.remote(sid)
+            except RayActorError:  # that scheduler left (retired when idle, or its node was removed)
+                return Record(sid, state="handed over", node=node, policy="lobby", history=[
+                    f"waited in the lobby; handed to node {node[:12]}, whose scheduler has since left (idle, or "
+                    "its node was removed) with its record of this subtask"])
         e = self.waiting.get(sid)
         if e is None:
             return None
@@ -154,6 +192,7 @@ class Lobby:
             self._wake.clear()
             try:
                 self._expire()
+                self._prestart()
                 if self.waiting:
                     await self._nodes()
                     await self._hand_out()
@@ -198,7 +237,9 @@ class Lobby:
         t0 = time.monotonic()
         warm: list = []
         try:
-            h = start_scheduler(self.session, node, self.args, alive)
+            # (in a thread: creating a named actor with get_if_exists waits for the GCS, ~0.3 s on a
+            # busy head, and early workers coming up meanwhile must be answered)
+            h = await asyncio.to_thread(start_scheduler, self.session, node, self.args, alive)
             warm = await self._warm_workers(node)
             await h.ready.remote(tuple(warm))
             self.scheds[node] = h
@@ -222,12 +263,117 @@ class Lobby:
         warm starts cover, at most the GPUs Ray shows free there."""
         from .ray_backend import available, start_gpu_workers
 
-        need = math.ceil(sum(e.gpus for e in self.waiting.values()) - self._warmed - 1e-9)
+        need = math.ceil(sum(e.gpus for e in self.waiting.values()) - self._warmed - len(self._early) - 1e-9)
         if need <= 0:
             return []
         k = min(need, int(await asyncio.to_thread(available, node, "GPU")))
         self._warmed += max(k, 0)
         return start_gpu_workers(node, k) if k > 0 else []
+
+    # ------------------------------------------------------------------------------- early workers
+    def _prestart(self) -> None:
+        """Ask Ray for early workers (module doc): one per waiting subtask that takes one, at most
+        ``EARLY_MAX`` at a time; those still pending when nothing waits for them are killed."""
+        from .ray_backend import kill_actors, start_gpu_workers
+
+        want = min(sum(1 for e in self.waiting.values() if e.takes_early), EARLY_MAX)
+        if want > len(self._early):
+            for h in start_gpu_workers(None, want - len(self._early)):
+                self._early[h._actor_id.binary()] = self._pending[h._actor_id.binary()] = h
+                asyncio.ensure_future(self._drive(h))
+        elif not want and self._pending:
+            kill_actors(self._pending.values())  # (each one's _drive ends: its info() call fails)
+            self._pending.clear()
+
+    async def _drive(self, h) -> None:
+        """One early worker: once Ray started it, it runs waiting subtasks until its node's scheduler is up,
+        then that scheduler takes it. Killed where nothing waits any more."""
+        from .ray_backend import kill_actors
+
+        key = h._actor_id.binary()
+        try:
+            try:
+                node, gpus, _ = await h.info.remote()
+            except Exception:  # killed while pending, or it could not start
+                return
+            finally:
+                self._pending.pop(key, None)
+            loaded: set[str] = set()
+            while self.scheds.get(node) is None:
+                e = self._pop_early()
+                if e is None:
+                    if not self.waiting:
+                        kill_actors([h])
+                        return
+                    await asyncio.sleep(LOOP_S)
+                elif not await self._run_early(h, node, tuple(gpus), e, loaded):
+                    return  # the worker is lost
+            try:
+                await self.scheds[node].ready.remote((h,))  # adopted (or killed by it)
+            except Exception:
+                kill_actors([h])
+        finally:
+            self._early.pop(key, None)
+
+    def _pop_early(self) -> _Entry | None:
+        """The first waiting subtask, in priority order, that an early worker may run; taken off the wait."""
+        skipped, got = [], None
+        while self.heap:
+            e = heapq.heappop(self.heap)
+            if self.waiting.get(e.sid) is not e or e.future.done():
+                continue
+            if e.takes_early:
+                got = e
+                break
+            skipped.append(e)
+        for e in skipped:
+            heapq.heappush(self.heap, e)
+        if got is not None:
+            del self.waiting[got.sid]
+        return got
+
+    async def _run_early(self, h, node: str, gpus: tuple[int, ...], e: _Entry, loaded: set[str]) -> bool:
+        """Run ``e`` on early worker ``h`` and resolve its call; False if the worker was lost (``e`` then
+        waits again, as does one that failed for a reason a scheduler handles)."""
+        from .dispatch import Subtask
+        from .ray_backend import call_args
+
+        st = Subtask(e.sid, e.opts, e.fn.key, e.fn.ref, e.payload)
+        keys, items, flat = call_args([st], gpus, loaded)
+        t0 = time.monotonic()
+        try:
+            res, _ = await h.run_batch.remote(keys, items, *flat)
+        except RayTaskError:  # an argument could not be read (lost): a scheduler retries it
+            return self._wait_again(e, True)
+        except Exception:  # the worker (or its node) died
+            return self._wait_again(e, False)
+        loaded.update(keys)
+        r = res[0]
+        if r[0] == "err" and r[2]:  # out of GPU memory: a scheduler retries it (with more memory)
+            return self._wait_again(e, True)
+        rec = Record(e.sid, state="finished" if r[0] == "ok" else "failed", node=node, gpus=gpus, policy="lobby",
+                     submitted=e.submitted, queued_s=t0 - e.submitted, run_s=time.monotonic() - t0,
+                     node_choice=e.info.node_choice, history=list(e.info.history) + [
+                         f"waited {t0 - e.submitted:.2f}s in the lobby ({e.wait})",
+                         f"ran on an early GPU worker on node {node[:12]} GPU {list(gpus)} (Ray placed it there as "
+                         "the node came up, before the session's scheduler on it was)"],
+                     error=None if r[0] == "ok" else str(r[1]).strip().splitlines()[-1][:500])
+        self.ran[e.sid] = rec
+        if len(self.ran) > KEEP:
+            self.ran.popitem(last=False)
+        self.handed += 1
+        if not e.future.done():
+            e.future.set_result((node, _Ran(r[1], rec)))
+        return True
+
+    def _wait_again(self, e: _Entry, alive: bool) -> bool:
+        """``e`` waits again, for a scheduler only; returns ``alive``."""
+        if not e.future.done():
+            e.early = False
+            heapq.heappush(self.heap, e)
+            self.waiting[e.sid] = e
+            self._kick()
+        return alive
 
     async def _hand_out(self) -> None:
         if not self.scheds:

@@ -26,10 +26,28 @@ _INPUT_LOST = (ObjectLostError, OwnerDiedError)
 _LOST = (ActorDiedError, ActorUnavailableError, RayActorError, NodeDiedError, WorkerCrashedError) + _INPUT_LOST
 
 
-def start_gpu_workers(node_id: str, count: int) -> list:
-    """``count`` GPU workers (leases) started on ``node_id``, not waited for."""
+def start_gpu_workers(node_id: str | None, count: int) -> list:
+    """``count`` GPU workers (leases) started on ``node_id``, not waited for. ``node_id`` None: on whichever
+    node Ray first finds a free GPU (pending until then: demand Ray's autoscaler sees)."""
+    if node_id is None:
+        return [GpuWorker.remote(None, None, NAMESPACE) for _ in range(count)]
     return [GpuWorker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(
         node_id, monitor_name(node_id), NAMESPACE) for _ in range(count)]
+
+
+def call_args(batch, gpus: tuple[int, ...], loaded) -> tuple[list[str], list[Item], list]:
+    """The arguments of one ``run_batch`` call running ``batch`` (``Subtask``s) on ``gpus``: the keys of the
+    functions the process has not ``loaded`` yet, one ``Item`` per subtask, then the flat list (those
+    functions' refs, then every subtask's top-level refs, which Ray resolves in the worker)."""
+    fns = {st.fn_key: st.fn_ref for st in batch if st.fn_key not in loaded}
+    keys = list(fns)
+    items, flat = [], [fns[k] for k in keys]
+    for st in batch:
+        p = st.payload
+        items.append(Item(st.id, st.fn_key, p.blob, len(p.refs), st.opts.work_s, st.opts.gpu_util, gpus,
+                          max(st.opts.gpu_memory_mib, st.min_memory_mib)))
+        flat.extend(p.refs)
+    return keys, items, flat
 
 
 def kill_actors(handles) -> None:
@@ -158,14 +176,7 @@ class RayBackend:
                 st.record.history.append(line)
         for st in batch:
             self.running_in[st.id] = slot
-        fns = {st.fn_key: st.fn_ref for st in batch if st.fn_key not in slot.fns}
-        keys = list(fns)
-        items, flat = [], [fns[k] for k in keys]
-        for st in batch:
-            p = st.payload
-            items.append(Item(st.id, st.fn_key, p.blob, len(p.refs), st.opts.work_s, st.opts.gpu_util, gpus,
-                              max(st.opts.gpu_memory_mib, st.min_memory_mib)))
-            flat.extend(p.refs)
+        keys, items, flat = call_args(batch, gpus, slot.fns)
         try:
             res, times = await slot.handle.run_batch.remote(keys, items, *flat)
             slot.fns.update(keys)

@@ -183,14 +183,14 @@ class Session:
 
         from .node_scheduler import find_scheduler
 
+        if self.arbiter is not None:  # first, so that the arbiter sends the killed scheduler no new share
+            ray.wait([self.arbiter.leave.remote(self.id, node)], timeout=1.0)
         ray.kill(h, no_restart=True)  # its monitor actor (owned by it) goes with it
         deadline = time.monotonic() + 2.0
         while find_scheduler(self.id, node) is not None and time.monotonic() < deadline:
             time.sleep(0.02)  # its name must be free before a new one may take it
         del self.schedulers[node]
         self.retired[node] = None
-        if self.arbiter is not None:  # the other jobs may have this node's GPUs now, not in 10 s
-            self.arbiter.leave.remote(self.id, node)
         if self.live.get(node) is not None:  # idle now: not as busy as its last projected report
             self.router.set_spec(self.live[node])
         runtime_hooks.runtime().node_idle(node)

@@ -99,8 +99,14 @@ class Runner:
     """One process that runs subtasks. ``gpus``: None for the lease (the GPU Ray gave it), else the GPUs
     this slot runs on (held by leases in the same node scheduler)."""
 
-    def __init__(self, node_id: str, monitor_name: str | None, namespace: str,
+    def __init__(self, node_id: str | None, monitor_name: str | None, namespace: str,
                  gpus: tuple[int, ...] | None = None) -> None:
+        """``node_id`` None: wherever Ray placed it (and that node's monitor)."""
+        if node_id is None:
+            from .monitor import monitor_name as name_of
+
+            node_id = ray.get_runtime_context().get_node_id()
+            monitor_name = name_of(node_id)
         if gpus is not None:  # Ray set it empty (a worker without GPUs): CUDA is not initialised yet
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         self.node_id = node_id
