@@ -85,24 +85,12 @@ def main(argv=None) -> int:
         for seed in range(a.seeds):
             d = np.random.default_rng(seed).lognormal(np.log(a.median), a.sigma, a.n).tolist()
             bound = max(sum(d) / capacity, max(d))
-            fastgpu.init(emulate=True)  # fresh: nothing learned (the load lives in its nodes' monitors)
+            nodes = _loaded_session(a.load)  # fresh: nothing learned (the load lives in its nodes' monitors)
             try:
-                nodes = fastgpu.gpu_nodes()
-                for pos, g in LOADED:
-                    fastgpu.set_emulated_gpu(nodes[pos], g, util=a.load, processes=1)
                 t0 = time.perf_counter()  # plain Ray first, while fastgpu holds no GPU
                 assert ray.get([plain.remote(x) for x in d]) == d
                 ray_s = time.perf_counter() - t0
-                fwarm = fastgpu.task(num_gpus=1)(warm)
-                ray.get([fwarm.remote(i) for i in range(6)])  # claims the 6 GPUs; teaches nothing about job
-                fjob = fastgpu.task(num_gpus=1)(job)
-                t0 = time.perf_counter()
-                refs = fjob.map(d)
-                assert ray.get(refs) == d
-                fg_s = time.perf_counter() - t0
-                recs = [fastgpu.explain(r) for r in refs]
-                on_loaded = sum(1 for r in recs if r.node and (nodes.index(r.node), r.gpus[0]) in LOADED)
-                learned = recs[-1].estimate
+                fg_s, on_loaded, learned = _timed_map(job, d, d, nodes)
             finally:
                 fastgpu.shutdown()
             rows.append((seed, bound, ray_s, fg_s, on_loaded, learned, float(np.mean(d))))
@@ -172,32 +160,51 @@ def _sized_seed(a, sizes: list[int], with_ray: bool) -> tuple[dict, int, str]:
         if with_ray:
             plain = ray.remote(num_gpus=1, max_calls=0)(warm)
             ray.get([plain.remote(i) for i in range(12)])  # warm Ray's worker processes (reused)
-        fastgpu.init(emulate=True)
+        nodes = _loaded_session(a.load)
         try:
-            nodes = fastgpu.gpu_nodes()
-            for pos, g in LOADED:
-                fastgpu.set_emulated_gpu(nodes[pos], g, util=a.load, processes=1)
             if with_ray:
                 plain = ray.remote(num_gpus=1, max_calls=0)(job_sized)
                 t0 = time.perf_counter()  # plain Ray first, while fastgpu holds no GPU
                 assert ray.get([plain.remote(x) for x in xs]) == sizes
                 out["ray"] = time.perf_counter() - t0
-            fwarm = fastgpu.task(num_gpus=1)(warm)
-            ray.get([fwarm.remote(i) for i in range(6)])  # claims the 6 GPUs; teaches nothing about job_sized
-            fjob = fastgpu.task(num_gpus=1)(job_sized)
-            t0 = time.perf_counter()
-            refs = fjob.map(xs)
-            assert ray.get(refs) == sizes
             mode = "by_size" if os.environ.get("FASTGPU_DURATIONS_BY_SIZE") != "0" else "per_function"
-            out[mode] = time.perf_counter() - t0
-            recs = [fastgpu.explain(r) for r in refs]
-            on_loaded = sum(1 for r in recs if r.node and (nodes.index(r.node), r.gpus[0]) in LOADED)
-            learned = recs[-1].estimate
+            out[mode], on_loaded, learned = _timed_map(job_sized, xs, sizes, nodes)
         finally:
             fastgpu.shutdown()
     finally:
         c.stop()
     return out, on_loaded, learned
+
+
+def _loaded_session(load: float) -> list[str]:
+    """A fresh fastgpu session on emulated GPUs, the ``LOADED`` ones carrying ``load`` from outside Ray;
+    returns its GPU nodes."""
+    import fastgpu_ray as fastgpu
+
+    fastgpu.init(emulate=True)
+    nodes = fastgpu.gpu_nodes()
+    for pos, g in LOADED:
+        fastgpu.set_emulated_gpu(nodes[pos], g, util=load, processes=1)
+    return nodes
+
+
+def _timed_map(fn, items: list, expected: list, nodes: list[str]) -> tuple[float, int, str]:
+    """fastgpu's run: its workers claimed by another function (which teaches nothing about ``fn``), then
+    ``fn.map(items)`` timed. Returns (seconds, subtasks run on loaded GPUs, the last one's estimate)."""
+    import ray
+
+    import fastgpu_ray as fastgpu
+
+    fwarm = fastgpu.task(num_gpus=1)(warm)
+    ray.get([fwarm.remote(i) for i in range(6)])  # claims the 6 GPUs
+    f = fastgpu.task(num_gpus=1)(fn)
+    t0 = time.perf_counter()
+    refs = f.map(items)
+    assert ray.get(refs) == expected
+    secs = time.perf_counter() - t0
+    recs = [fastgpu.explain(r) for r in refs]
+    on_loaded = sum(1 for r in recs if r.node and (nodes.index(r.node), r.gpus[0]) in LOADED)
+    return secs, on_loaded, recs[-1].estimate
 
 
 if __name__ == "__main__":

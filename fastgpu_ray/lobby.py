@@ -10,14 +10,17 @@ scheduler takes them as its claim: ``_warm_workers``), and hands each subtask, i
 scheduler has room for it (``NodeScheduler.room``), live before or launched for it: late binding, so a
 backlog spreads over every node that arrives instead of piling on the first.
 
-Early workers: for waiting subtasks that take one whole GPU (no memory share, no GPU type), the lobby
-also asks Ray for GPU workers placed nowhere in particular (pending actors, which Ray's autoscaler counts
-as demand too). Ray starts each on the first node with a free GPU as soon as that node registers, as it
-would a Ray task, while the session's scheduler there still has to be started after the lobby sees the
-node. Until that scheduler is up, an early worker runs waiting subtasks itself, one at a time in
-priority order (``_run_early``; explain says so); then the scheduler takes it (``NodeScheduler.ready``).
-A subtask that failed there for a reason the scheduler handles (out of GPU memory, an argument lost, the
-worker lost) waits again, for a scheduler. Measured in docs/BENCHMARKS.md (issue 10).
+Early workers: for waiting subtasks that take one whole GPU (no memory share, no GPU type, no ObjectRef
+arguments), the lobby also asks Ray for GPU workers placed nowhere in particular (pending actors, which
+Ray's autoscaler counts as demand too). Ray starts each on the first node with a free GPU as soon as that
+node registers, as it would a Ray task, while the session's scheduler there still has to be started
+after the lobby sees the node. Until that scheduler is up, an early worker runs waiting subtasks itself,
+one at a time, the first such subtask in priority order (``_run_early``; explain says so; a waiting
+subtask that cannot run early may be passed over by one early run); then the scheduler takes it
+(``NodeScheduler.ready``). One that lands on a node that was already up runs nothing itself. A subtask
+that failed there for a reason a scheduler handles (out of GPU memory, the worker lost) waits again, for
+a scheduler, at the cost of one of its ``max_retries``. Cancelling a subtask that runs on an early worker
+does not stop the run. Measured in docs/BENCHMARKS.md (issue 10).
 
 Cost, stated: the ref the user holds is the lobby's call, so the result of a subtask that waited here is
 copied once from the node that computed it to the driver's node (a subtask routed to a live node at
@@ -41,7 +44,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from .dispatch import Record, gpu_fraction
-from .errors import NeverFitsError
+from .errors import NeverFitsError, RetriesExhaustedError
 from .options import TaskOptions
 from .wire import FnBox, Payload, RouteInfo
 
@@ -74,8 +77,11 @@ class _Entry:
 
     @property
     def takes_early(self) -> bool:
-        o = self.opts
-        return self.early and o.num_gpus == 1 and not o.gpu_memory_mib and not o.gpu_types
+        """Whether an early worker may run it: one whole GPU of any type, no ObjectRef arguments (an
+        input still being produced must not be waited for on a held GPU)."""
+        o, p = self.opts, self.payload
+        return (self.early and o.num_gpus == 1 and not o.gpu_memory_mib and not o.gpu_types
+                and not p.refs and not p.nested_refs)
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class _Ran:
     for its own error) and its record."""
 
     value: Any
-    record: Record
+    record: Record | None
 
 
 def lobby_name(session: str) -> str:
@@ -109,8 +115,8 @@ class Lobby:
         self._reported_at = -1e9
         self.handed = 0
         self._warmed = 0.0  # GPUs of warm workers started for waiting subtasks not yet handed out
-        self._early: dict[bytes, Any] = {}  # early workers not handed to a scheduler yet (module doc)
-        self._pending: dict[bytes, Any] = {}  # ... of which Ray has not started these yet
+        self._pending: dict[bytes, Any] = {}  # early workers (module doc) Ray has not started yet
+        self._alive: set[str] = set()  # the GPU nodes up at the last look
         self.ran: OrderedDict[str, Record] = OrderedDict()  # subtasks an early worker ran (for explain)
         self._arbiter = None
 
@@ -132,9 +138,10 @@ class Lobby:
             if isinstance(handle, _Ran):
                 return handle.value
             waited = time.monotonic() - now
-            sent = dataclasses.replace(info, history=tuple(info.history) + (
+            # (e.opts and e.info: an early run that failed took a retry and said so: _wait_again)
+            sent = dataclasses.replace(e.info, history=tuple(e.info.history) + (
                 f"waited {waited:.2f}s in the lobby ({wait}); handed to node {node[:12]}",))
-            got = await asyncio.gather(handle.submit.remote(sid, opts, fn, payload, sent), return_exceptions=True)
+            got = await asyncio.gather(handle.submit.remote(sid, e.opts, fn, payload, sent), return_exceptions=True)
             if not isinstance(got[0], RayActorError):
                 return got[0]  # a RayTaskError value is stored as this call's error, as the node scheduler's was
             # That scheduler retired (idle) before the call reached it: wait again, for any node.
@@ -192,9 +199,10 @@ class Lobby:
             self._wake.clear()
             try:
                 self._expire()
-                self._prestart()
                 if self.waiting:
                     await self._nodes()
+                self._prestart()  # (after _nodes: it tells early workers which nodes were up already)
+                if self.waiting:
                     await self._hand_out()
                 await self._report()
             except Exception:
@@ -224,6 +232,7 @@ class Lobby:
         from transfer.ray_hooks import gpu_node_ids
 
         alive = sorted(await asyncio.to_thread(gpu_node_ids))
+        self._alive = set(alive)
         for n in [n for n in self.scheds if n not in alive]:
             del self.scheds[n]
         for n in alive:
@@ -263,7 +272,7 @@ class Lobby:
         warm starts cover, at most the GPUs Ray shows free there."""
         from .ray_backend import available, start_gpu_workers
 
-        need = math.ceil(sum(e.gpus for e in self.waiting.values()) - self._warmed - len(self._early) - 1e-9)
+        need = math.ceil(sum(e.gpus for e in self.waiting.values()) - self._warmed - len(self._pending) - 1e-9)
         if need <= 0:
             return []
         k = min(need, int(await asyncio.to_thread(available, node, "GPU")))
@@ -272,48 +281,52 @@ class Lobby:
 
     # ------------------------------------------------------------------------------- early workers
     def _prestart(self) -> None:
-        """Ask Ray for early workers (module doc): one per waiting subtask that takes one, at most
-        ``EARLY_MAX`` at a time; those still pending when nothing waits for them are killed."""
+        """Keep one pending early worker (module doc) per waiting subtask that takes one, at most
+        ``EARLY_MAX``: more are asked for, the excess is killed (a pending actor is autoscaler demand).
+        Each remembers the GPU nodes that were up when it was asked for: one that lands on such a node
+        runs nothing itself (the node's scheduler, with its fair share, decides there)."""
         from .ray_backend import kill_actors, start_gpu_workers
 
         want = min(sum(1 for e in self.waiting.values() if e.takes_early), EARLY_MAX)
-        if want > len(self._early):
-            for h in start_gpu_workers(None, want - len(self._early)):
-                self._early[h._actor_id.binary()] = self._pending[h._actor_id.binary()] = h
-                asyncio.ensure_future(self._drive(h))
-        elif not want and self._pending:
-            kill_actors(self._pending.values())  # (each one's _drive ends: its info() call fails)
-            self._pending.clear()
+        if want > len(self._pending):
+            for h in start_gpu_workers(None, want - len(self._pending)):
+                self._pending[h._actor_id.binary()] = h
+                asyncio.ensure_future(self._drive(h, frozenset(self._alive)))
+        elif want < len(self._pending):
+            extra = list(self._pending)[want:]
+            kill_actors([self._pending.pop(k) for k in extra])  # (each one's _drive ends: info() fails)
 
-    async def _drive(self, h) -> None:
-        """One early worker: once Ray started it, it runs waiting subtasks until its node's scheduler is up,
-        then that scheduler takes it. Killed where nothing waits any more."""
+    async def _drive(self, h, known: frozenset) -> None:
+        """One early worker: once Ray started it, it runs waiting subtasks until its node's scheduler is up
+        (none where it landed on a node in ``known``), then that scheduler takes it. Killed where nothing
+        waits any more, and when anything here fails."""
         from .ray_backend import kill_actors
 
-        key = h._actor_id.binary()
         try:
-            try:
-                node, gpus, _ = await h.info.remote()
-            except Exception:  # killed while pending, or it could not start
-                return
-            finally:
-                self._pending.pop(key, None)
-            loaded: set[str] = set()
+            node, gpus, _ = await h.info.remote()
+        except Exception:  # killed while pending, or it could not start
+            return
+        finally:
+            self._pending.pop(h._actor_id.binary(), None)
+        loaded: set[str] = set()
+        e = None
+        try:
             while self.scheds.get(node) is None:
-                e = self._pop_early()
+                e = None if node in known else self._pop_early()
                 if e is None:
                     if not self.waiting:
                         kill_actors([h])
                         return
                     await asyncio.sleep(LOOP_S)
                 elif not await self._run_early(h, node, tuple(gpus), e, loaded):
-                    return  # the worker is lost
-            try:
-                await self.scheds[node].ready.remote((h,))  # adopted (or killed by it)
-            except Exception:
-                kill_actors([h])
-        finally:
-            self._early.pop(key, None)
+                    kill_actors([h])  # lost, or not answering: it must not keep the GPU
+                    return
+            await self.scheds[node].ready.remote((h,))  # adopted (or killed by it)
+        except Exception:
+            log.exception("early worker on node %s failed", node[:12])
+            kill_actors([h])
+            if e is not None and self.ran.get(e.sid) is not None and self.ran[e.sid].state == "running":
+                self._wait_again(e, "the lobby's early run failed")
 
     def _pop_early(self) -> _Entry | None:
         """The first waiting subtask, in priority order, that an early worker may run; taken off the wait."""
@@ -333,47 +346,60 @@ class Lobby:
         return got
 
     async def _run_early(self, h, node: str, gpus: tuple[int, ...], e: _Entry, loaded: set[str]) -> bool:
-        """Run ``e`` on early worker ``h`` and resolve its call; False if the worker was lost (``e`` then
-        waits again, as does one that failed for a reason a scheduler handles)."""
+        """Run ``e`` on early worker ``h`` and resolve its call; False if the worker was lost. A subtask
+        that failed for a reason a scheduler handles (out of GPU memory, the worker lost) waits again,
+        for a scheduler, at the cost of one of its retries (``_wait_again``)."""
         from .dispatch import Subtask
         from .ray_backend import call_args
 
         st = Subtask(e.sid, e.opts, e.fn.key, e.fn.ref, e.payload)
         keys, items, flat = call_args([st], gpus, loaded)
         t0 = time.monotonic()
-        try:
-            res, _ = await h.run_batch.remote(keys, items, *flat)
-        except RayTaskError:  # an argument could not be read (lost): a scheduler retries it
-            return self._wait_again(e, True)
-        except Exception:  # the worker (or its node) died
-            return self._wait_again(e, False)
-        loaded.update(keys)
-        r = res[0]
-        if r[0] == "err" and r[2]:  # out of GPU memory: a scheduler retries it (with more memory)
-            return self._wait_again(e, True)
-        rec = Record(e.sid, state="finished" if r[0] == "ok" else "failed", node=node, gpus=gpus, policy="lobby",
-                     submitted=e.submitted, queued_s=t0 - e.submitted, run_s=time.monotonic() - t0,
-                     node_choice=e.info.node_choice, history=list(e.info.history) + [
-                         f"waited {t0 - e.submitted:.2f}s in the lobby ({e.wait})",
-                         f"ran on an early GPU worker on node {node[:12]} GPU {list(gpus)} (Ray placed it there as "
-                         "the node came up, before the session's scheduler on it was)"],
-                     error=None if r[0] == "ok" else str(r[1]).strip().splitlines()[-1][:500])
-        self.ran[e.sid] = rec
+        rec = self.ran[e.sid] = Record(
+            e.sid, state="running", node=node, gpus=gpus, policy="lobby", submitted=e.submitted,
+            queued_s=t0 - e.submitted, node_choice=e.info.node_choice, history=list(e.info.history) + [
+                f"waited {t0 - e.submitted:.2f}s in the lobby ({e.wait})",
+                f"ran on an early GPU worker on node {node[:12]} GPU {list(gpus)} (Ray placed it there as the "
+                "node came up, before the session's scheduler on it was)"])
         if len(self.ran) > KEEP:
             self.ran.popitem(last=False)
+        try:
+            res, _ = await h.run_batch.remote(keys, items, *flat)
+        except Exception as err:  # the worker (or its node) died, or does not answer
+            self._wait_again(e, f"its early worker on node {node[:12]} was lost ({type(err).__name__})")
+            return False
+        loaded.update(keys)
+        r = res[0]
+        if r[0] == "err" and r[2]:
+            self._wait_again(e, f"out of GPU memory on node {node[:12]} GPU {list(gpus)}", r[1])
+            return True
+        rec.state, rec.run_s = ("finished" if r[0] == "ok" else "failed"), time.monotonic() - t0
+        if r[0] != "ok":
+            rec.error = str(r[1]).strip().splitlines()[-1][:500]
         self.handed += 1
         if not e.future.done():
             e.future.set_result((node, _Ran(r[1], rec)))
         return True
 
-    def _wait_again(self, e: _Entry, alive: bool) -> bool:
-        """``e`` waits again, for a scheduler only; returns ``alive``."""
-        if not e.future.done():
-            e.early = False
-            heapq.heappush(self.heap, e)
-            self.waiting[e.sid] = e
-            self._kick()
-        return alive
+    def _wait_again(self, e: _Entry, why: str, error: Any = None) -> None:
+        """``e`` failed on an early worker (``why``): it waits again, for a scheduler only, with one retry
+        fewer; with none left it fails (``error``: its own error value, else ``RetriesExhaustedError``)."""
+        self.ran.pop(e.sid, None)
+        if e.future.done():
+            return
+        if e.opts.max_retries < 1:
+            if error is not None:
+                e.future.set_result((None, _Ran(error, None)))
+            else:
+                e.future.set_exception(RetriesExhaustedError(
+                    f"subtask {e.sid}: {why}, and it has no retries left (max_retries={e.opts.max_retries})"))
+            return
+        e.opts = dataclasses.replace(e.opts, max_retries=e.opts.max_retries - 1)
+        e.early, e.deadline = False, None  # (a node is up: no deadline for one)
+        e.info = dataclasses.replace(e.info, history=tuple(e.info.history) + (f"{why}; waits again for a scheduler",))
+        heapq.heappush(self.heap, e)
+        self.waiting[e.sid] = e
+        self._kick()
 
     async def _hand_out(self) -> None:
         if not self.scheds:

@@ -86,6 +86,7 @@ class NodeScheduler:
         self._inflight = 0  # submit calls that have not returned (queued, waiting for inputs, running)
         self._arriving: set[str] = set()  # subtasks whose submit call is here but not yet recorded (startup)
         self._last_busy = self.core.clock()  # when it last had a call in flight or a GPU worker
+        self._retiring = False  # retire() said it may go: it takes no warm worker any more (they would outlive it)
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def ready(self, warm: tuple = ()) -> str:
@@ -114,8 +115,8 @@ class NodeScheduler:
                 self._changed.set()
             finally:  # (calls that wait for the start go on, also after a failed one, as the first call does)
                 self._up.set()
-        if warm and not self.core.adopt(self.here, list(warm)):
-            kill_actors(warm)
+        if warm and (self._retiring or not self.core.adopt(self.here, list(warm))):
+            kill_actors(warm)  # (retiring: it is about to be killed, and they would outlive it holding GPUs)
         return self.here
 
     def _rerun(self) -> str | None:
@@ -181,7 +182,8 @@ class NodeScheduler:
         if busy:
             self._last_busy = now
             return False
-        return now - self._last_busy >= idle_s
+        self._retiring = now - self._last_busy >= idle_s
+        return self._retiring
 
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
         # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.deps).
