@@ -55,6 +55,10 @@ NODES_S = 0.1  # new GPU nodes are looked for this often while subtasks wait (a 
 KEEP = 100_000  # handed subtasks remembered for explain (the oldest are forgotten)
 REPORT_S = 1.0  # the arbiter hears the waiting GPUs on change and at least this often (soft state)
 EARLY_MAX = 16  # early workers (module doc) pending at once
+# A node's scheduler is created this long after the node is seen while early workers are pending: two
+# process starts at once on a booting node slowed both (node up to first subtask 0.54-0.95 s, 0.48-0.55 s
+# with the delay; the scheduler is not needed before the early workers' GPUs are busy).
+SCHEDULER_DEFER_S = 0.5
 
 
 @dataclass(order=True)
@@ -246,6 +250,8 @@ class Lobby:
         t0 = time.monotonic()
         warm: list = []
         try:
+            if self._pending:  # early workers are coming: the node's first process starts go to them
+                await asyncio.sleep(SCHEDULER_DEFER_S)
             # (in a thread: creating a named actor with get_if_exists waits for the GCS, ~0.3 s on a
             # busy head, and early workers coming up meanwhile must be answered)
             h = await asyncio.to_thread(start_scheduler, self.session, node, self.args, alive)
