@@ -51,8 +51,8 @@ WINDOW = 32  # observations kept per key
 MAX_SPREAD = 2.0  # log-spread cap: the mean is at most e^2 = 7.4x the median
 Z90 = 1.2816  # the standard normal's 90th percentile
 MIN_S = 1e-4  # durations are floored here before taking logs (an instant subtask is "very short")
-SIZE_MIN_RUNS = 4  # runs with known input bytes before the size line is fitted
 BY_SIZE = os.environ.get("FASTGPU_DURATIONS_BY_SIZE", "1") != "0"  # module doc
+SIZE_MIN_RUNS = 4  # runs with known input bytes before the size line is fitted
 SIZE_MIN_RATIO = 2.0  # ... and the largest input at least this many times the smallest
 SIZE_MIN_GAIN = 0.8  # the line is used when its residual spread is under this fraction of the key's spread
 SIZE_MAX_EXPONENT = 2.0  # run time grows at most as bytes squared (a steeper fit is noise or a cliff)
@@ -85,6 +85,11 @@ class Estimate:
         if self.source == "running":
             return f"{self.seconds:.3g} s (at least: a run of it has taken that long so far, none finished)"
         return f"{self.seconds:.3g} s (unknown: assumed for work never seen)"
+
+
+def _mad(xs, center: float) -> float:
+    """The normal-consistent median absolute deviation of ``xs`` around ``center`` (the module's spread)."""
+    return 1.4826 * statistics.median(abs(x - center) for x in xs)
 
 
 def _human_bytes(n: int) -> str:
@@ -145,11 +150,9 @@ class DurationModel:
                           for x2, y2 in pairs[i + 1:] if abs(x2 - x1) > 1e-3]
                 b = min(max(statistics.median(slopes), 0.0), SIZE_MAX_EXPONENT)
                 a = statistics.median(y - b * x for x, y in pairs)
-                r = min(1.4826 * statistics.median(abs(y - a - b * x) for x, y in pairs), MAX_SPREAD)
+                r = min(_mad([y - a - b * x for x, y in pairs], 0.0), MAX_SPREAD)
                 ys = [y for _, y in pairs]
-                m = statistics.median(ys)
-                spread = 1.4826 * statistics.median(abs(y - m) for y in ys)
-                if b > 0 and r < SIZE_MIN_GAIN * spread:
+                if b > 0 and r < SIZE_MIN_GAIN * _mad(ys, statistics.median(ys)):
                     line = (b, a, r, lo, hi)
         self._line[key] = line
         return line
@@ -160,7 +163,7 @@ class DurationModel:
         if v is None:
             xs = self._obs[key]
             m = statistics.median(xs)
-            spread = min(1.4826 * statistics.median(abs(x - m) for x in xs), MAX_SPREAD) if len(xs) > 2 else 0.0
+            spread = min(_mad(xs, m), MAX_SPREAD) if len(xs) > 2 else 0.0
             v = self._est[key] = (m + spread * spread / 2, m + Z90 * spread)
         return v
 
