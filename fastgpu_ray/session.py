@@ -433,7 +433,7 @@ def _input_bytes(payload: Payload | None, est) -> int | None:
     if refs and (est is None or est.unknown):
         return None
     objs = () if est is None else est.objects
-    return len(payload.blob) + sum(o.size for o in objs if not o.key.startswith("value:"))
+    return len(payload.blob) + sum(o.size for o in objs if not o.by_value)
 
 
 def _transfer_line(d, est, node: str) -> str:

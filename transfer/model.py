@@ -24,6 +24,11 @@ from placement.cost import CostModel
 from .args import INLINE_THRESHOLD
 
 
+# Key prefix of a large by-value argument: put in the store for its one call, never shared with another
+# call (so never deduplicated, nor worth remembering where it went).
+VALUE_KEY = "value:"
+
+
 @dataclass(frozen=True)
 class InputObject:
     """One large input: ``nodes`` hold a copy now, ``arriving`` are nodes it is being moved to."""
@@ -35,6 +40,11 @@ class InputObject:
 
     def local_to(self, node: str) -> bool:
         return node in self.nodes or node in self.arriving
+
+    @property
+    def by_value(self) -> bool:
+        """A by-value argument (``VALUE_KEY``), not an ObjectRef."""
+        return self.key.startswith(VALUE_KEY)
 
 
 @dataclass(frozen=True)

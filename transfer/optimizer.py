@@ -18,7 +18,7 @@ from placement.cost import CostModel
 
 from .args import INLINE_THRESHOLD, IsRef, find_refs, large_values
 from .locate import ObjectLocator, ref_key
-from .model import InputObject, NodeTransfer, TransferEstimate, TransferLedger, build_estimate
+from .model import VALUE_KEY, InputObject, NodeTransfer, TransferEstimate, TransferLedger, build_estimate
 
 _value_ids = itertools.count()
 
@@ -58,7 +58,7 @@ class TransferOptimizer:
         is_ref = self.is_ref if self.unwrap is None else (lambda o: self.is_ref(self.unwrap(o)))
         for name, size in large_values(args, kwargs, is_ref, self.threshold).items():
             # Each call puts its own copy: a fresh key, never deduplicated with another call's.
-            located.append((f"value:{name}#{next(_value_ids)}", size, [self.origin] if self.origin else []))
+            located.append((f"{VALUE_KEY}{name}#{next(_value_ids)}", size, [self.origin] if self.origin else []))
         return build_estimate(located, self.ledger, self.threshold)
 
     def placed(self, est: TransferEstimate, node: str) -> tuple[InputObject, ...]:
@@ -67,7 +67,7 @@ class TransferOptimizer:
         After this, other subtasks see those objects as arriving at ``node`` (local there).
         """
         fetch = est.to_fetch(node)
-        self.ledger.note(node, [o.key for o in fetch if not o.key.startswith("value:")])
+        self.ledger.note(node, [o.key for o in fetch if not o.by_value])
         return fetch
 
     def node_lost(self, node: str) -> None:

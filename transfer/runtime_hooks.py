@@ -26,7 +26,7 @@ from placement import cost as cost_mod
 
 from .args import INLINE_THRESHOLD
 from .bandwidth import LinkBandwidth, resolve_link_bandwidth
-from .model import TransferEstimate, build_estimate
+from .model import VALUE_KEY, TransferEstimate, build_estimate
 
 log = logging.getLogger("fastgpu.transfer")
 
@@ -96,7 +96,7 @@ class RuntimeTransfer:
             locs = self.opt.locator.locate(refs) if refs else []
             located = [(r.hex(), loc.size, loc.nodes) for r, loc in zip(refs, locs)]
             if len(blob) > INLINE_THRESHOLD:  # Ray puts it in the dispatcher node's store for the worker call
-                located.append((f"value:{id(payload)}", len(blob), [self.opt.origin]))
+                located.append((f"{VALUE_KEY}{id(payload)}", len(blob), [self.opt.origin]))
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[id(payload)] = (now, located, _weak(payload))
