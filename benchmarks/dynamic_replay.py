@@ -80,11 +80,14 @@ def main() -> int:
         for ld in loads:
             if ld >= 1.0:
                 v = verdicts(summ, ld)
+                if not v:
+                    continue
+                fifo = v["pods_per_hour_x_fifo"]
                 print(f"   load {ld:g}: fastgpu mean wait {v['wait_x_k8s_fgd']:.2f}x k8s-fgd (queued ones counted: "
                       f"{v['wait_all_x_k8s_fgd']:.2f}x; target <= 0.80), worst "
                       f"qos {v['worst_qos_x']:.2f}x (<= 1.05), alloc busy {v['alloc_busy'][0]:.3f} vs "
                       f"{v['alloc_busy'][1]:.3f}, multi-GPU p99 {rep._f(v['multi_gpu_p99'][0])} vs "
-                      f"{rep._f(v['multi_gpu_p99'][1])} s, pods/h {v['pods_per_hour_x_fifo']:.2f}x FIFO: "
+                      f"{rep._f(v['multi_gpu_p99'][1])} s, pods/h {'-' if fifo is None else f'{fifo:.2f}x'} FIFO: "
                       f"{'MET' if v['met'] else 'not met'}")
     if args.json:
         with open(args.json, "w") as f:

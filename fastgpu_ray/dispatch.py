@@ -39,7 +39,7 @@ from typing import Any, Callable, Protocol
 
 from placement import GPU_MILLI, ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
 from placement.cost import CostModel, slowdown
-from placement.queue import Scan, best_first
+from placement.queue import Holds, Scan, ShapeQueue, best_first
 from placement.durations import DurationModel, Estimate, duration_key, with_elapsed
 
 from .demand import build_demand
@@ -170,6 +170,12 @@ class Subtask:
     def duration_key(self) -> str:
         return duration_key(self.fn_key, self.opts.gpu_count, self.opts.gpu_milli, self.opts.work_s)
 
+    def fit_key(self) -> tuple:
+        """What decides where it fits (equal keys fit alike): the queue groups subtasks by it, so a round
+        passes over every subtask of a shape that fits nowhere now at once (``placement.queue``)."""
+        o = self.opts
+        return (o.gpu_count, o.gpu_milli, o.gpu_util, o.gpu_memory_mib, self.min_memory_mib, o.gpu_types, o.num_cpus)
+
     def batch_key(self) -> tuple:
         return (self.fn_key, self.opts.priority, self.min_memory_mib, self.opts.gpu_milli, self.opts.gpu_util,
                 self.opts.gpu_memory_mib, self.opts.gpu_count, self.opts.gpu_types, self.opts.num_cpus)
@@ -212,7 +218,7 @@ class DispatchCore:
         self.holds: dict[tuple[str, int], GpuHold] = {}
         self.workers: dict[tuple[str, int], WorkerInfo] = {}
         self.claiming: dict[str, int] = {}  # node -> GPUs being claimed there (workers starting)
-        self.queue: list[tuple[int, int, Subtask]] = []
+        self.queue = ShapeQueue(Subtask.fit_key)  # entries (-priority, seq, subtask)
         self.waiting: dict[str, Subtask] = {}  # subtasks waiting for their inputs (not queued yet)
         self.gpu_demand = 0.0  # GPUs Ray has requests for that it cannot place now (all jobs, ours too)
         self.records: dict[str, Record] = {}
@@ -246,7 +252,7 @@ class DispatchCore:
         for t in self._tasks:
             t.cancel()
         while self.queue:
-            _, _, st = heapq.heappop(self.queue)
+            _, _, st = self.queue.pop()
             self._resolve(st, Outcome(False, self.backend.fail("fastgpu was shut down", RuntimeError(
                 "fastgpu.shutdown() was called while this subtask was queued"))))
         held = list(self.workers.values())
@@ -327,7 +333,7 @@ class DispatchCore:
             return
         st.seq = next(self._seq)
         st.record.state = "queued"
-        heapq.heappush(self.queue, (-st.opts.priority, st.seq, st))
+        self.queue.push((-st.opts.priority, st.seq, st))
         self._wake.set()  # (the queue-depth gauge is set once per round: a Ray metric per submit is costly)
 
     def _remember(self, rec: Record) -> None:
@@ -644,16 +650,17 @@ class DispatchCore:
         state = ClusterState.from_snapshot(self.placement_snapshot())
         state.max_side_by_side = self.max_slots
         pol = registry.create(self.policy)
-        pol.prepare(state, [d for _, _, st in _head(self.queue, 16) if (d := _safe_demand(self, st))])
+        pol.prepare(state, [d for _, _, st in self.queue.head(16) if (d := _safe_demand(self, st))])
         sched = Scheduler(state, pol)
         slots = max(1, len(self.workers))
         now = self.clock()
         scan = Scan(self.queue, best_first(self.queue, now, lambda st: self.estimate(st).seconds,
-                                           lambda st: st.duration_key, lambda st: st.enqueued))
+                                           lambda st: st.duration_key, lambda st: st.enqueued,
+                                           pinned=lambda st: st.opts.gpu_count > 1))
+        holds = Holds()  # (this round's state only: the next round rebuilds it and the waiting one holds again)
         started = 0
         try:
-            while scan.more():
-                item = scan.pop()
+            for item in scan:
                 st = item[2]
                 if st.future is not None and st.future.done():
                     continue
@@ -662,9 +669,6 @@ class DispatchCore:
                     d = self.demand(st)
                     if est.known:  # (unknown work is priced by placement itself; a "running" lower bound is passed)
                         d = dataclasses.replace(d, work_s=est.seconds, work_tail_s=est.tail_s)
-                    if (d.shape, d.gpu_types) in scan.failed:
-                        scan.keep(item)
-                        continue
                     dec = sched.place(d, explain=True)
                 except Exception as e:  # this subtask fails alone, with the reason; the round goes on
                     log.exception("placing subtask %s failed", st.id)
@@ -678,7 +682,8 @@ class DispatchCore:
                         self._resolve(st, Outcome(False, self.backend.fail(dec.unplaced.reason,
                                                                            _never(dec.unplaced.reason))))
                     else:
-                        scan.did_not_fit(item, (d.shape, d.gpu_types))
+                        scan.did_not_fit(item)
+                        holds.did_not_fit(state, st.id, d)
                         self._note_fair_wait(st)
                     continue
                 try:  # transfer (issue 4): explain line, dedup, prefetch; advisory, never loses the subtask
@@ -703,8 +708,9 @@ class DispatchCore:
                     scan.keep(item)
                     self._note_fair_wait(st)
                     state.queue_behind(dec.node, gpus, d)
+                    holds.did_not_fit(state, st.id, d, dec.node)  # (a multi-GPU one: what frees there waits for it)
                     if not self.can_start_now(d):  # no GPU takes this shape now: the rest of it waits too
-                        scan.failed.add((d.shape, d.gpu_types))
+                        scan.fail_shape(item)
                     continue
                 batch = [st]
                 if st.opts.batch and self._tiny(st) and not d.input_total:  # data: placed alone
@@ -715,7 +721,7 @@ class DispatchCore:
                         batch.append(scan.pop()[2])
                 self._start(batch, node, gpus, d, dec.explanation, workers, est)
                 started += len(batch)
-                if est.seconds > BATCH_MAX_WORK_S and (scan.front or self.queue):
+                if est.seconds > BATCH_MAX_WORK_S and (scan.front or self.queue.peek() is not None):
                     # The next subtask must see this GPU as busy until an estimated end (so it can weigh
                     # waiting for it against a loaded GPU); this round's state only knows it is taken.
                     self._wake.set()
@@ -1111,17 +1117,6 @@ def time_left(end: float, dur: float, now: float) -> float:
     """Estimated seconds until a run that should end at ``end`` (``dur`` long) is done: past its end, a
     fraction of what it has run so far (it is longer than estimated: the longer, the more is left)."""
     return max(end - now, OVERDUE_LEFT * (now - (end - dur)), 0.0)
-
-
-def _head(heap: list, k: int) -> list:
-    """The ``k`` smallest entries of ``heap``, in order, in O(k log n) (``heapq.nsmallest`` reads them all: a
-    round would scan a backlog of thousands)."""
-    if len(heap) <= k:
-        return sorted(heap)
-    out = [heapq.heappop(heap) for _ in range(k)]
-    for e in out:
-        heapq.heappush(heap, e)
-    return out
 
 
 def gpu_fraction(st: Subtask) -> float:

@@ -32,7 +32,6 @@ call): one copy of the result crosses back per move.
 """
 from __future__ import annotations
 
-import heapq
 import math
 from typing import Callable
 
@@ -93,6 +92,5 @@ def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[
             slot[0] = max(slot[0], move) + cost.compute_s(est.seconds, slot[1])
     if picked:
         gone = {id(item) for item, _, _ in picked}
-        core.queue[:] = [x for x in core.queue if id(x) not in gone]
-        heapq.heapify(core.queue)
+        core.queue.remove(lambda x: id(x) in gone)
     return [(item[2], here, away) for item, here, away in picked]

@@ -16,6 +16,7 @@ from .model import GPU_MILLI, Demand, Snapshot
 UNTRACKED_MEM = np.int64(1) << 40  # GPU memory of a GPU whose memory is not tracked
 MAX_SIDE_BY_SIDE = 8  # at most this many packed demands run on one GPU at once (the runtime's default
 #                       max_slots_per_gpu; ``ClusterState.max_side_by_side`` may be set to the session's)
+NO_HOLD = np.iinfo(np.int64).min  # ``ClusterState.held`` of a node held for nothing
 MAX_TAG = 9  # GpuClustering tags: 0 = sharing, k = whole k-GPU demand (k <= 8)
 
 
@@ -63,6 +64,8 @@ class ClusterState:
         self.max_side_by_side = MAX_SIDE_BY_SIDE
         self.has_live = False  # any live figure (load, busy) present: the live terms matter
         self.alive = np.ones(n, dtype=bool)
+        self.held = np.full(n, NO_HOLD, dtype=np.int64)  # per node: held for a waiting demand of this priority
+        self.holding = False  # any node held
         self.pods = np.zeros(n, dtype=np.int64)
         self.tags = np.zeros((n, MAX_TAG), dtype=np.int64)
         self.version = np.zeros(n, dtype=np.int64)
@@ -134,6 +137,8 @@ class ClusterState:
     def feasible(self, d: Demand) -> np.ndarray:
         """Boolean mask of nodes that can hold ``d`` now."""
         ok = (self.cpu_left >= d.cpu_milli) & (self.mem_left >= d.memory_mib) & self.alive
+        if self.holding:
+            ok &= self.held < d.priority
         if d.num_gpus:
             if d.gpu_types:
                 ok &= self.type_mask(d.gpu_types)
@@ -179,6 +184,33 @@ class ClusterState:
             fit = self.real & (self.gmem_cap >= d.gpu_memory_mib)
             ok &= fit.sum(axis=1) >= d.num_gpus
         return bool(ok.any())
+
+    # ----------------------------------------------------------------------------------- holds
+    def hold_for(self, d: Demand) -> int:
+        """Hold, for ``d`` (a demand that does not fit now), the live node nearest to holding it: not held
+        already, able to hold ``d`` were it empty, with the most of what ``d`` needs free (whole GPUs, or the
+        largest share), then the most CPU free, then the lowest rank. Returns the node, or -1 (none)."""
+        ok = (self.cpu_cap >= d.cpu_milli) & (self.mem_cap >= d.memory_mib) & self.alive & (self.held == NO_HOLD)
+        if d.gpu_types:
+            ok &= self.type_mask(d.gpu_types)
+        ok &= self.gpu_count >= d.num_gpus
+        rows = np.flatnonzero(ok)
+        if not len(rows):
+            return -1
+        have = self.nfull[rows] if d.gpu_share >= GPU_MILLI else self.max_free[rows]
+        node = int(rows[np.lexsort((self.rank[rows], -self.cpu_left[rows], -have))[0]])
+        self.hold(node, d.priority)
+        return node
+
+    def hold(self, node: int, priority: int) -> None:
+        """Until ``unhold``, only demands of a priority above ``priority`` are placed on ``node`` (``feasible``):
+        what frees there gathers for the demand it is held for."""
+        self.held[node] = priority
+        self.holding = True
+
+    def unhold(self, node: int) -> None:
+        self.held[node] = NO_HOLD
+        self.holding = bool((self.held != NO_HOLD).any())
 
     # ----------------------------------------------------------------------------- reserve / bind
     def bind(self, node: int, gpus: Sequence[int], d: Demand, sign: int = 1) -> None:

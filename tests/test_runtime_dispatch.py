@@ -428,7 +428,7 @@ def test_a_retry_racing_shutdown_fails_cleanly_instead_of_queueing():
         core._retry(st, "worker lost (test)")  # what a worker loss seen after shutdown does
         return st.future.result(), core.queue
     out, queue = asyncio.run(main())
-    assert not out.ok and "shutdown() was called" in str(out.value) and queue == []
+    assert not out.ok and "shutdown() was called" in str(out.value) and len(queue) == 0
 
 
 def test_history_does_not_grow_while_a_subtask_waits():
@@ -534,3 +534,39 @@ def test_the_report_plays_the_queue_only_over_gpus_the_job_can_run_on():
         return [(g.milli_used, round(g.busy_s, 3)) for g in spec.gpus]
     gpus = asyncio.run(main())
     assert sorted(gpus) == [(0, 30.0), (1000, 0.0), (1000, 0.0), (1000, 0.0)]
+
+
+def test_a_multi_gpu_subtask_holds_its_node_so_single_gpu_work_behind_it_does_not_starve_it():
+    """Two 1-GPU subtasks hold both GPUs; a 2-GPU subtask queues, then 1-GPU ones of the same priority. When
+    one GPU frees, the 2-GPU subtask holds the node (``placement.queue.Holds``): the 1-GPU ones behind it
+    wait, and it starts once the second GPU frees, before them; a higher priority still passes the hold."""
+    async def main():
+        b = FakeBackend({"n1": [16384, 16384]})
+        core = await started(b)
+        gates = {k: asyncio.Event() for k in ("a", "b")}
+
+        async def gated(k):
+            await gates[k].wait()
+
+        first = [asyncio.ensure_future(core.submit(sub(k, lambda w, k=k: gated(k), fn=k, batch=False)))
+                 for k in ("a", "b")]
+        await until(lambda: all(core.explain(k) and core.explain(k).state == "running" for k in ("a", "b")),
+                    what="a and b running")
+        wide = asyncio.ensure_future(core.submit(sub("wide", value("w"), fn="wide", num_gpus=2, batch=False)))
+        await until(lambda: len(core.queue) == 1, what="wide queued")
+        small = [asyncio.ensure_future(core.submit(sub(f"s{i}", sleeper(0.05, i), fn="s", batch=False)))
+                 for i in range(3)]
+        await until(lambda: len(core.queue) == 4, what="the small ones queued")
+        gates["b"].set()
+        await first[1]
+        await asyncio.sleep(0.3)  # many rounds with one GPU free
+        held = [r.sid for r in b.runs]
+        urgent = asyncio.ensure_future(core.submit(sub("urgent", value("u"), fn="u", priority=5, batch=False)))
+        await urgent
+        gates["a"].set()
+        await asyncio.gather(first[0], wide, *small)
+        await core.shutdown()
+        return held, [r.sid for r in b.runs]
+    held, ran = asyncio.run(main())
+    assert held == ["a", "b"]  # nothing started on the freed GPU while "wide" waited for the second
+    assert ran.index("urgent") < ran.index("wide") < min(ran.index(f"s{i}") for i in range(3))

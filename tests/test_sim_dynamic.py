@@ -1,6 +1,5 @@
 """The dynamic trace replay (`fastgpu simulate --dynamic`): the workload transform, the queue disciplines
 it runs (the runtime's `placement.queue`), its figures, and its errors for bad input."""
-import heapq
 import json
 import math
 
@@ -9,7 +8,7 @@ import pytest
 
 from fastgpu_ray.cli import main
 from placement.model import Demand
-from placement.queue import Scan, best_first
+from placement.queue import Scan, ShapeQueue, best_first
 from placement.sim import dynamic
 from placement.sim.dynamic_report import stats
 from placement.sim.trace import Nodes, TraceError
@@ -49,25 +48,79 @@ def starts(tp, system, horizon=1000.0):
 # ------------------------------------------------------------------------------------------ queue
 
 
+def queue_of(entries, shape=lambda item: item[0]):
+    q = ShapeQueue(shape)
+    for e in entries:
+        q.push(e)
+    return q
+
+
 def test_best_first_serves_shortest_estimate_of_the_top_priority_and_ages_waiting_ones():
     items = {"long": (0, 100.0), "short": (0, 10.0), "old-long": (-300, 100.0), "low": (0, 1.0)}
-    heap = [(-1, 0, "long"), (-1, 1, "short"), (-1, 2, "old-long"), (0, 3, "low")]
-    heapq.heapify(heap)
-    front = best_first(heap, 0.0, lambda i: items[i][1], lambda i: i, lambda i: items[i][0], aging=0.5)
+    q = queue_of([(-1, 0, "long"), (-1, 1, "short"), (-1, 2, "old-long"), (0, 3, "low")], shape=len)
+    front = best_first(q, 0.0, lambda i: items[i][1], lambda i: i, lambda i: items[i][0], aging=0.5)
     # old-long: 100 - 0.5 * 300 = -50 (aged past the short one); the lower priority goes last
-    assert [e[2] for e in front] == ["old-long", "short", "long", "low"] and heap == []
+    assert [e[2] for e in front] == ["old-long", "short", "long", "low"] and len(q) == 0
+
+
+def test_best_first_leaves_a_pinned_entry_in_its_queue_place():
+    est = {"wide": 500.0, "a": 50.0, "b": 5.0, "c": 1.0}
+    q = queue_of([(-1, i, k) for i, k in enumerate(["a", "wide", "b", "c"])], shape=len)
+    front = best_first(q, 0.0, est.__getitem__, lambda i: i, lambda i: 0.0, pinned=lambda i: i == "wide")
+    assert [e[2] for e in front] == ["c", "wide", "b", "a"]  # the others sorted around it
+
+
+def test_the_shape_queue_pops_in_one_heaps_order_whatever_the_shapes():
+    rng = np.random.default_rng(3)
+    entries = [(-int(rng.integers(3)), i, f"{'abc'[rng.integers(3)]}{i}") for i in range(200)]
+    q = queue_of(entries[:120])
+    out = [q.pop() for _ in range(50)]
+    for e in entries[120:] + out[::2]:  # (pushed back while others wait: heads change, stale copies)
+        q.push(e)
+    out = out[1::2] + [q.pop() for _ in range(len(q))]
+    assert sorted(out) == sorted(entries)
+    assert out[25:] == sorted(out[25:])  # after the 25 kept out, one heap's order
 
 
 def test_a_strict_scan_stops_at_the_first_miss_and_close_puts_everything_back():
-    heap = [(0, i, f"p{i}") for i in range(5)]
-    scan = Scan(heap, limit=1)
+    q = queue_of([(0, i, f"p{i}") for i in range(5)])
+    scan = Scan(q, limit=1)
     seen = []
-    while scan.more():
-        e = scan.pop()
+    for e in scan:
         seen.append(e[2])
-        scan.did_not_fit(e, "shape")
+        scan.did_not_fit(e)
     scan.close()
-    assert seen == ["p0"] and sorted(e[2] for e in heap) == [f"p{i}" for i in range(5)]
+    assert seen == ["p0"] and sorted(e[2] for e in q) == [f"p{i}" for i in range(5)]
+
+
+def test_a_shape_that_did_not_fit_is_set_aside_whole_or_passed_over_pod_by_pod():
+    """fastgpu's round sets the rest of a failed shape aside without a miss per queued entry; a per-pod
+    queue (kube-scheduler's) passes over each entry of it, and its miss limit ends the round first."""
+    entries = [(0, i, f"a{i}") for i in range(300)] + [(0, 300 + i, f"b{i}") for i in range(3)]
+    seen = {}
+    for free in (True, False):
+        q = queue_of(entries)
+        scan = Scan(q, limit=256, free_skips=free)
+        seen[free] = []
+        for e in scan:
+            seen[free].append(e[2])
+            if e[2].startswith("a"):
+                scan.did_not_fit(e)
+        scan.close()
+        left = [e for e in entries if e[2] not in seen[free] or e[2].startswith("a")]  # (the "b"s tried started)
+        assert sorted(q) == left  # everything else back, once
+    assert seen[True] == ["a0", "b0", "b1", "b2"]  # one attempt for shape "a", then the "b"s
+    assert seen[False] == ["a0"]  # 255 more "a"s passed over, one miss each: the limit ends the round
+
+
+def test_removing_entries_keeps_the_order_and_what_is_set_aside():
+    q = queue_of([(0, i, f"{'ab'[i % 2]}{i}") for i in range(10)])
+    q.set_aside("a")
+    gone = q.remove(lambda e: e[1] in (1, 4, 7))
+    assert sorted(e[2] for e in gone) == ["a4", "b1", "b7"]
+    assert [q.pop()[2] for _ in range(3)] == ["b3", "b5", "b9"] and q.peek() is None
+    q.restore()
+    assert [q.pop()[2] for _ in range(4)] == ["a0", "a2", "a6", "a8"] and len(q) == 0
 
 
 # ------------------------------------------------------------------------------- the disciplines
@@ -80,6 +133,18 @@ def test_strict_fifo_blocks_behind_a_pod_that_does_not_fit_and_the_k8s_queue_ski
     k8s, _ = starts(tp, "k8s-best-fit")
     assert fifo["wide"] == 100.0 and fifo["small"] == 110.0  # nothing passes the 2-GPU pod
     assert k8s["small"] == 2.0 and k8s["wide"] == 100.0  # the small one ran beside the busy one
+
+
+def test_a_multi_gpu_pod_holds_the_node_against_work_queued_behind_it_but_not_against_a_higher_priority():
+    tp = timed([(gpu("a"), "BE", 0.0, 100.0), (gpu("b"), "BE", 0.0, 50.0), (gpu("wide", k=2), "BE", 1.0, 10.0)]
+               + [(gpu(f"s{i}"), "BE", 2.0 + i, 100.0) for i in range(3)] + [(gpu("ls"), "LS", 60.0, 100.0)])
+    fast, _ = starts(tp, "fastgpu")
+    k8s, _ = starts(tp, "k8s-best-fit")
+    # fastgpu: from t=50 the node is held for "wide"; "ls" (higher) passes the hold at 60; "wide" starts
+    # when "ls" leaves, before every 1-GPU pod queued behind it
+    assert fast["ls"] == 60.0 and fast["wide"] == 160.0 and min(fast[f"s{i}"] for i in range(3)) == 170.0
+    # without holds, the 1-GPU pods take each GPU as it frees and "wide" waits for all of them
+    assert k8s["s0"] == 50.0 and k8s["wide"] > 250.0
 
 
 def test_priorities_from_qos_put_ls_ahead_of_an_earlier_be_pod():

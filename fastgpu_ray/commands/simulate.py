@@ -28,7 +28,7 @@ def add_parser(sub):
     dyn.add_argument("--dynamic", action="store_true",
                      help="event-driven replay with the runtime's queue and learned durations (docs/DESIGN.md)")
     dyn.add_argument("--system", action="append", dest="systems", metavar="NAME",
-                     help="fifo-best-fit, k8s-best-fit, k8s-fgd, k8s-fastgpu (ablation), fastgpu "
+                     help="fifo-best-fit, k8s-best-fit, k8s-fgd, k8s-fastgpu and fastgpu-per-pod (ablations), fastgpu "
                           "(repeatable; default all)")
     rate = dyn.add_mutually_exclusive_group()
     rate.add_argument("--load", default="0.8,1.0,1.2",

@@ -9,8 +9,12 @@ and unbinding (never rebuilt, no explain records), and learned durations (``plac
     k8s-best-fit    priority order; a pod that does not fit now is skipped and retried next round
     k8s-fgd         the same queue with the FGD policy (kube-scheduler with the FGD plugin)
     k8s-fastgpu     the same queue with the fastgpu policy (an ablation: packing without queue order)
+    fastgpu-per-pod fastgpu, but each queued pod of a shape that did not fit costs a miss, as in the
+                    k8s-like queue (an ablation: the queue's order and holds without its shape index)
     fastgpu         priority order, best match among the top priority (shortest learned run first,
-                    aged), skipping what does not fit (backfill), the fastgpu policy
+                    aged; a multi-GPU pod keeps its place), skipping what does not fit (backfill): a
+                    shape that does not fit is set aside whole, and a multi-GPU pod that does not fit
+                    holds the node nearest to holding it; the fastgpu policy
 
 Rounds run every ``round_s`` simulated seconds in which something arrived or left. No scheduler reads a
 pod's own run time: durations are learned per pod template (qos, CPU, memory, GPUs, GPU share and
@@ -18,7 +22,8 @@ model; what a scheduler sees of a pod) from pods that finished, as the live runt
 
 Speed (the replay is driven at simulator speed): state changes are incremental; a pod that did not fit
 in the last round is tried again only if a node freed since could hold it, judged from upper bounds
-over the freed nodes (exact: placing only fills nodes, so nothing else can have made room). The cost is
+over the freed nodes and those whose hold ended (exact: placing only fills nodes, so nothing else can
+have made room). The cost is
 one placement per started pod (vectorised over the nodes: linear in nodes) plus per round at most the
 queue discipline's miss limit of O(1) checks, so it grows linearly with pods and with nodes.
 """
@@ -34,7 +39,7 @@ import numpy as np
 from .. import registry
 from ..durations import DurationModel
 from ..model import Demand
-from ..queue import UNPLACED_SCAN_LIMIT, Scan, best_first
+from ..queue import UNPLACED_SCAN_LIMIT, Holds, Scan, ShapeQueue, best_first
 from ..scheduler import Scheduler
 from ..state import ClusterState
 from .trace import Nodes
@@ -50,6 +55,8 @@ class System:
     priorities: bool  # serve by qos priority (else arrival order)
     best_match: bool  # best match among the top priority (learned durations)
     limit: float  # misses per round before it ends (1: strict FIFO)
+    shapes_aside: bool = False  # a shape that did not fit is set aside whole (else each pod of it is a miss)
+    holds: bool = False  # multi-GPU pods keep their place in best match and hold a node when they do not fit
 
 
 SYSTEMS = {s.name: s for s in (
@@ -57,7 +64,8 @@ SYSTEMS = {s.name: s for s in (
     System("k8s-best-fit", "best-fit", True, False, UNPLACED_SCAN_LIMIT),
     System("k8s-fgd", "fgd", True, False, UNPLACED_SCAN_LIMIT),
     System("k8s-fastgpu", "fastgpu", True, False, UNPLACED_SCAN_LIMIT),
-    System("fastgpu", "fastgpu", True, True, UNPLACED_SCAN_LIMIT),
+    System("fastgpu-per-pod", "fastgpu", True, True, UNPLACED_SCAN_LIMIT, holds=True),
+    System("fastgpu", "fastgpu", True, True, UNPLACED_SCAN_LIMIT, shapes_aside=True, holds=True),
 )}
 
 
@@ -123,7 +131,8 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
     shapes = [(d.shape, d.memory_mib, d.gpu_types) for d in demands]  # (host memory is checked, not in shape)
     ever: dict[tuple, bool] = {}
     dropped = np.zeros(n, dtype=bool)  # no node could ever hold it: dropped at arrival
-    heap: list[tuple] = []
+    heap = ShapeQueue(lambda i: shapes[pods[i]])
+    holds = Holds() if sys_.holds else None
     leaving: list[tuple[float, int, int, tuple[int, ...]]] = []  # (end, pod, node, gpus)
     series = []
     freed: set[int] = set()
@@ -148,6 +157,9 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
         if t >= wl.horizon_s:
             break
         freed.clear()
+        if holds is not None:  # (a node whose hold ended may take what waited behind the hold)
+            freed.update(holds.opened)
+            holds.opened.clear()
         memo.clear()
         while leaving and leaving[0][0] <= t:
             e, i, node, gpus = heapq.heappop(leaving)
@@ -160,14 +172,14 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
             if k not in ever:
                 ever[k] = state.could_ever_fit(d)
             if ever[k]:
-                heapq.heappush(heap, (-d.priority, ai, ai))
+                heap.push((-d.priority, ai, ai))
             else:
                 dropped[ai] = True
             ai += 1
         rounds += 1
         if heap:
             placements += _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rounds, freed,
-                                 failed_round, start, end, leaving, estimate, enq)
+                                 failed_round, start, end, leaving, estimate, enq, holds)
         series.append((t, state.allocated_milli(), len(heap)))
     secs = time.perf_counter() - t0
     gpus = np.array([gpus_of(demands[j]) for j in wl.pods])
@@ -179,7 +191,7 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
 
 
 def _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rnd, freed, failed_round, start, end,
-           leaving, estimate, enq) -> int:
+           leaving, estimate, enq, holds) -> int:
     """One round of the queue discipline at time ``t``; returns the pods started."""
     if freed:  # upper bounds of what the nodes freed since the last round can hold
         rows = np.fromiter(freed, dtype=np.int64)
@@ -187,29 +199,32 @@ def _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rnd, fr
         share, whole = state.max_free[rows].max(), state.nfull[rows].max()
     else:
         cpu = mem = share = whole = -1
-    front = (best_first(heap, t, estimate, lambda i: keys[pods[i]], enq.__getitem__) if sys_.best_match
-             else None)
-    scan = Scan(heap, front, sys_.limit)
-    failed, more, pop, keep = scan.failed, scan.more, scan.pop, scan.keep
+    pinned = (lambda i: demands[pods[i]].num_gpus > 1) if sys_.holds else None
+    front = (best_first(heap, t, estimate, lambda i: keys[pods[i]], enq.__getitem__, pinned=pinned)
+             if sys_.best_match else None)
+    scan = Scan(heap, front, sys_.limit, sys_.shapes_aside)
     started = 0
     try:
-        while more():
-            entry = pop()
+        for entry in scan:
             i = entry[2]
-            shape = shapes[pods[i]]
-            if shape in failed:
-                keep(entry)
-                continue
             d = demands[pods[i]]
+            if holds is not None:
+                holds.trying(state, i)
             if failed_round[i] == rnd - 1 and not _may_fit(d, cpu, mem, share, whole):
                 failed_round[i] = rnd  # did not fit last round, and no node freed since can hold it
-                scan.did_not_fit(entry, shape)
+                scan.did_not_fit(entry)
+                if holds is not None:
+                    holds.did_not_fit(state, i, d)
                 continue
             dec = sched.place(d, reasons=False)
             if dec.node < 0:
                 failed_round[i] = rnd
-                scan.did_not_fit(entry, shape)
+                scan.did_not_fit(entry)
+                if holds is not None:
+                    holds.did_not_fit(state, i, d)
                 continue
+            if holds is not None:
+                holds.started(i)
             start[i] = t
             end[i] = t + wl.run_s[i]
             heapq.heappush(leaving, (end[i], i, dec.node, dec.gpus))
