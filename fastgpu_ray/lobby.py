@@ -227,6 +227,14 @@ class Lobby:
         self.waiting.pop(e.sid, None)
         self.heap = [x for x in self.heap if x is not e]
         heapq.heapify(self.heap)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Nothing waits: no warm worker started for a waiting subtask is still owed one (those whose
+        subtasks expired, were cancelled or ran early are idle on their node's scheduler, which hands them
+        out or lets them go); new waiting subtasks must not count them."""
+        if not self.waiting:
+            self._warmed = 0.0
 
     async def _nodes(self) -> None:
         """Start (or find) the session's scheduler on every GPU node that came up."""
@@ -349,6 +357,7 @@ class Lobby:
             heapq.heappush(self.heap, e)
         if got is not None:
             del self.waiting[got.sid]
+            self._settle()
         return got
 
     async def _run_early(self, h, node: str, gpus: tuple[int, ...], e: _Entry, loaded: set[str]) -> bool:

@@ -113,3 +113,17 @@ def test_an_early_run_resolves_the_call_with_its_value_and_a_record():
     (node, ran), rec, calls = asyncio.run(main())
     assert node == "node1" and ran.value == 42 and calls == [["a"]]
     assert rec.state == "finished" and rec.gpus == (0,) and "ran on an early GPU worker" in rec.history[-1]
+
+
+def test_warm_workers_owed_to_subtasks_that_left_the_wait_otherwise_are_not_counted_again():
+    """``_warmed`` counts warm workers started for waiting subtasks not yet handed out; once nothing waits
+    (the last one expired, was cancelled or ran early), none is owed, and a later wait starts its own."""
+    async def main():
+        lb = lobby()
+        a, b = entry(lb, "a"), entry(lb, "b")
+        lb._warmed = 2.0  # a node's scheduler came up with two warm workers for them
+        lb._drop(a)
+        owed_one_left = lb._warmed
+        assert lb._pop_early() is b  # the last one runs on an early worker
+        return owed_one_left, lb._warmed
+    assert asyncio.run(main()) == (2.0, 0.0)

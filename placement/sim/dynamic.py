@@ -23,9 +23,9 @@ model; what a scheduler sees of a pod) from pods that finished, as the live runt
 Speed (the replay is driven at simulator speed): state changes are incremental; a pod that did not fit
 in the last round is tried again only if a node freed since could hold it, judged from upper bounds
 over the freed nodes and those whose hold ended (exact: placing only fills nodes, so nothing else can
-have made room). The cost is
-one placement per started pod (vectorised over the nodes: linear in nodes) plus per round at most the
-queue discipline's miss limit of O(1) checks, so it grows linearly with pods and with nodes.
+have made room). The cost is one placement per started pod (vectorised over the nodes: linear in nodes)
+plus per round at most the queue discipline's miss limit of O(1) checks (with the shape index: one per
+shape that does not fit, O(log shapes) each), so it grows linearly with pods and with nodes.
 """
 from __future__ import annotations
 
