@@ -219,6 +219,7 @@ class DispatchCore:
         self.workers: dict[tuple[str, int], WorkerInfo] = {}
         self.claiming: dict[str, int] = {}  # node -> GPUs being claimed there (workers starting)
         self.queue = ShapeQueue(Subtask.fit_key)  # entries (-priority, seq, subtask)
+        self._purge = False  # a queued subtask was cancelled since the last round
         self.waiting: dict[str, Subtask] = {}  # subtasks waiting for their inputs (not queued yet)
         self.gpu_demand = 0.0  # GPUs Ray has requests for that it cannot place now (all jobs, ours too)
         self.records: dict[str, Record] = {}
@@ -314,6 +315,8 @@ class DispatchCore:
         rec.history.append(f"cancelled while {rec.state}")
         was = rec.state
         rec.state = "cancelled"
+        if was == "queued":  # (the next round takes it off: a shape set aside is not popped to find it)
+            self._purge = True
         if was != "running" or rec.node is None:
             return
         key = (rec.node, rec.gpus[0]) if rec.gpus else None
@@ -644,6 +647,9 @@ class DispatchCore:
     def schedule_round(self) -> int:
         """Place as much of the queue as fits now; returns the number of subtasks started."""
         self._enforce_share()
+        if self._purge:  # cancelled while queued: one pass, however many were cancelled
+            self._purge = False
+            self.queue.remove(lambda x: x[2].future is not None and x[2].future.done())
         if not self.queue:
             return 0
         t0 = time.perf_counter()

@@ -449,6 +449,7 @@ class Lobby:
         finally:
             for e in skipped:
                 heapq.heappush(self.heap, e)
+            self._settle()
 
     async def _report(self) -> None:
         gpus = tuple(sorted(e.gpus for e in self.waiting.values()))

@@ -264,8 +264,10 @@ class Holds:
             if node >= 0:
                 self.node[key] = node
 
-    def started(self, key: Hashable) -> None:
-        """``key``'s entry started (``trying`` opened its node): the hold is over."""
+    def started(self, key: Hashable) -> int | None:
+        """``key``'s entry started (``trying`` opened its node): the hold is over. Returns the node it held
+        (what waited behind the hold may fit there now), or None."""
         node = self.node.pop(key, None)
         if node is not None:
             self.opened.add(node)
+        return node

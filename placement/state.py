@@ -158,6 +158,7 @@ class ClusterState:
         if out_dead:
             out["node is down"] = out_dead
         checks = [
+            ("held for a waiting multi-GPU demand of its priority or above", self.held < d.priority),
             (f"fewer than {d.cpu_milli} milli-CPU free", self.cpu_left >= d.cpu_milli),
             (f"less than {d.memory_mib} MiB memory free", self.mem_left >= d.memory_mib),
         ]
@@ -193,7 +194,7 @@ class ClusterState:
         ok = (self.cpu_cap >= d.cpu_milli) & (self.mem_cap >= d.memory_mib) & self.alive & (self.held == NO_HOLD)
         if d.gpu_types:
             ok &= self.type_mask(d.gpu_types)
-        ok &= self.gpu_count >= d.num_gpus
+        ok &= (self.real & (self.gmem_cap >= d.gpu_memory_mib)).sum(axis=1) >= d.num_gpus
         rows = np.flatnonzero(ok)
         if not len(rows):
             return -1

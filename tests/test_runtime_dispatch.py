@@ -570,3 +570,31 @@ def test_a_multi_gpu_subtask_holds_its_node_so_single_gpu_work_behind_it_does_no
     held, ran = asyncio.run(main())
     assert held == ["a", "b"]  # nothing started on the freed GPU while "wide" waited for the second
     assert ran.index("urgent") < ran.index("wide") < min(ran.index(f"s{i}") for i in range(3))
+
+
+def test_a_subtask_cancelled_deep_in_a_queue_leaves_it_at_the_next_round():
+    """A round sets a shape that fits nowhere aside without popping its subtasks, so a cancelled one
+    behind the first would stay queued (counted in the fair-share report and ``room``) until that shape
+    places; the round after a cancellation takes every cancelled subtask off the queue."""
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        gate = asyncio.Event()
+
+        async def blocker(w):
+            await gate.wait()
+
+        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="b", batch=False)))
+        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        waiting = [asyncio.ensure_future(core.submit(sub(f"w{i}", value(i), fn="w", batch=False)))
+                   for i in range(3)]
+        await until(lambda: len(core.queue) == 3, what="three queued")
+        await asyncio.sleep(0.2)  # rounds in which the shape is set aside
+        waiting[1].cancel()
+        await until(lambda: len(core.queue) == 2, what="the cancelled one off the queue", timeout_s=3)
+        left = sorted(x[2].id for x in core.queue)
+        gate.set()
+        await asyncio.gather(first, waiting[0], waiting[2])
+        await core.shutdown()
+        return left
+    assert asyncio.run(main()) == ["w0", "w2"]

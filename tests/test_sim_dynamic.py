@@ -1,5 +1,6 @@
 """The dynamic trace replay (`fastgpu simulate --dynamic`): the workload transform, the queue disciplines
 it runs (the runtime's `placement.queue`), its figures, and its errors for bad input."""
+import dataclasses
 import json
 import math
 
@@ -13,6 +14,7 @@ from placement.sim import dynamic
 from placement.sim.dynamic_report import stats
 from placement.sim.trace import Nodes, TraceError
 from placement.sim.workload import TimedPods, Workload, build, load_timed_pods
+from placement.state import ClusterState
 
 HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time"
 
@@ -113,6 +115,18 @@ def test_a_shape_that_did_not_fit_is_set_aside_whole_or_passed_over_pod_by_pod()
     assert seen[False] == ["a0"]  # 255 more "a"s passed over, one miss each: the limit ends the round
 
 
+def test_a_hold_goes_to_a_node_whose_gpus_could_hold_the_demand_and_keeps_equal_priorities_off():
+    st = ClusterState(["small", "big"], np.array([64000, 8000]), np.array([262144] * 2), np.array([4, 2]),
+                      ["T4", "A100"], gpu_mem=np.array([[16384] * 4, [81920, 81920, 0, 0]]))
+    wide = Demand("wide", 1000, 1024, 2, 1000, gpu_memory_mib=40000, priority=1)
+    assert st.hold_for(wide) == 1  # "small" has more GPUs and CPU free, but 16 GiB ones
+    one = Demand("one", 1000, 1024, 1, 1000, priority=1)
+    assert not st.feasible(one)[1] and st.feasible(dataclasses.replace(one, priority=2))[1]
+    assert st.rejections(one).get("held for a waiting multi-GPU demand of its priority or above") == 1
+    st.unhold(1)
+    assert st.feasible(one)[1] and not st.holding
+
+
 def test_removing_entries_keeps_the_order_and_what_is_set_aside():
     q = queue_of([(0, i, f"{'ab'[i % 2]}{i}") for i in range(10)])
     q.set_aside("a")
@@ -145,6 +159,18 @@ def test_a_multi_gpu_pod_holds_the_node_against_work_queued_behind_it_but_not_ag
     assert fast["ls"] == 60.0 and fast["wide"] == 160.0 and min(fast[f"s{i}"] for i in range(3)) == 170.0
     # without holds, the 1-GPU pods take each GPU as it frees and "wide" waits for all of them
     assert k8s["s0"] == 50.0 and k8s["wide"] > 250.0
+
+
+def test_a_hold_that_ends_in_a_round_lets_what_waited_behind_it_start_in_that_round():
+    """The replay skips a pod that did not fit last round unless a node that gained room could hold it; a
+    node whose hold ends counts as one at once (review finding: "b" waited until "a" left, at 900)."""
+    two = Nodes(["N", "M"], np.array([64000, 8000]), np.array([262144, 262144]), np.array([4, 4]), ["T4"] * 2)
+    tp = timed([(gpu("xn", k=2, cpu=20000), "BE", 0.0, 1000.0), (gpu("xm", k=4), "BE", 0.0, 100.0),
+                (gpu("a", k=4), "BE", 1.0, 800.0), (gpu("b", cpu=20000), "BE", 2.0, 10.0)])
+    wl = workload(tp, 2000.0)
+    r = dynamic.replay(two, wl, dynamic.SYSTEMS["fastgpu"], seed=1)
+    got = {tp.demands[j].id: s for j, s in zip(wl.pods, r.start)}
+    assert got["a"] == 100.0 and got["b"] == 100.0  # "b" only fits on N, held for "a" until it started on M
 
 
 def test_priorities_from_qos_put_ls_ahead_of_an_earlier_be_pod():

@@ -224,7 +224,10 @@ def _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rnd, fr
                     holds.did_not_fit(state, i, d)
                 continue
             if holds is not None:
-                holds.started(i)
+                opened = holds.started(i)
+                if opened is not None:  # (its hold ended: room there counts for the pods after it)
+                    cpu, mem = max(cpu, state.cpu_left[opened]), max(mem, state.mem_left[opened])
+                    share, whole = max(share, state.max_free[opened]), max(whole, state.nfull[opened])
             start[i] = t
             end[i] = t + wl.run_s[i]
             heapq.heappush(leaving, (end[i], i, dec.node, dec.gpus))
