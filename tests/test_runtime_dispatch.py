@@ -110,6 +110,19 @@ async def until(pred, timeout_s: float = 10.0, what: str = "condition") -> None:
         await asyncio.sleep(0.01)
 
 
+async def block_gpu(core: DispatchCore, sid: str = "block", fn: str = "fn", **opts):
+    """Submit a subtask that holds its GPU until the returned event is set; returns (event, its future)
+    once it runs."""
+    gate = asyncio.Event()
+
+    async def blocker(w):
+        await gate.wait()
+
+    fut = asyncio.ensure_future(core.submit(sub(sid, lambda w: blocker(w), fn=fn, **opts)))
+    await until(lambda: core.explain(sid) and core.explain(sid).state == "running", what=sid)
+    return gate, fut
+
+
 def value(v):
     return lambda w: v
 
@@ -185,13 +198,7 @@ def test_queue_orders_by_priority_then_age():
     async def main():
         b = FakeBackend({"n1": [16384]})
         core = await started(b)
-        gate = asyncio.Event()
-
-        async def blocker(w):
-            await gate.wait()
-
-        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), work_s=1.0)))
-        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        gate, first = await block_gpu(core, work_s=1.0)
         order = ["low0", "low1", "high0", "mid0", "high1"]
         prio = {"low": 0, "mid": 3, "high": 9}
         futs = [asyncio.ensure_future(core.submit(sub(s, value(s), priority=prio[s[:-1]], batch=False)))
@@ -579,13 +586,7 @@ def test_a_subtask_cancelled_deep_in_a_queue_leaves_it_at_the_next_round():
     async def main():
         b = FakeBackend({"n1": [16384]})
         core = await started(b)
-        gate = asyncio.Event()
-
-        async def blocker(w):
-            await gate.wait()
-
-        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="b", batch=False)))
-        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        gate, first = await block_gpu(core, fn="b", batch=False)
         waiting = [asyncio.ensure_future(core.submit(sub(f"w{i}", value(i), fn="w", batch=False)))
                    for i in range(3)]
         await until(lambda: len(core.queue) == 3, what="three queued")
