@@ -41,8 +41,7 @@ def verdicts(summ: dict, load: float) -> dict:
         return {}
     wait = _m(f, "wait.mean") / _m(k, "wait.mean")
     wait_all = _m(f, "wait_all_mean") / _m(k, "wait_all_mean")
-    worst = max(_m(f, f"wait_by_qos.{q}.mean") / _m(k, f"wait_by_qos.{q}.mean") for q in rep.QOS
-                if _m(f, f"wait_by_qos.{q}.mean") is not None and _m(k, f"wait_by_qos.{q}.mean"))
+    worst = rep.worst_qos(f, k)
     mp_f, mp_k = multi_p99(f), multi_p99(k)
     return {"wait_x_k8s_fgd": wait, "wait_all_x_k8s_fgd": wait_all, "worst_qos_x": worst,
             "alloc_busy": (_m(f, "alloc_busy"), _m(k, "alloc_busy")),

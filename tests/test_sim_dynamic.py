@@ -11,7 +11,7 @@ from fastgpu_ray.cli import main
 from placement.model import Demand
 from placement.queue import Scan, ShapeQueue, best_first
 from placement.sim import dynamic
-from placement.sim.dynamic_report import stats
+from placement.sim.dynamic_report import stats, worst_qos
 from placement.sim.trace import Nodes, TraceError
 from placement.sim.workload import TimedPods, Workload, build, load_timed_pods
 from placement.state import ClusterState
@@ -199,6 +199,20 @@ def test_fastgpu_serves_the_template_it_learned_is_short_first_and_never_reads_a
     swapped, _ = starts(pods(50.0, 400.0), "fastgpu", horizon=5000)
     order = lambda s: sorted((v, k) for k, v in s.items() if k[:4] in ("shor", "long"))  # noqa: E731
     assert [k for _, k in order(swapped)][:3] == [k for _, k in order(fast)][:3]
+
+
+def test_a_qos_class_that_never_starts_counts_as_waiting_to_the_end_in_the_worst_qos_ratio():
+    tp = timed([(gpu("hog", k=2), "LS", 0.0, 5000.0), (gpu("be"), "BE", 100.0, 10.0),
+                (gpu("ls"), "LS", 200.0, 10.0)])
+    r = dynamic.replay(nodes(), workload(tp, 1000.0), dynamic.SYSTEMS["k8s-best-fit"], seed=1)
+    r.warmup_s = 50.0
+    s = stats(r)
+    assert s["wait_by_qos"]["BE"]["n"] == 0 and s["wait_all_by_qos"]["BE"] == pytest.approx(900.0)
+    other = {"wait_by_qos.BE.mean": [None], "wait_all_by_qos.BE": [900.0], "wait_by_qos.LS.mean": [80.0],
+             "wait_all_by_qos.LS": [80.0]}
+    base = {"wait_by_qos.BE.mean": [100.0], "wait_all_by_qos.BE": [100.0], "wait_by_qos.LS.mean": [80.0],
+            "wait_all_by_qos.LS": [80.0]}
+    assert worst_qos(other, base) == pytest.approx(9.0)  # BE never started: judged over all that arrived
 
 
 def test_departures_free_the_gpus_and_allocation_is_time_weighted_while_pods_queue():
