@@ -177,8 +177,7 @@ class Subtask:
         return (o.gpu_count, o.gpu_milli, o.gpu_util, o.gpu_memory_mib, self.min_memory_mib, o.gpu_types, o.num_cpus)
 
     def batch_key(self) -> tuple:
-        return (self.fn_key, self.opts.priority, self.min_memory_mib, self.opts.gpu_milli, self.opts.gpu_util,
-                self.opts.gpu_memory_mib, self.opts.gpu_count, self.opts.gpu_types, self.opts.num_cpus)
+        return (self.fn_key, self.opts.priority) + self.fit_key()
 
 
 class Metrics(Protocol):

@@ -289,7 +289,7 @@ class NodeScheduler:
         (the user's ref)."""
         if self.delegate is not None or not self._started or not self.core.queue:
             return 0
-        back = [x[2] for x in heapq.nlargest(handoff.scan(len(there)), iter(self.core.queue))]
+        back = [x[2] for x in heapq.nlargest(handoff.scan(len(there)), self.core.queue)]
         try:
             unmoved = await asyncio.to_thread(bytes_not_on, back, node)
         except Exception:  # cannot see where the inputs are: hand nothing over

@@ -138,13 +138,9 @@ class ShapeQueue:
         if out:
             ids = {id(e) for e in out}
             keep = [e for e in self if id(e) not in ids]
-            aside = set(self._aside)
-            self._subs, self._heads, self._aside, self._n = {}, [], set(), 0
-            for e in keep:
+            self._subs, self._heads, self._n = {}, [], 0
+            for e in keep:  # (push leaves the heads of shapes set aside out, as restore expects)
                 self.push(e)
-            self._aside = aside
-            self._heads = [(e, s) for e, s in self._heads if s not in aside]
-            heapq.heapify(self._heads)
         return out
 
 
@@ -160,13 +156,10 @@ def best_first(queue: ShapeQueue, now: float, estimate: Callable[[Any], float], 
     top = [x for x in front if x[0] == front[0][0]]
     if len({key(x[2]) for x in top}) < 2:
         return front
-    if pinned is None:
-        top.sort(key=lambda x: (estimate(x[2]) - aging * (now - enqueued(x[2])), x[1]))
-        return top + front[len(top):]
-    free = [x for x in top if not pinned(x[2])]
-    free.sort(key=lambda x: (estimate(x[2]) - aging * (now - enqueued(x[2])), x[1]))
-    it = iter(free)
-    return [x if pinned(x[2]) else next(it) for x in top] + front[len(top):]
+    fixed = pinned or (lambda item: False)
+    moved = iter(sorted((x for x in top if not fixed(x[2])),
+                        key=lambda x: (estimate(x[2]) - aging * (now - enqueued(x[2])), x[1])))
+    return [x if fixed(x[2]) else next(moved) for x in top] + front[len(top):]
 
 
 class Scan:

@@ -210,14 +210,10 @@ def _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rnd, fr
             d = demands[pods[i]]
             if holds is not None:
                 holds.trying(state, i)
-            if failed_round[i] == rnd - 1 and not _may_fit(d, cpu, mem, share, whole):
-                failed_round[i] = rnd  # did not fit last round, and no node freed since can hold it
-                scan.did_not_fit(entry)
-                if holds is not None:
-                    holds.did_not_fit(state, i, d)
-                continue
-            dec = sched.place(d, reasons=False)
-            if dec.node < 0:
+            # (did not fit last round, and no node freed since can hold it: not placed again)
+            skip = failed_round[i] == rnd - 1 and not _may_fit(d, cpu, mem, share, whole)
+            dec = None if skip else sched.place(d, reasons=False)
+            if dec is None or dec.node < 0:
                 failed_round[i] = rnd
                 scan.did_not_fit(entry)
                 if holds is not None:
