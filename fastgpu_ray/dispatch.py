@@ -161,6 +161,7 @@ class Subtask:
     # Bytes of its arguments (refs included) where known: before it runs, as the sender saw them (None: a
     # ref of unknown size); once it ran, as the worker measured them. Learned run times scale with them.
     input_bytes: int | None = None
+    been: tuple[str, ...] = ()  # nodes that handed it on to this one (fastgpu_ray.handoff): not handed back
 
     def demand(self, context_mib: int = 0) -> Demand:
         return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib,

@@ -218,6 +218,41 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
     assert {r.node for r in list(recs.values())[1:]} == {"other"}
 
 
+def test_a_subtask_is_never_handed_back_to_a_node_that_handed_it_on():
+    """A subtask handed on from node "a" (``Subtask.been``) may go to a third node but not back to "a":
+    "a" keeps its record of it (what ``fastgpu.explain`` reads), which a second arrival would replace."""
+    from fastgpu_ray import handoff
+
+    async def main():
+        b = FakeBackend({"n": [16384]})
+        core = await started(b)
+        await core.submit(sub("learn", loaded(b, 0.2), batch=False))
+        gate = asyncio.Event()
+
+        async def blocker(w):
+            await gate.wait()
+
+        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="block", work_s=1.0)))
+        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        futs = []
+        for i in range(4):
+            st = sub(f"q{i}", value(i), batch=False)
+            st.been = ("a",) if i == 3 else ()
+            futs.append(asyncio.ensure_future(core.submit(st)))
+        await until(lambda: len(core.queue) == 4, what="the queue")
+        to_a = handoff.pick(core, [(0.0, 0.0)], lambda st: 0.0, to="a")
+        to_c = handoff.pick(core, [(0.0, 0.0)], lambda st: 0.0, to="c")
+        for st, _, _ in to_a + to_c:
+            core.finish_elsewhere(st, Outcome(True, "elsewhere"))
+        gate.set()
+        await asyncio.gather(first, *futs)
+        await core.shutdown()
+        return [st.id for st, _, _ in to_a], [st.id for st, _, _ in to_c]
+    to_a, to_c = asyncio.run(main())
+    assert to_a and "q3" not in to_a, to_a  # the back of the queue went, but not the one from "a"
+    assert to_c and to_c[0] == "q3", to_c  # to another node it goes first (it is at the back)
+
+
 def test_hand_off_with_other_jobs_counts_only_the_gpus_the_job_holds():
     """Fair share (other jobs on the cluster): a node's GPUs for hand-offs are this job's live workers
     within its cap, plus GPUs no one holds (a claim away); its queue is played out over those only. Where
