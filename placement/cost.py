@@ -26,8 +26,8 @@ def slowdown(util):
 
     The model: the GPU time-slices between its tenants, so our work gets the idle fraction.
     """
-    if np.ndim(util):
-        return 1.0 / (1.0 - np.clip(np.nan_to_num(np.asarray(util, dtype=float)), 0.0, MAX_UTIL))
+    if np.ndim(util):  # (fmax/fmin drop NaN for the bound, as clipping nan_to_num's value would; cheaper)
+        return 1.0 / (1.0 - np.fmin(np.fmax(np.asarray(util, dtype=float), 0.0), MAX_UTIL))
     u = min(max(float(util), 0.0), MAX_UTIL)
     return 1.0 / (1.0 - u)
 

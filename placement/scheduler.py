@@ -52,13 +52,14 @@ class Scheduler:
             reason = self._why_not(d, never) if reasons or explain else "does not fit"
             expl = Explanation(d.id, pol.name, (), st.rejections(d), None, reason) if explain else None
             return Decision(d, -1, (), Unplaced(d.id, reason, never), expl)
+        scores = None
         if len(nodes) == 1 and not explain:
             node = int(nodes[0])  # one feasible node: taken without scoring, as the k8s scheduler does
         else:
             scores = pol.score(st, d, nodes)
             node = select_node(st, nodes, scores)
         gpus = pol.select_gpus(st, node, d)
-        expl = self._explain(d, nodes, node, gpus) if explain else None
+        expl = self._explain(d, nodes, node, gpus, scores) if explain else None
         if bind:
             st.bind(node, gpus, d)
         return Decision(d, node, gpus, None, expl)
@@ -76,10 +77,11 @@ class Scheduler:
         why = "; ".join(f"{n} node(s): {r}" for r, n in rej.items())
         return f"no node can hold {describe(d)} now ({why}); it may fit once running work finishes"
 
-    def _explain(self, d: Demand, nodes: np.ndarray, node: int, gpus: tuple[int, ...]) -> Explanation:
+    def _explain(self, d: Demand, nodes: np.ndarray, node: int, gpus: tuple[int, ...], scores) -> Explanation:
+        """``scores``: the policy's scores of ``nodes`` that chose ``node`` (before it was bound)."""
         st, pol = self.state, self.policy
         terms = pol.terms(st, d, nodes)
-        total = np.asarray(pol.score(st, d, nodes), dtype=float)
+        total = np.asarray(scores, dtype=float)
         cands = []
         for k, i in enumerate(nodes):
             g = gpus if int(i) == node else ()
