@@ -276,6 +276,12 @@ class DispatchCore:
         st.enqueued = now
         st.record = Record(st.id, submitted=now, policy=self.policy, node_choice=node_choice,
                            history=list(history))
+        prev = self.records.get(st.id)
+        if prev is not None and prev.state == "handed off":
+            # Back here (the node it was handed to died, and the restarted scheduler forwards its calls
+            # to this node): this record replaces the one explain(ref) reads here, so it keeps its story.
+            st.record.node_choice = prev.node_choice
+            st.record.history[:0] = prev.history
         self._remember(st.record)
         if rerun is not None:
             if st.opts.max_retries < 1:

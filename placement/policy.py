@@ -35,8 +35,11 @@ class Policy:
     def score(self, state: ClusterState, d: Demand, nodes: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def terms(self, state: ClusterState, d: Demand, nodes: np.ndarray) -> dict[str, np.ndarray]:
-        return {"score": np.asarray(self.score(state, d, nodes), dtype=float)}
+    def terms(self, state: ClusterState, d: Demand, nodes: np.ndarray,
+              scores: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Named score terms per node, for explanations. ``scores``: this policy's scores of ``nodes``
+        already computed for the decision (a policy that draws at random must not draw again)."""
+        return {"score": np.asarray(self.score(state, d, nodes) if scores is None else scores, dtype=float)}
 
     def select_gpus(self, state: ClusterState, node: int, d: Demand) -> tuple[int, ...]:
         return select_best(state, node, d)

@@ -80,8 +80,8 @@ class Scheduler:
     def _explain(self, d: Demand, nodes: np.ndarray, node: int, gpus: tuple[int, ...], scores) -> Explanation:
         """``scores``: the policy's scores of ``nodes`` that chose ``node`` (before it was bound)."""
         st, pol = self.state, self.policy
-        terms = pol.terms(st, d, nodes)
         total = np.asarray(scores, dtype=float)
+        terms = pol.terms(st, d, nodes, scores=total)
         cands = []
         for k, i in enumerate(nodes):
             g = gpus if int(i) == node else ()

@@ -72,6 +72,19 @@ def test_explanation_lists_candidates_terms_and_winner():
     assert "fgd" in e.format()
 
 
+def test_an_explanation_shows_the_scores_that_chose_even_for_a_random_policy():
+    """The explanation's scores are the ones the decision was made on: a policy that draws at random is
+    not asked again (its winner would not be the explanation's best)."""
+    snap = Snapshot(tuple(node(n, gpus=2) for n in "abcdef"))
+    demands = tuple(Demand(f"d{i}", num_gpus=1, gpu_milli=500) for i in range(8))
+    plan = schedule(PlacementRequest(snap, demands, explain=True), create("random", rng=np.random.default_rng(3)))
+    assert len(plan.explanations) == 8
+    for e in plan.explanations:
+        best = max(e.candidates, key=lambda c: c.score)
+        assert e.winner == best.node, e.format()
+        assert all(c.terms["score"] == c.score for c in e.candidates), e.format()
+
+
 def test_fastgpu_prefers_the_idle_gpu_and_the_node_holding_the_data():
     snap = Snapshot((node("loaded", gpus=1, util=(0.9,)), node("idle", gpus=1), node("data", gpus=1)))
     d_work = Demand("w", num_gpus=1, gpu_milli=500, work_s=2.0)

@@ -253,6 +253,45 @@ def test_a_subtask_is_never_handed_back_to_a_node_that_handed_it_on():
     assert to_c and to_c[0] == "q3", to_c  # to another node it goes first (it is at the back)
 
 
+def test_a_subtask_back_at_the_node_that_handed_it_on_keeps_its_record_there():
+    """The node a subtask was handed to dies and its restarted scheduler forwards the call back to the
+    node that handed it on: that node's record (what explain(ref) reads, the user's ref being its call)
+    keeps the driver's routing and the hand-off, then says where it ran again."""
+    from fastgpu_ray import handoff
+
+    async def main():
+        b = FakeBackend({"n": [16384]})
+        core = await started(b)
+        gate = asyncio.Event()
+
+        async def blocker(w):
+            await gate.wait()
+
+        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="block", work_s=1.0)))
+        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        orig = sub("s", value(7), batch=False)
+        fut = asyncio.ensure_future(core.submit(orig, node_choice="the driver's choice",
+                                                history=("transfer to n: nothing to move",)))
+        await until(lambda: len(core.queue) == 1, what="the queue")
+        (picked, here, there), = handoff.pick(core, [(0.0, 0.0)], lambda st: 0.0, to="b")
+        core.handed_off(picked, "b", here, there)
+        gate.set()
+        again = await core.submit(sub("s", value(7), batch=False), history=("handed over by node n (its queue "
+                                  "was longer)",), rerun="re-run: its node scheduler was restarted on n after node b died")
+        rec = core.explain("s")
+        core.finish_elsewhere(picked, again)
+        out = await fut
+        await first
+        await core.shutdown()
+        return rec, out
+    rec, out = asyncio.run(main())
+    assert out.ok and out.value == 7
+    assert rec.node_choice == "the driver's choice", rec.format()
+    assert rec.history[0] == "transfer to n: nothing to move", rec.history
+    assert any(h.startswith("handed to node b") for h in rec.history), rec.history
+    assert any(h.startswith("re-run") for h in rec.history) and rec.state == "finished", rec.format()
+
+
 def test_hand_off_with_other_jobs_counts_only_the_gpus_the_job_holds():
     """Fair share (other jobs on the cluster): a node's GPUs for hand-offs are this job's live workers
     within its cap, plus GPUs no one holds (a claim away); its queue is played out over those only. Where

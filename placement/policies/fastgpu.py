@@ -142,8 +142,8 @@ class FastGpuPolicy(FgdPolicy):
             ok = sorted(ok, key=lambda g: (state.free[node, g], state.gmem_free[node, g], g))
         return tuple(int(g) for g in ok[: d.num_gpus])
 
-    def terms(self, state, d, nodes):
-        out = super().terms(state, d, nodes)
+    def terms(self, state, d, nodes, scores=None):
+        out = super().terms(state, d, nodes)  # (its "score" term is FGD's, a part of this policy's score)
         out["stranding_growth"] = stranding_growth(state, d, nodes, self.cpu_per_milli)
         out["capability_loss"] = capability_loss(state, d, nodes, self._ensure(state, d, nodes)[1], self.whole)
         out["model_pressure"] = self.pressure[state.model[nodes]]

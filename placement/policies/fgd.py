@@ -111,7 +111,7 @@ class FgdPolicy(Policy):
     def score(self, state, d, nodes):
         return self._ensure(state, d, nodes)[0]
 
-    def terms(self, state, d, nodes):
+    def terms(self, state, d, nodes, scores=None):
         sc = self._scorer_for(state)
         old = sc.frag_now(nodes)
         s, g = self._ensure(state, d, nodes)
