@@ -18,6 +18,7 @@ from .dispatch import Record
 from .options import TaskOptions, make_options, parse_memory_mib
 from .progress import Progress
 from .cluster_status import ClusterStatus
+from .wire import Call
 from .worker import RefSlot
 
 P = ParamSpec("P")
@@ -145,7 +146,7 @@ class RemoteFunction(Generic[P, R]):
             return [_never_fits.remote(why) for _ in sids]
         h = s.scheduler(route.node)
         if len(sids) == 1:
-            out = [h.submit.remote(sids[0], self._wire_opts, box, payloads[0], info)]
+            out = [h.submit.remote(Call(sids[0], self._wire_opts, box, payloads[0], info))]
         else:
             out = list(h.submit_many.options(num_returns=len(sids)).remote(sids, self._wire_opts, box, payloads,
                                                                             info))

@@ -46,7 +46,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from .dispatch import Record, gpu_fraction
 from .errors import NeverFitsError, RetriesExhaustedError
 from .options import TaskOptions
-from .wire import FnBox, Payload, RouteInfo
+from .wire import Call, FnBox, Payload, RouteInfo
 
 log = logging.getLogger("fastgpu.lobby")
 
@@ -145,7 +145,7 @@ class Lobby:
             # (e.opts and e.info: an early run that failed took a retry and said so: _wait_again)
             sent = dataclasses.replace(e.info, history=tuple(e.info.history) + (
                 f"waited {waited:.2f}s in the lobby ({wait}); handed to node {node[:12]}",))
-            got = await asyncio.gather(handle.submit.remote(sid, e.opts, fn, payload, sent), return_exceptions=True)
+            got = await asyncio.gather(handle.submit.remote(Call(sid, e.opts, fn, payload, sent)), return_exceptions=True)
             if not isinstance(got[0], RayActorError):
                 return got[0]  # a RayTaskError value is stored as this call's error, as the node scheduler's was
             # That scheduler retired (idle) before the call reached it: wait again, for any node.

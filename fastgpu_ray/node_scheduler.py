@@ -33,7 +33,7 @@ from .dispatch import DispatchCore, Outcome, Record, Subtask
 from .monitor import NAMESPACE
 from .options import TaskOptions
 from .ray_backend import RayBackend, kill_actors
-from .wire import FnBox, NodeReport, Payload, RouteInfo
+from .wire import Call, FnBox, NodeReport, Payload, RouteInfo
 
 log = logging.getLogger("fastgpu.node")
 
@@ -135,9 +135,9 @@ class NodeScheduler:
             self._arriving.difference_update(sids)
             self._last_busy = self.core.clock()
 
-    async def submit(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
-        with self._counted((sid,)):
-            return await self._submit_one(sid, opts, fn, payload, info)
+    async def submit(self, call: Call):
+        with self._counted((call.sid,)):
+            return await self._submit_one(call.sid, call.opts, call.fn, call.payload, call.info)
 
     async def _submit_one(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo):
         await self.ready()
@@ -309,7 +309,7 @@ class NodeScheduler:
                                 f"inputs here)",), {st.duration_key: learned} if learned else None, st.input_bytes,
                          st.been + (self.here,))
         try:
-            value = await target.submit.remote(st.id, st.opts, FnBox(st.fn_key, st.fn_ref), st.payload, info)
+            value = await target.submit.remote(Call(st.id, st.opts, FnBox(st.fn_key, st.fn_ref), st.payload, info))
             out = Outcome(True, value)
         except ray.exceptions.RayActorError as e:  # the other node's scheduler died: run it here after all
             self.core.take_back(st, f"node {node[:12]} was lost before it returned ({type(e).__name__}): "

@@ -37,6 +37,19 @@ class RouteInfo:
 
 
 @dataclass(frozen=True)
+class Call:
+    """One subtask sent to a node scheduler (``NodeScheduler.submit``), as one argument: Ray serialises each
+    argument of an actor call on its own, and five of them cost the driver about twice one's CPU
+    (measured with a bare async actor: ~250 against ~140 us per call)."""
+
+    sid: str
+    opts: Any  # TaskOptions
+    fn: FnBox
+    payload: Payload
+    info: RouteInfo
+
+
+@dataclass(frozen=True)
 class NodeReport:
     """What a node scheduler tells the driver about its node (``NodeScheduler.report``): ``projected``: the
     node as a new arrival would find it (``DispatchCore.projected_spec``), ``live``: as it is now,
