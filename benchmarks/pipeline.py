@@ -202,7 +202,7 @@ def _warm():
 # ------------------------------------------------------------------------------------------ verdicts
 def verdicts(results: list[Result], timed: bool) -> list[tuple[str, bool]]:
     by = {r.system: r for r in results}
-    base = [by[s] for s in ("ray_reuse", "actor_pool", "actors_rr") if s in by]
+    base = [by[s] for s in ("ray_reuse", "actor_pool") if s in by]  # the issue's baselines
     out = []
     for name in ("fastgpu", "fastgpu_nohint"):
         fg = by.get(name)
@@ -215,8 +215,18 @@ def verdicts(results: list[Result], timed: bool) -> list[tuple[str, bool]]:
         if base and timed:
             best = min(base, key=lambda r: r.wall_s)
             r = fg.wall_s / best.wall_s
-            out.append((f"{name} wall {r:.2f}x the best Ray baseline ({best.system}) (target <= 0.8)", r <= 0.8))
+            out.append((f"{name} wall {r:.2f}x the better of Ray tasks and the ActorPool ({best.system}) "
+                        "(target <= 0.8)", r <= 0.8))
     return out
+
+
+def stricter(results: list[Result]) -> list[str]:
+    """fastgpu's wall against the static round-robin actors (not a target: a uniform chain is local by
+    construction there, and nothing is scheduled)."""
+    by = {r.system: r for r in results}
+    rr = by.get("actors_rr")
+    return [f"{name} wall {by[name].wall_s / rr.wall_s:.2f}x the static round-robin actors (not a target)"
+            for name in ("fastgpu", "fastgpu_nohint") if rr is not None and name in by]
 
 
 def report(results: list[Result], timed: bool, json_out: str | None, mode: str) -> int:
@@ -230,6 +240,9 @@ def report(results: list[Result], timed: bool, json_out: str | None, mode: str) 
               "target applies to the netns run)")
     for text, ok in vs:
         print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+    if timed:
+        for text in stricter(results):
+            print(f"  [info] {text}")
     bad = [r.system for r in results if not r.correct]
     if bad:
         print(f"  [FAIL] wrong results from {bad}")
