@@ -23,6 +23,23 @@ def loaded(b: FakeBackend, seconds: float, power: float = 1.0, v=None):
     return run
 
 
+async def blocked_node(learn: bool = True):
+    """A 1-GPU node whose GPU runs a 1 s subtask ("block") until the returned gate is set, with 0.2 s
+    subtasks of function "fn" learned first (``learn``): (backend, core, gate, the block's future)."""
+    b = FakeBackend({"n": [16384]})
+    core = await started(b)
+    if learn:
+        await core.submit(sub("learn", loaded(b, 0.2), batch=False))
+    gate = asyncio.Event()
+
+    async def blocker(w):
+        await gate.wait()
+
+    first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="block", work_s=1.0)))
+    await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+    return b, core, gate, first
+
+
 def test_run_time_is_learned_without_work_s_normalised_by_load_and_explained():
     async def main():
         b = FakeBackend({"a": [16384, 16384]})
@@ -176,16 +193,7 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
     from fastgpu_ray import handoff
 
     async def main():
-        b = FakeBackend({"n": [16384]})
-        core = await started(b)
-        await core.submit(sub("learn", loaded(b, 0.2), batch=False))
-        gate = asyncio.Event()
-
-        async def blocker(w):
-            await gate.wait()
-
-        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="block", work_s=1.0)))
-        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        b, core, gate, first = await blocked_node()
         futs = [asyncio.ensure_future(core.submit(sub(f"q{i}", value(i), batch=False, priority=5 if i < 2 else 0)))
                 for i in range(6)]
         await until(lambda: len(core.queue) == 6, what="the queue")
@@ -224,16 +232,7 @@ def test_a_subtask_is_never_handed_back_to_a_node_that_handed_it_on():
     from fastgpu_ray import handoff
 
     async def main():
-        b = FakeBackend({"n": [16384]})
-        core = await started(b)
-        await core.submit(sub("learn", loaded(b, 0.2), batch=False))
-        gate = asyncio.Event()
-
-        async def blocker(w):
-            await gate.wait()
-
-        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="block", work_s=1.0)))
-        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        b, core, gate, first = await blocked_node()
         futs = []
         for i in range(4):
             st = sub(f"q{i}", value(i), batch=False)
@@ -260,15 +259,7 @@ def test_a_subtask_back_at_the_node_that_handed_it_on_keeps_its_record_there():
     from fastgpu_ray import handoff
 
     async def main():
-        b = FakeBackend({"n": [16384]})
-        core = await started(b)
-        gate = asyncio.Event()
-
-        async def blocker(w):
-            await gate.wait()
-
-        first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="block", work_s=1.0)))
-        await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+        b, core, gate, first = await blocked_node(learn=False)
         orig = sub("s", value(7), batch=False)
         fut = asyncio.ensure_future(core.submit(orig, node_choice="the driver's choice",
                                                 history=("transfer to n: nothing to move",)))
