@@ -33,6 +33,7 @@ import heapq
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -102,6 +103,34 @@ def template(d: Demand, qos: str) -> str:
     return f"{qos}|{d.cpu_milli}|{d.memory_mib}|{d.num_gpus}x{d.gpu_share}|{','.join(d.gpu_types)}"
 
 
+@dataclass
+class _Replay:
+    """What one replay's rounds read and change (``_round``): the cluster, the queue, the pods' fates."""
+
+    state: ClusterState
+    sched: Scheduler
+    sys_: System
+    wl: Workload
+    demands: list[Demand]  # per trace pod (with its qos priority)
+    shapes: list[tuple]  # per trace pod: what decides where it fits
+    keys: list[str]  # per trace pod: its duration key (``template``)
+    pods: list[int]  # per replayed pod: its trace pod
+    enq: list[float]  # per replayed pod: when it was queued
+    start: np.ndarray
+    end: np.ndarray
+    estimate: Callable[[int], float]  # per replayed pod: its learned run time now
+    heap: ShapeQueue = field(init=False)
+    holds: Holds | None = field(init=False)
+    failed_round: list[int] = field(init=False)  # the round each queued pod last did not fit in
+    leaving: list[tuple[float, int, int, tuple[int, ...]]] = field(default_factory=list)  # (end, pod, node, gpus)
+    freed: set[int] = field(default_factory=set)  # nodes that freed (or whose hold ended) since the last round
+
+    def __post_init__(self) -> None:
+        self.heap = ShapeQueue(lambda i: self.shapes[self.pods[i]])
+        self.holds = Holds() if self.sys_.holds else None
+        self.failed_round = [-2] * len(self.pods)
+
+
 def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: dict[str, int] | None = None,
            round_s: float = ROUND_S, warmup_s: float | None = None) -> DynamicResult:
     prio_of = QOS_PRIORITY if priorities is None else priorities
@@ -112,7 +141,6 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
     state = ClusterState(nodes.names, nodes.cpu, nodes.mem, nodes.gpus, nodes.models, rank=rank)
     pol = registry.create(sys_.policy, rng=rng)
     pol.prepare(state, tp.demands)  # the trace's pods are the typical workload (as the static replay)
-    sched = Scheduler(state, pol)
     model = DurationModel()
 
     n = len(wl.pods)
@@ -123,23 +151,7 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
         demands.append(Demand(d.id, d.cpu_milli, d.memory_mib, d.num_gpus, d.gpu_milli, gpu_types=d.gpu_types,
                               priority=p))
         keys.append(template(d, tp.qos[j]))
-    start = np.full(n, math.nan)
-    end = np.full(n, math.nan)
-    enq = wl.arrive.tolist()
-    failed_round = [-2] * n  # the round each queued pod last did not fit in
     pods = wl.pods.tolist()  # (plain lists: the round's loop indexes them ~250 times per round)
-    shapes = [(d.shape, d.memory_mib, d.gpu_types) for d in demands]  # (host memory is checked, not in shape)
-    ever: dict[tuple, bool] = {}
-    dropped = np.zeros(n, dtype=bool)  # no node could ever hold it: dropped at arrival
-    heap = ShapeQueue(lambda i: shapes[pods[i]])
-    holds = Holds() if sys_.holds else None
-    leaving: list[tuple[float, int, int, tuple[int, ...]]] = []  # (end, pod, node, gpus)
-    series = []
-    freed: set[int] = set()
-    ai = rounds = placements = 0
-    t = 0.0
-    t0 = time.perf_counter()
-
     memo: dict[str, float] = {}  # estimates of this round (the model changes only as pods leave)
 
     def estimate(i: int) -> float:
@@ -149,6 +161,16 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
             v = memo[k] = model.estimate(k).seconds
         return v
 
+    r = _Replay(state, Scheduler(state, pol), sys_, wl, demands,
+                [(d.shape, d.memory_mib, d.gpu_types) for d in demands],  # (host memory is checked, not in shape)
+                keys, pods, wl.arrive.tolist(), np.full(n, math.nan), np.full(n, math.nan), estimate)
+    heap, holds, leaving, freed = r.heap, r.holds, r.leaving, r.freed
+    ever: dict[tuple, bool] = {}
+    dropped = np.zeros(n, dtype=bool)  # no node could ever hold it: dropped at arrival
+    series = []
+    ai = rounds = placements = 0
+    t = 0.0
+    t0 = time.perf_counter()
     while True:
         nxt = min(wl.arrive[ai] if ai < n else math.inf, leaving[0][0] if leaving else math.inf)
         if nxt >= wl.horizon_s:
@@ -168,7 +190,7 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
             model.observe(keys[pods[i]], wl.run_s[i])
         while ai < n and wl.arrive[ai] <= t:
             d = demands[pods[ai]]
-            k = shapes[pods[ai]]
+            k = r.shapes[pods[ai]]
             if k not in ever:
                 ever[k] = state.could_ever_fit(d)
             if ever[k]:
@@ -178,31 +200,31 @@ def replay(nodes: Nodes, wl: Workload, sys_: System, seed: int, *, priorities: d
             ai += 1
         rounds += 1
         if heap:
-            placements += _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rounds, freed,
-                                 failed_round, start, end, leaving, estimate, enq, holds)
+            placements += _round(r, t, rounds)
         series.append((t, state.allocated_milli(), len(heap)))
     secs = time.perf_counter() - t0
     gpus = np.array([gpus_of(demands[j]) for j in wl.pods])
     return DynamicResult(sys_.name, seed, wl.load, wl.cap_s if warmup_s is None else warmup_s, wl.horizon_s,
-                         state.capacity_milli(), wl.arrive, start, end, gpus,
+                         state.capacity_milli(), wl.arrive, r.start, r.end, gpus,
                          [gpu_class(tp.demands[j]) for j in wl.pods], [tp.qos[j] for j in wl.pods], dropped,
                          np.array(series, dtype=float).reshape(-1, 3), secs, rounds, placements,
                          wl.figures())
 
 
-def _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rnd, freed, failed_round, start, end,
-           leaving, estimate, enq, holds) -> int:
-    """One round of the queue discipline at time ``t``; returns the pods started."""
-    if freed:  # upper bounds of what the nodes freed since the last round can hold
-        rows = np.fromiter(freed, dtype=np.int64)
+def _round(r: _Replay, t: float, rnd: int) -> int:
+    """Round ``rnd`` of the queue discipline at time ``t``; returns the pods started."""
+    state, sched, heap, holds, demands, pods = r.state, r.sched, r.heap, r.holds, r.demands, r.pods
+    failed_round, start, end, run_s = r.failed_round, r.start, r.end, r.wl.run_s
+    if r.freed:  # upper bounds of what the nodes freed since the last round can hold
+        rows = np.fromiter(r.freed, dtype=np.int64)
         cpu, mem = state.cpu_left[rows].max(), state.mem_left[rows].max()
         share, whole = state.max_free[rows].max(), state.nfull[rows].max()
     else:
         cpu = mem = share = whole = -1
-    pinned = (lambda i: demands[pods[i]].num_gpus > 1) if sys_.holds else None
-    front = (best_first(heap, t, estimate, lambda i: keys[pods[i]], enq.__getitem__, pinned=pinned)
-             if sys_.best_match else None)
-    scan = Scan(heap, front, sys_.limit, sys_.shapes_aside)
+    pinned = (lambda i: demands[pods[i]].num_gpus > 1) if r.sys_.holds else None
+    front = (best_first(heap, t, r.estimate, lambda i: r.keys[pods[i]], r.enq.__getitem__, pinned=pinned)
+             if r.sys_.best_match else None)
+    scan = Scan(heap, front, r.sys_.limit, r.sys_.shapes_aside)
     started = 0
     try:
         for entry in scan:
@@ -225,8 +247,8 @@ def _round(state, sched, heap, demands, shapes, pods, keys, wl, sys_, t, rnd, fr
                     cpu, mem = max(cpu, state.cpu_left[opened]), max(mem, state.mem_left[opened])
                     share, whole = max(share, state.max_free[opened]), max(whole, state.nfull[opened])
             start[i] = t
-            end[i] = t + wl.run_s[i]
-            heapq.heappush(leaving, (end[i], i, dec.node, dec.gpus))
+            end[i] = t + run_s[i]
+            heapq.heappush(r.leaving, (end[i], i, dec.node, dec.gpus))
             started += 1
     finally:
         scan.close()
