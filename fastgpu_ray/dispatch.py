@@ -161,7 +161,6 @@ class Subtask:
     # Bytes of its arguments (refs included) where known: before it runs, as the sender saw them (None: a
     # ref of unknown size); once it ran, as the worker measured them. Learned run times scale with them.
     input_bytes: int | None = None
-    been: tuple[str, ...] = ()  # nodes that handed it on to this one (fastgpu_ray.handoff): not handed back
 
     def demand(self, context_mib: int = 0) -> Demand:
         return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib,
@@ -278,8 +277,9 @@ class DispatchCore:
                            history=list(history))
         prev = self.records.get(st.id)
         if prev is not None and prev.state == "handed off":
-            # Back here (the node it was handed to died, and the restarted scheduler forwards its calls
-            # to this node): this record replaces the one explain(ref) reads here, so it keeps its story.
+            # Back here: handed back by the node it was handed to, or forwarded by that node's scheduler
+            # restarted here after the node died. This record replaces the one explain(ref) reads here,
+            # so it keeps that one's story.
             st.record.node_choice = prev.node_choice
             st.record.history[:0] = prev.history
         self._remember(st.record)

@@ -25,9 +25,9 @@ has a GPU about to be free, as much as starts there within ``HORIZON_S``.
 Candidates come from the back of the queue (they wait longest), so lower-priority subtasks go before
 higher ones and priorities in a job stay strict. Gangs (``num_gpus`` > 1) and subtasks with declared GPU
 types stay. A subtask handed over may be handed on again (the routing of a first wave, before any
-report said how long its work is, is undone this way), each move paying off by itself, but never back to
-a node it was handed on from (that node keeps its record of it, the one ``fastgpu.explain`` reads, and a
-second arrival there would replace it; and the move back would only undo one that paid); no node receives
+report said how long its work is, is undone this way), each move paying off by itself, back to a node it
+came through too (the arbiter may have moved the job's GPUs back there; that node's record of it, the one
+``fastgpu.explain`` reads, keeps its story: ``DispatchCore.submit``); no node receives
 again before a report shows what it received, so queues do not swing back and forth on stale reports.
 A handed subtask's result comes back through the node that handed it (the user's ref is that node's
 call): one copy of the result crosses back per move.
@@ -53,13 +53,12 @@ def scan(gpus: int) -> int:
 
 
 def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[[Subtask], float],
-         cost: CostModel | None = None, to: str | None = None) -> list[tuple[Subtask, float, float]]:
+         cost: CostModel | None = None) -> list[tuple[Subtask, float, float]]:
     """(subtask, estimated finish here, there) for the queued subtasks of ``core`` that finish sooner on
     the other node, whose GPUs are ``there`` = (seconds until free, outside load) each;
     ``move_s(subtask)``: seconds to move its inputs there (a move overlaps the wait for the GPU). A
     candidate's own run is priced with ``cost.compute_s`` on both sides (its tail risk on a slower GPU
-    too). ``to``: the other node's id (a subtask handed on from there before stays). The picked ones are
-    taken off ``core``'s queue."""
+    too). The picked ones are taken off ``core``'s queue."""
     cost = cost or CostModel()
     items = sorted(x for x in core.queue if not (x[2].future is not None and x[2].future.done()))
     if not items or not there:
@@ -81,7 +80,7 @@ def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[
     picked = []
     for item, here in reversed(plan[-scan(len(slots)):]):
         st = item[2]
-        if st.opts.gpu_count > 1 or st.opts.gpu_types or to in st.been:
+        if st.opts.gpu_count > 1 or st.opts.gpu_types:
             continue
         est, move = core.estimate(st), move_s(st)
         if now - st.enqueued < move:  # delay scheduling: it waits for its data's node as long as a move takes

@@ -191,7 +191,7 @@ class NodeScheduler:
         if info.learned:  # what the driver learned from other nodes: a prior until this node has learned more
             self.core.durations.adopt(info.learned)
         st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False,
-                     input_bytes=info.input_bytes if refs else len(payload.blob), been=info.been)
+                     input_bytes=info.input_bytes if refs else len(payload.blob))
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
                                       inputs_ready=self.deps.ready(refs) if refs else None)
 
@@ -296,8 +296,7 @@ class NodeScheduler:
             log.debug("locating inputs for a hand-off failed", exc_info=True)
             return 0
         cost = CostModel(link_bandwidth=bandwidth)
-        picked = handoff.pick(self.core, there, lambda st: cost.transfer_s(unmoved.get(st.id, math.inf)), cost,
-                              to=node)
+        picked = handoff.pick(self.core, there, lambda st: cost.transfer_s(unmoved.get(st.id, math.inf)), cost)
         for st, here, there in picked:
             self.core.handed_off(st, node, here, there)
             asyncio.ensure_future(self._forward(st, node, target))
@@ -306,8 +305,7 @@ class NodeScheduler:
     async def _forward(self, st: Subtask, node: str, target) -> None:
         learned = self.core.durations.entry(st.duration_key)
         info = RouteInfo(None, (f"handed over by node {self.here[:12]} (its queue was longer than moving the "
-                                f"inputs here)",), {st.duration_key: learned} if learned else None, st.input_bytes,
-                         st.been + (self.here,))
+                                f"inputs here)",), {st.duration_key: learned} if learned else None, st.input_bytes)
         try:
             value = await target.submit.remote(Call(st.id, st.opts, FnBox(st.fn_key, st.fn_ref), st.payload, info))
             out = Outcome(True, value)

@@ -33,7 +33,6 @@ class RouteInfo:
     history: tuple[str, ...] = ()
     learned: dict | None = None  # the driver's learned run time of this subtask's function (DurationModel.summary)
     input_bytes: int | None = None  # its arguments' bytes, refs included, where the sender knows them all
-    been: tuple[str, ...] = ()  # nodes that handed it on before (each keeps its record): never handed back there
 
 
 @dataclass(frozen=True)

@@ -226,36 +226,12 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
     assert {r.node for r in list(recs.values())[1:]} == {"other"}
 
 
-def test_a_subtask_is_never_handed_back_to_a_node_that_handed_it_on():
-    """A subtask handed on from node "a" (``Subtask.been``) may go to a third node but not back to "a":
-    "a" keeps its record of it (what ``fastgpu.explain`` reads), which a second arrival would replace."""
-    from fastgpu_ray import handoff
-
-    async def main():
-        b, core, gate, first = await blocked_node()
-        futs = []
-        for i in range(4):
-            st = sub(f"q{i}", value(i), batch=False)
-            st.been = ("a",) if i == 3 else ()
-            futs.append(asyncio.ensure_future(core.submit(st)))
-        await until(lambda: len(core.queue) == 4, what="the queue")
-        to_a = handoff.pick(core, [(0.0, 0.0)], lambda st: 0.0, to="a")
-        to_c = handoff.pick(core, [(0.0, 0.0)], lambda st: 0.0, to="c")
-        for st, _, _ in to_a + to_c:
-            core.finish_elsewhere(st, Outcome(True, "elsewhere"))
-        gate.set()
-        await asyncio.gather(first, *futs)
-        await core.shutdown()
-        return [st.id for st, _, _ in to_a], [st.id for st, _, _ in to_c]
-    to_a, to_c = asyncio.run(main())
-    assert to_a and "q3" not in to_a, to_a  # the back of the queue went, but not the one from "a"
-    assert to_c and to_c[0] == "q3", to_c  # to another node it goes first (it is at the back)
-
-
-def test_a_subtask_back_at_the_node_that_handed_it_on_keeps_its_record_there():
-    """The node a subtask was handed to dies and its restarted scheduler forwards the call back to the
-    node that handed it on: that node's record (what explain(ref) reads, the user's ref being its call)
-    keeps the driver's routing and the hand-off, then says where it ran again."""
+@pytest.mark.parametrize("rerun", [None, "re-run: its node scheduler was restarted on n after node b died"])
+def test_a_subtask_back_at_the_node_that_handed_it_on_keeps_its_record_there(rerun):
+    """A subtask comes back to the node that handed it on: handed back (the arbiter moved its job's GPUs
+    there again), or forwarded by the other node's scheduler restarted there after that node died
+    (``rerun``). That node's record (what explain(ref) reads, the user's ref being its call) keeps the
+    driver's routing and the hand-off, then says where it ran."""
     from fastgpu_ray import handoff
 
     async def main():
@@ -264,11 +240,11 @@ def test_a_subtask_back_at_the_node_that_handed_it_on_keeps_its_record_there():
         fut = asyncio.ensure_future(core.submit(orig, node_choice="the driver's choice",
                                                 history=("transfer to n: nothing to move",)))
         await until(lambda: len(core.queue) == 1, what="the queue")
-        (picked, here, there), = handoff.pick(core, [(0.0, 0.0)], lambda st: 0.0, to="b")
+        (picked, here, there), = handoff.pick(core, [(0.0, 0.0)], lambda st: 0.0)
         core.handed_off(picked, "b", here, there)
         gate.set()
         again = await core.submit(sub("s", value(7), batch=False), history=("handed over by node n (its queue "
-                                  "was longer)",), rerun="re-run: its node scheduler was restarted on n after node b died")
+                                  "was longer)",), rerun=rerun)
         rec = core.explain("s")
         core.finish_elsewhere(picked, again)
         out = await fut
@@ -280,7 +256,9 @@ def test_a_subtask_back_at_the_node_that_handed_it_on_keeps_its_record_there():
     assert rec.node_choice == "the driver's choice", rec.format()
     assert rec.history[0] == "transfer to n: nothing to move", rec.history
     assert any(h.startswith("handed to node b") for h in rec.history), rec.history
-    assert any(h.startswith("re-run") for h in rec.history) and rec.state == "finished", rec.format()
+    assert any(h.startswith("handed over by node n") for h in rec.history), rec.history
+    assert any(h.startswith("placed on n") for h in rec.history) and rec.state == "finished", rec.format()
+    assert (rerun is None) != any(h.startswith("re-run") for h in rec.history), rec.history
 
 
 def test_hand_off_with_other_jobs_counts_only_the_gpus_the_job_holds():
