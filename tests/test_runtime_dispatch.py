@@ -550,28 +550,20 @@ def test_a_multi_gpu_subtask_holds_its_node_so_single_gpu_work_behind_it_does_no
     async def main():
         b = FakeBackend({"n1": [16384, 16384]})
         core = await started(b)
-        gates = {k: asyncio.Event() for k in ("a", "b")}
-
-        async def gated(k):
-            await gates[k].wait()
-
-        first = [asyncio.ensure_future(core.submit(sub(k, lambda w, k=k: gated(k), fn=k, batch=False)))
-                 for k in ("a", "b")]
-        await until(lambda: all(core.explain(k) and core.explain(k).state == "running" for k in ("a", "b")),
-                    what="a and b running")
+        (gate_a, first_a), (gate_b, first_b) = [await block_gpu(core, k, fn=k, batch=False) for k in ("a", "b")]
         wide = asyncio.ensure_future(core.submit(sub("wide", value("w"), fn="wide", num_gpus=2, batch=False)))
         await until(lambda: len(core.queue) == 1, what="wide queued")
         small = [asyncio.ensure_future(core.submit(sub(f"s{i}", sleeper(0.05, i), fn="s", batch=False)))
                  for i in range(3)]
         await until(lambda: len(core.queue) == 4, what="the small ones queued")
-        gates["b"].set()
-        await first[1]
+        gate_b.set()
+        await first_b
         await asyncio.sleep(0.3)  # many rounds with one GPU free
         held = [r.sid for r in b.runs]
         urgent = asyncio.ensure_future(core.submit(sub("urgent", value("u"), fn="u", priority=5, batch=False)))
         await urgent
-        gates["a"].set()
-        await asyncio.gather(first[0], wide, *small)
+        gate_a.set()
+        await asyncio.gather(first_a, wide, *small)
         await core.shutdown()
         return held, [r.sid for r in b.runs]
     held, ran = asyncio.run(main())

@@ -10,7 +10,7 @@ import pytest
 
 from fastgpu_ray.dispatch import Outcome, Record
 from placement.cost import slowdown
-from test_runtime_dispatch import FakeBackend, claim_gpus, started, sub, until, value
+from test_runtime_dispatch import FakeBackend, block_gpu, claim_gpus, started, sub, until, value
 
 
 def loaded(b: FakeBackend, seconds: float, power: float = 1.0, v=None):
@@ -30,13 +30,7 @@ async def blocked_node(learn: bool = True):
     core = await started(b)
     if learn:
         await core.submit(sub("learn", loaded(b, 0.2), batch=False))
-    gate = asyncio.Event()
-
-    async def blocker(w):
-        await gate.wait()
-
-    first = asyncio.ensure_future(core.submit(sub("block", lambda w: blocker(w), fn="block", work_s=1.0)))
-    await until(lambda: core.explain("block") and core.explain("block").state == "running", what="block")
+    gate, first = await block_gpu(core, fn="block", work_s=1.0)
     return b, core, gate, first
 
 

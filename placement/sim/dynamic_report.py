@@ -98,9 +98,9 @@ def worst_qos(s: dict, base: dict) -> float | None:
     worst = None
     for q in QOS:
         for k in (f"wait_by_qos.{q}.mean", f"wait_all_by_qos.{q}"):
-            if _mean(s.get(k, [None])) is not None and _mean(base.get(k, [None])):
-                x = _mean(s[k]) / _mean(base[k])
-                worst = x if worst is None else max(worst, x)
+            mine, theirs = _mean(s.get(k, [None])), _mean(base.get(k, [None]))
+            if mine is not None and theirs:
+                worst = mine / theirs if worst is None else max(worst, mine / theirs)
     return worst
 
 
