@@ -658,6 +658,16 @@ class DispatchCore:
             self.queue.remove(lambda x: x[2].future is not None and x[2].future.done())
         if not self.queue:
             return 0
+        heads = self.queue.shape_heads()
+        if not any(d is None or self.can_start_now(d) for d in (_safe_demand(self, st) for st in heads)):
+            # No GPU takes any queued shape now (and none can be claimed): a round would rebuild the state
+            # and place each shape's head only to learn that. Most rounds of a busy node are these; the next
+            # completion, arrival or new worker wakes the loop again.
+            for st in heads:
+                self._note_fair_wait(st)
+            self.metrics.queued(len(self.queue))
+            self.on_change()
+            return 0
         t0 = time.perf_counter()
         state = ClusterState.from_snapshot(self.placement_snapshot())
         state.max_side_by_side = self.max_slots

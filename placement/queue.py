@@ -123,6 +123,10 @@ class ShapeQueue:
                 heapq.heappush(self._heads, (sub[0], s))
         self._aside.clear()
 
+    def shape_heads(self) -> list[Any]:
+        """The first item of each shape (every shape, set aside or not): one per way of fitting."""
+        return [sub[0][2] for sub in self._subs.values() if sub]
+
     def head(self, k: int) -> list[Entry]:
         """The ``k`` first entries in order, left queued (O(k log n): a round must not read a backlog)."""
         out = []

@@ -591,3 +591,34 @@ def test_a_subtask_cancelled_deep_in_a_queue_leaves_it_at_the_next_round():
         await core.shutdown()
         return left
     assert asyncio.run(main()) == ["w0", "w2"]
+
+
+def test_rounds_place_nothing_while_no_queued_subtask_can_start(monkeypatch):
+    """While every GPU that could take the queued work is busy (and none can be claimed), a wake-up (an
+    arrival, telemetry) costs no placement: a round would rebuild its state and place the queue's head only
+    to find that out (most rounds of a busy node scheduler were these)."""
+    import placement.scheduler
+
+    calls = []
+    real = placement.scheduler.Scheduler.place
+    monkeypatch.setattr(placement.scheduler.Scheduler, "place",
+                        lambda self, d, **kw: calls.append(d.id) or real(self, d, **kw))
+
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        gate, first = await block_gpu(core, fn="b", batch=False)
+        calls.clear()
+        waiting = []
+        for i in range(5):  # each arrival wakes the loop; telemetry does too (every 50 ms)
+            waiting.append(asyncio.ensure_future(core.submit(sub(f"w{i}", value(i), fn="w", batch=False))))
+            await asyncio.sleep(0.05)
+        await until(lambda: len(core.queue) == 5, what="five queued")
+        idle_calls = list(calls)
+        gate.set()
+        outs = await asyncio.gather(first, *waiting)
+        await core.shutdown()
+        return idle_calls, [o.value for o in outs[1:]]
+    idle_calls, values = asyncio.run(main())
+    assert values == [0, 1, 2, 3, 4]
+    assert idle_calls == [], idle_calls
