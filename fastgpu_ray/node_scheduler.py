@@ -60,6 +60,15 @@ def placement_options(session: str, home: str, gpu_nodes: list[str]) -> dict:
     return opts
 
 
+def _material(state: dict, share) -> dict:
+    """What of a share report changes the arbiter's decisions: ``running`` never does (it is for ``fastgpu
+    status``, sent with the next report), and ``queued`` only ranks jobs against each other, so a job alone
+    on the cluster reports a changed backlog with its heartbeat, not twenty times a second (the arbiter
+    would recompute every share for each)."""
+    skip = ("running",) if share is not None and share.jobs > 1 else ("running", "queued")
+    return {k: v for k, v in state.items() if k not in skip}
+
+
 @ray.remote(num_cpus=0, max_concurrency=100_000, max_restarts=-1, max_task_retries=-1)
 class NodeScheduler:
     def __init__(self, session: str, home: str, policy: str, idle_timeout_s: float, emulated_memory_mib: int,
@@ -212,7 +221,7 @@ class NodeScheduler:
             if arbiter is not None and beats % SCALING_BEATS == 1:
                 await self._idle_bound(arbiter)
             state = dict(self.core.share_state(), weight=self.job_weight, ray_job=self.ray_job, label=self.session)
-            if state == last:
+            if last is not None and _material(state, self.core.share) == _material(last, self.core.share):
                 continue
             try:
                 first = arbiter is None

@@ -152,3 +152,16 @@ def test_a_grant_stands_while_its_worker_starts():
         caps = {k: s.cap for k, s in book.decide().items()}
         assert [n for n in ("n1", "n2") if caps[("b", n)] > 0] == granted
         assert sum(caps[("b", n)] for n in ("n1", "n2")) == 2
+
+
+def test_a_job_alone_does_not_report_every_change_of_its_backlog():
+    """A node scheduler reports to the arbiter when what it reports changes: a running count never
+    changes a share, a queue length only ranks jobs against each other (so only with others)."""
+    from fastgpu_ray.node_scheduler import _material
+
+    before = dict(gpu_total=2, held=2, claiming=0, want=2, running=2, queued=9, weight=1.0)
+    busier = dict(before, running=1, queued=30)
+    assert _material(before, None) == _material(busier, None)
+    assert _material(before, Share(cap=2, jobs=1)) == _material(busier, Share(cap=2, jobs=1))
+    assert _material(before, Share(cap=1, jobs=2)) != _material(busier, Share(cap=1, jobs=2))
+    assert _material(before, None) != _material(dict(before, want=1), None)  # the GPUs it could use: always
