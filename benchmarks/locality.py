@@ -258,6 +258,9 @@ def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = No
             results.append(res)
             print(f"  {reg.name:10s} {s:10s} {dt:7.2f} s  moved {res.moved_frac:5.2f} of {sum(sizes) / MiB:.0f} MiB"
                   f"  ran on {where}" + ("" if ok else "  WRONG RESULTS"), flush=True)
+            # No ref to this run's shards outlives it (``locs`` holds them too): kept, they filled the object
+            # stores during the next system's run.
+            inputs = objs = locs = None
             del inputs, objs, out
             time.sleep(0.5)  # let Ray free the copies before the next system produces its shards
     return results

@@ -190,7 +190,10 @@ def run_all(systems, n: int, mib: int, work_s: float, link_counter=None) -> list
         print(f"  {system:15s} {res.wall_s:7.2f} s  moved {res.moved_frac:5.2f} of {res.intermediate_bytes / MiB:.0f} MiB"
               f"  on the driver's node {res.on_driver_bytes / MiB:.0f} MiB" + ("" if ok else "  WRONG RESULTS"),
               flush=True)
-        del a, b, c
+        # Every ref to this system's intermediates goes now (``inter`` and ``locs`` hold them too): kept, they
+        # filled the object stores during the next system's run (a quarter of each in this setting), and
+        # whichever system came second ran with its stores nearly full (spilling).
+        a = b = c = inter = locs = None
         time.sleep(1.0)  # let Ray free the intermediates before the next system
     return results
 
