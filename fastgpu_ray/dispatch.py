@@ -268,6 +268,52 @@ class DispatchCore:
         restarted after a node died): it counts against the subtask's ``max_retries``. ``inputs_ready``:
         an awaitable that the subtask waits for (state "waiting for inputs", explainable) before it is
         queued, so waiting for a producer holds no GPU."""
+        now = self.clock()
+        early = self._admit(st, node_choice, history, rerun)
+        if early is not None:
+            if hasattr(inputs_ready, "close"):
+                inputs_ready.close()  # never awaited: nothing to wait for
+            return early
+        try:
+            if inputs_ready is not None:
+                st.record.state = "waiting for inputs"
+                self.waiting[st.id] = st
+                try:
+                    await inputs_ready
+                finally:
+                    self.waiting.pop(st.id, None)
+                if self.clock() - now > 0.01:
+                    st.record.history.append(f"inputs on this node after {self.clock() - now:.3f}s")
+                st.enqueued = self.clock()
+            self._enqueue(st)
+            return await st.future
+        except asyncio.CancelledError:  # ray.cancel(ref) / fastgpu.cancel: drop it, stop it if it runs
+            self.cancel(st)
+            raise
+
+    async def submit_all(self, subtasks: list[Subtask], *, node_choice: Explanation | None = None,
+                         history: tuple = (), rerun: str | None = None) -> list[Outcome]:
+        """``submit`` for subtasks that take no ObjectRef (a map chunk), each queued at once: no asyncio task
+        per subtask (a chunk of 64 made 64 of them). Cancelled, it cancels those not finished."""
+        early = [self._admit(st, node_choice, history, rerun) for st in subtasks]
+        waits = []
+        for st, out in zip(subtasks, early):
+            if out is None:
+                self._enqueue(st)
+                waits.append(st.future)
+        try:
+            await asyncio.gather(*waits)
+        except asyncio.CancelledError:
+            for st, out in zip(subtasks, early):
+                if out is None and st.future.cancelled():
+                    self.cancel(st)
+            raise
+        return [out if out is not None else st.future.result() for st, out in zip(subtasks, early)]
+
+    def _admit(self, st: Subtask, node_choice: Explanation | None, history: tuple,
+               rerun: str | None) -> Outcome | None:
+        """What ``submit`` does before queueing: the subtask's future and record. Returns the subtask's
+        outcome when it ends here (shut down; a re-run with no retries left), else None."""
         if self._closed:
             return Outcome(False, self.backend.fail("fastgpu is shut down", RuntimeError("fastgpu is shut down")))
         st.future = asyncio.get_running_loop().create_future()
@@ -288,27 +334,10 @@ class DispatchCore:
                 msg = f"subtask {st.id} gave up after 0 retries: {rerun}"
                 st.record.error = msg
                 st.record.state = "failed"
-                if hasattr(inputs_ready, "close"):
-                    inputs_ready.close()  # never awaited: nothing to wait for
                 return Outcome(False, self.backend.fail(msg, _exhausted(msg)))
             st.retries = st.record.retries = 1
             st.record.history.append(rerun)
-        try:
-            if inputs_ready is not None:
-                st.record.state = "waiting for inputs"
-                self.waiting[st.id] = st
-                try:
-                    await inputs_ready
-                finally:
-                    self.waiting.pop(st.id, None)
-                if self.clock() - now > 0.01:
-                    st.record.history.append(f"inputs on this node after {self.clock() - now:.3f}s")
-                st.enqueued = self.clock()
-            self._enqueue(st)
-            return await st.future
-        except asyncio.CancelledError:  # ray.cancel(ref) / fastgpu.cancel: drop it, stop it if it runs
-            self.cancel(st)
-            raise
+        return None
 
     def cancel(self, st: Subtask) -> None:
         """Cancel ``st``: a queued subtask is dropped (the next round skips it); a running one is stopped
@@ -819,28 +848,28 @@ class DispatchCore:
         heap = [(t, i) for i, t in enumerate(until)]
         heapq.heapify(heap)
         starts = []
-        runs: dict = {}  # (function, options) -> each GPU's run time for one such subtask: a queue of
-        #                  thousands holds a few kinds, and the driver asks for this play-out twice a second
+        runs: dict = {}  # (function, options) -> (GPUs it takes, each GPU's run time for one such subtask):
+        #                  a queue of thousands holds a few kinds, and the driver asks for this twice a second
+        if not until:
+            return [(math.inf, -1)] * len(subtasks), until
         for st in subtasks:
-            if not until:
-                starts.append((math.inf, -1))
-                continue
-            k = min(max(st.opts.gpu_count, 1), len(until))
+            # (the subtasks of one submit call share one options object; a learned run time may scale with
+            # input bytes: sizes within ~19 % of each other share one estimate)
+            nb = st.input_bytes
+            kind = (st.fn_key, id(st.opts), round(4 * math.log2(nb)) if nb else None)
+            got = runs.get(kind)
+            if got is None:
+                est = self.estimate(st)
+                share = gpu_fraction(st) / max(st.opts.gpu_count, 1)
+                got = runs[kind] = (min(max(st.opts.gpu_count, 1), len(until)),
+                                    [cost.compute_s(est.seconds, util) * share for _, util in free])
+            k, run = got
             if k == 1:
                 t, i = heapq.heappop(heap)
                 pick = [i]
             else:  # (rare: take the k GPUs free first and rebuild the heap)
                 pick = sorted(range(len(until)), key=until.__getitem__)[:k]
                 t = max(until[i] for i in pick)
-            # (the subtasks of one submit call share one options object; a learned run time may scale with
-            # input bytes: sizes within ~19 % of each other share one estimate)
-            nb = st.input_bytes
-            kind = (st.fn_key, id(st.opts), round(4 * math.log2(nb)) if nb else None)
-            run = runs.get(kind)
-            if run is None:
-                est = self.estimate(st)
-                share = gpu_fraction(st) / max(st.opts.gpu_count, 1)
-                run = runs[kind] = [cost.compute_s(est.seconds, util) * share for _, util in free]
             for i in pick:
                 until[i] = t + run[i]
             if k == 1:

@@ -6,6 +6,7 @@ never reaches the cluster.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class TaskOptions:
     combine: Callable[[list], Any] | None = None
     batch: bool = True  # may be sent to a worker together with other small queued subtasks
 
-    @property
+    @functools.cached_property  # (read several times per subtask per round: keys, demands, play-outs)
     def gpu_milli(self) -> int:
         """Per-GPU share in milli for the placement Demand. A subtask that shares by memory takes the
         smallest share (1 milli) so that a GPU held whole by another subtask (no share left) rejects it."""
@@ -76,7 +77,7 @@ class TaskOptions:
             return int(round(self.num_gpus * GPU_MILLI))
         return 1 if self.gpu_memory_mib and self.num_gpus == 1 else GPU_MILLI
 
-    @property
+    @functools.cached_property
     def gpu_count(self) -> int:
         return max(1, int(self.num_gpus))
 
