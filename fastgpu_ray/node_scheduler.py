@@ -168,8 +168,16 @@ class NodeScheduler:
         if self.delegate is not None:
             return tuple(await asyncio.gather(*(self.delegate.rerun.remote(s, opts, fn, p, info, self._rerun())
                                                 for s, p in zip(sids, payloads)), return_exceptions=True))
-        outs = await asyncio.gather(*(self._submit(s, opts, fn, p, info, self._rerun())
-                                      for s, p in zip(sids, payloads)))
+        if any(p.refs or p.nested_refs for p in payloads):  # (a chunk the user sized, with inputs)
+            outs = await asyncio.gather(*(self._submit(s, opts, fn, p, info, self._rerun())
+                                          for s, p in zip(sids, payloads)))
+        else:  # a map chunk: queued at once, one await for all
+            if info.learned:
+                self.core.durations.adopt(info.learned)
+            sts = [Subtask(s, opts, fn.key, fn.ref, p, locate_inputs=False, input_bytes=len(p.blob))
+                   for s, p in zip(sids, payloads)]
+            outs = await self.core.submit_all(sts, node_choice=info.node_choice, history=info.history,
+                                              rerun=self._rerun())
         return tuple(o.value for o in outs)
 
     async def rerun(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo,

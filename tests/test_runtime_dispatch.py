@@ -622,3 +622,27 @@ def test_rounds_place_nothing_while_no_queued_subtask_can_start(monkeypatch):
     idle_calls, values = asyncio.run(main())
     assert values == [0, 1, 2, 3, 4]
     assert idle_calls == [], idle_calls
+
+
+def test_a_chunk_queued_at_once_gives_every_outcome_and_cancels_whole():
+    """``submit_all`` (a map chunk: no task per subtask) resolves each subtask's outcome in order; cancelled
+    (``ray.cancel`` of the chunk's call), its queued subtasks leave the queue and say so, and the core
+    goes on serving others."""
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        outs = await core.submit_all([sub(f"c{i}", value(i), fn="c") for i in range(5)])
+        gate, first = await block_gpu(core, fn="b", batch=False)
+        chunk = asyncio.ensure_future(core.submit_all([sub(f"q{i}", value(i), fn="q") for i in range(3)]))
+        await until(lambda: len(core.queue) == 3, what="the chunk queued behind the blocked GPU")
+        chunk.cancel()
+        await until(lambda: not core.queue, what="the cancelled chunk off the queue", timeout_s=3)
+        gate.set()
+        await first
+        after = await core.submit(sub("after", value(9), fn="c"))
+        states = [core.explain(f"q{i}").state for i in range(3)]
+        await core.shutdown()
+        return [o.value for o in outs], chunk.cancelled(), states, after.value
+    values, cancelled, states, after = asyncio.run(main())
+    assert values == [0, 1, 2, 3, 4] and cancelled and after == 9
+    assert states == ["cancelled"] * 3, states
