@@ -155,6 +155,7 @@ class Subtask:
     retries: int = 0
     min_memory_mib: int = 0
     fair_wait_noted: bool = False  # its history says it waited for fair share (said once)
+    placed_once: bool = False  # a round placed it since it was last queued (new heads always get a round)
     future: asyncio.Future | None = None
     record: Record | None = None
     locate_inputs: bool = True  # False in a node scheduler: the driver already chose the node by data
@@ -370,6 +371,7 @@ class DispatchCore:
                 f"fastgpu.shutdown() was called before subtask {st.id} could be placed again"))))
             return
         st.seq = next(self._seq)
+        st.placed_once = False
         st.record.state = "queued"
         self.queue.push((-st.opts.priority, st.seq, st))
         self._wake.set()  # (the queue-depth gauge is set once per round: a Ray metric per submit is costly)
@@ -688,10 +690,13 @@ class DispatchCore:
         if not self.queue:
             return 0
         heads = self.queue.shape_heads()
-        if not any(d is None or self.can_start_now(d) for d in (_safe_demand(self, st) for st in heads)):
-            # No GPU takes any queued shape now (and none can be claimed): a round would rebuild the state
-            # and place each shape's head only to learn that. Most rounds of a busy node are these; the next
-            # completion, arrival or new worker wakes the loop again.
+        if all(st.placed_once for st in heads) and not any(
+                d is None or self.can_start_now(d) for d in (_safe_demand(self, st) for st in heads)):
+            # Every shape's head was placed since it was queued and no GPU takes any queued shape now (none
+            # can be claimed either): a round would rebuild the state and place each head only to learn
+            # that again. Most rounds of a busy node are these; the next completion, arrival or new worker
+            # wakes the loop again. (A head never placed gets its round: placement may find it can never
+            # fit, which fails it at once, and it gets its explanation.)
             for st in heads:
                 self._note_fair_wait(st)
             self.metrics.queued(len(self.queue))
@@ -721,6 +726,7 @@ class DispatchCore:
                     if est.known:  # (unknown work is priced by placement itself; a "running" lower bound is passed)
                         d = dataclasses.replace(d, work_s=est.seconds, work_tail_s=est.tail_s)
                     dec = sched.place(d, explain=True)
+                    st.placed_once = True
                 except Exception as e:  # this subtask fails alone, with the reason; the round goes on
                     log.exception("placing subtask %s failed", st.id)
                     self._resolve(st, Outcome(False, self.backend.fail(

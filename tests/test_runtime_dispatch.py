@@ -595,8 +595,9 @@ def test_a_subtask_cancelled_deep_in_a_queue_leaves_it_at_the_next_round():
 
 def test_rounds_place_nothing_while_no_queued_subtask_can_start(monkeypatch):
     """While every GPU that could take the queued work is busy (and none can be claimed), a wake-up (an
-    arrival, telemetry) costs no placement: a round would rebuild its state and place the queue's head only
-    to find that out (most rounds of a busy node scheduler were these)."""
+    arrival, telemetry) costs no placement once the queue's head has been placed: a round would rebuild
+    its state and place the head again only to find that out (most rounds of a busy node scheduler were
+    these). The head is placed once (its explanation; placement may find it never fits)."""
     import placement.scheduler
 
     calls = []
@@ -621,7 +622,7 @@ def test_rounds_place_nothing_while_no_queued_subtask_can_start(monkeypatch):
         return idle_calls, [o.value for o in outs[1:]]
     idle_calls, values = asyncio.run(main())
     assert values == [0, 1, 2, 3, 4]
-    assert idle_calls == [], idle_calls
+    assert idle_calls == ["w0"], idle_calls
 
 
 def test_a_chunk_queued_at_once_gives_every_outcome_and_cancels_whole():
@@ -646,3 +647,22 @@ def test_a_chunk_queued_at_once_gives_every_outcome_and_cancels_whole():
     values, cancelled, states, after = asyncio.run(main())
     assert values == [0, 1, 2, 3, 4] and cancelled and after == 9
     assert states == ["cancelled"] * 3, states
+
+
+def test_never_fits_fails_at_once_also_when_the_gpus_are_held():
+    """A subtask no GPU of the node could ever hold fails at once even when every GPU is held by a worker
+    (a round that skips queues nothing can start in must still place each new head once)."""
+    async def main():
+        b = FakeBackend({"n1": [16384, 16384]})
+        core = await started(b)
+        await asyncio.gather(*(core.submit(sub(f"w{i}", sleeper(0.05, i), fn="w", batch=False)) for i in range(2)))
+        assert len(core.workers) == 2  # both GPUs held (idle) by workers
+        gate, first = await block_gpu(core, fn="b", batch=False)
+        out = await asyncio.wait_for(core.submit(sub("huge", value(1), gpu_memory="40GiB")), 5)
+        gate.set()
+        await first
+        await core.shutdown()
+        return out
+    out = asyncio.run(main())
+    assert not out.ok and isinstance(out.value, NeverFitsError), out.value
+    assert "16384 MiB" in str(out.value)
