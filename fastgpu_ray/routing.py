@@ -199,7 +199,8 @@ class Router:
         three nodes."""
         if count > 1 and d.num_gpus <= 1:
             one = dataclasses.replace(d, work_s=dw.work_s / count)
-            ok = [g for g in range(int(st.gpu_count[i])) if np.isfinite(st.busy[i, g])] or list(gpus)
+            fit = st.gpu_fit(one, i)  # (a GPU other Ray work holds shows full: it takes none of it)
+            ok = [g for g in range(int(st.gpu_count[i])) if fit[g] and np.isfinite(st.busy[i, g])] or list(gpus)
             step = {g: one.work_s * slowdown(st.load[i, g]) / st.side_by_side(i, g, one) for g in ok}
             ends = {g: float(st.busy[i, g]) for g in ok}
             n = dict.fromkeys(ok, 0)

@@ -154,3 +154,17 @@ def test_a_burst_shared_in_leases_comes_out_even_over_equal_nodes():
         r = router(node("a"), node("b"), node("c"))
         picks = [r.choose(demand(i, work=0.02)).node for i in range(n)]
         assert [picks.count(x) for x in "abc"] == [n // 3] * 3, picks
+
+
+def test_a_lease_is_not_counted_on_a_gpu_other_ray_work_holds():
+    """A node whose second GPU other Ray work holds (its report shows it full) runs a lease on one GPU: it
+    must look twice as deep as a node that spreads the lease over two, so the burst goes mostly elsewhere."""
+    from placement import GpuSpec, NodeSpec
+
+    half = NodeSpec("a", 4000, 16384, (GpuSpec(model="E", memory_mib=16384, util=0.0, memory_used_mib=0),
+                                       GpuSpec(model="E", memory_mib=16384, milli_used=1000, util=0.0,
+                                               memory_used_mib=0)))
+    r = router(half, node("b"), node("c"))
+    picks = [r.choose(demand(i, work=0.02)).node for i in range(60)]
+    counts = [picks.count(x) for x in "abc"]
+    assert counts[0] <= 14 and min(counts[1:]) >= 20, counts  # one GPU of five: a fifth, not a third
