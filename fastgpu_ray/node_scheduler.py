@@ -21,6 +21,7 @@ import dataclasses
 import heapq
 import logging
 import math
+from typing import Any, Awaitable, Callable
 
 import ray
 
@@ -60,13 +61,45 @@ def placement_options(session: str, home: str, gpu_nodes: list[str]) -> dict:
     return opts
 
 
-def _material(state: dict, share) -> dict:
-    """What of a share report changes the arbiter's decisions: ``running`` never does (it is for ``fastgpu
-    status``, sent with the next report), and ``queued`` only ranks jobs against each other, so a job alone
-    on the cluster reports a changed backlog with its heartbeat, not twenty times a second (the arbiter
-    would recompute every share for each)."""
+async def report_shares(changed: asyncio.Event, state: Callable[[], dict], share: Callable[[], Any],
+                        send: Callable[[dict], Awaitable[bool]], on_beat: Callable[[int], Awaitable[None]]) -> None:
+    """A node scheduler's share reports, for ever: each time ``changed`` is set (at most every
+    ``SHARE_REPORT_GAP_S``) and at least every ``SHARE_HEARTBEAT_S``, ``send(state())`` if ``_due``
+    (``send`` returns whether the arbiter got it); ``on_beat(n)`` on the n-th heartbeat. The heartbeat goes
+    by the clock, not by a second without changes: a busy node changes more often than that, and the
+    arbiter drops a scheduler it has not heard from for a while."""
+    loop = asyncio.get_running_loop()
+    last, sent_at, beats = None, -math.inf, 0
+    while True:
+        try:
+            await asyncio.wait_for(changed.wait(), SHARE_HEARTBEAT_S)
+        except asyncio.TimeoutError:
+            pass
+        changed.clear()
+        beat = loop.time() - sent_at >= SHARE_HEARTBEAT_S
+        if beat:
+            beats += 1
+            await on_beat(beats)
+        now = state()
+        if not _due(now, last, share(), beat):
+            continue
+        if await send(now):
+            last, sent_at = now, loop.time()
+        else:
+            last = None
+        await asyncio.sleep(SHARE_REPORT_GAP_S)
+
+
+def _due(state: dict, last: dict | None, share, beat: bool) -> bool:
+    """Whether a share report goes to the arbiter now: on a heartbeat (``beat``: at least a second since the
+    last one, changes or not), when none went yet, or when what changes its decisions changed. ``running``
+    never does (it is for ``fastgpu status``, sent with the next report), and ``queued`` only ranks jobs
+    against each other, so a job alone on the cluster sends a changed backlog with its heartbeat, not
+    twenty times a second (the arbiter would recompute every share for each)."""
+    if beat or last is None:
+        return True
     skip = ("running",) if share is not None and share.jobs > 1 else ("running", "queued")
-    return {k: v for k, v in state.items() if k not in skip}
+    return any(state.get(k) != last.get(k) for k in state.keys() | last.keys() if k not in skip)
 
 
 @ray.remote(num_cpus=0, max_concurrency=100_000, max_restarts=-1, max_task_retries=-1)
@@ -218,19 +251,10 @@ class NodeScheduler:
         ``SHARE_REPORT_GAP_S``) and every ``SHARE_HEARTBEAT_S``."""
         from .arbiter import get_arbiter
 
-        arbiter, last, handle, beats = None, None, None, 0
-        while True:
-            try:
-                await asyncio.wait_for(self._changed.wait(), SHARE_HEARTBEAT_S)
-            except asyncio.TimeoutError:
-                last = None  # heartbeat: send even if nothing changed
-                beats += 1
-            self._changed.clear()
-            if arbiter is not None and beats % SCALING_BEATS == 1:
-                await self._idle_bound(arbiter)
-            state = dict(self.core.share_state(), weight=self.job_weight, ray_job=self.ray_job, label=self.session)
-            if last is not None and _material(state, self.core.share) == _material(last, self.core.share):
-                continue
+        arbiter, handle = None, None
+
+        async def send(state: dict) -> bool:
+            nonlocal arbiter, handle
             try:
                 first = arbiter is None
                 if first:
@@ -239,11 +263,20 @@ class NodeScheduler:
                 known = await arbiter.report.remote(self.session, self.here, handle if first else None, state)
                 if not known:  # the arbiter restarted: it needs this scheduler's handle again
                     await arbiter.report.remote(self.session, self.here, handle, state)
-                last = state
+                return True
             except Exception:  # no arbiter now (it restarts): hold what Ray gives, retry on the next beat
                 log.warning("fastgpu arbiter unreachable; retrying", exc_info=True)
-                arbiter, last = None, None
-            await asyncio.sleep(SHARE_REPORT_GAP_S)
+                arbiter = None
+                return False
+
+        async def on_beat(beats: int) -> None:
+            if arbiter is not None and beats % SCALING_BEATS == 1:
+                await self._idle_bound(arbiter)
+
+        await report_shares(
+            self._changed,
+            lambda: dict(self.core.share_state(), weight=self.job_weight, ray_job=self.ray_job, label=self.session),
+            lambda: self.core.share, send, on_beat)
 
     async def _idle_bound(self, arbiter) -> None:
         """On an autoscaling cluster, keep an idle GPU at most ``Scaling.hold_idle_s`` (a fifth of the

@@ -154,14 +154,53 @@ def test_a_grant_stands_while_its_worker_starts():
         assert sum(caps[("b", n)] for n in ("n1", "n2")) == 2
 
 
-def test_a_job_alone_does_not_report_every_change_of_its_backlog():
+def test_a_job_alone_does_not_report_every_change_of_its_backlog_but_beats_anyway():
     """A node scheduler reports to the arbiter when what it reports changes: a running count never
-    changes a share, a queue length only ranks jobs against each other (so only with others)."""
-    from fastgpu_ray.node_scheduler import _material
+    changes a share, a queue length only ranks jobs against each other (so only with others). Its
+    heartbeat goes regardless: a busy node alone, whose counts change all the time while nothing else
+    does, must still be heard (the arbiter drops schedulers it has not heard from)."""
+    from fastgpu_ray.node_scheduler import _due
 
     before = dict(gpu_total=2, held=2, claiming=0, want=2, running=2, queued=9, weight=1.0)
     busier = dict(before, running=1, queued=30)
-    assert _material(before, None) == _material(busier, None)
-    assert _material(before, Share(cap=2, jobs=1)) == _material(busier, Share(cap=2, jobs=1))
-    assert _material(before, Share(cap=1, jobs=2)) != _material(busier, Share(cap=1, jobs=2))
-    assert _material(before, None) != _material(dict(before, want=1), None)  # the GPUs it could use: always
+    alone, shared = Share(cap=2, jobs=1), Share(cap=1, jobs=2)
+    assert not _due(busier, before, None, beat=False) and not _due(busier, before, alone, beat=False)
+    assert _due(busier, before, shared, beat=False)
+    assert _due(dict(before, want=1), before, alone, beat=False)  # the GPUs it could use: always
+    assert _due(before, before, alone, beat=True) and _due(before, None, alone, beat=False)
+
+
+def test_a_busy_node_alone_is_still_heard_every_heartbeat(monkeypatch):
+    """The report loop itself (``node_scheduler.report_shares``): with its state changing all the time
+    in what does not matter alone (running, queued) and its change event set every 20 ms, it still
+    sends a heartbeat about every ``SHARE_HEARTBEAT_S`` (here 0.2 s). With the beat taken only on a
+    second without changes, it sent once in 12 s and the arbiter dropped the job after 10."""
+    import asyncio
+
+    from fastgpu_ray import node_scheduler as ns
+
+    monkeypatch.setattr(ns, "SHARE_HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(ns, "SHARE_REPORT_GAP_S", 0.01)
+    sent, beats, n = [], [], [0]
+
+    def state():
+        n[0] += 1
+        return dict(gpu_total=2, held=2, claiming=0, want=2, running=1 + n[0] % 2, queued=500 - n[0])
+
+    async def send(st):
+        sent.append(st)
+        return True
+
+    async def on_beat(k):
+        beats.append(k)
+
+    async def main():
+        changed = asyncio.Event()
+        loop_task = asyncio.ensure_future(ns.report_shares(changed, state, lambda: Share(cap=2, jobs=1), send, on_beat))
+        for _ in range(50):  # 1 s of churn
+            changed.set()
+            await asyncio.sleep(0.02)
+        loop_task.cancel()
+    asyncio.run(main())
+    assert 4 <= len(sent) <= 7, len(sent)  # first report + a beat every 0.2 s, not one per change (~50)
+    assert beats[:3] == [1, 2, 3]
