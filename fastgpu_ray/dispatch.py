@@ -54,6 +54,7 @@ BATCH_MAX_WORK_S = 0.05  # subtasks declaring more work than this are not batche
 RELEASE_FOR_OTHERS_S = 0.5  # an idle worker is given back this soon when other Ray work waits for a GPU
 CLAIM_S = 1.0  # a GPU no one holds: about this long until a claimed worker process runs (with a warm pool)
 ABOVE_CAP_GRACE_S = 1.0  # a worker that comes up above the job's (shrunk) cap may start one batch this long
+FULL_ROUND_S = 1.0  # a queue whose rounds are skipped (nothing can start) is still placed this often
 KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its explanations)
 OOM_MARGIN_MIB = 256  # a subtask over its declaration is retried asking for its peak use plus this (or twice)
 MAX_SLOTS = 8  # default cap of calls (slot processes) running at once on one GPU
@@ -220,6 +221,7 @@ class DispatchCore:
         self.claiming: dict[str, int] = {}  # node -> GPUs being claimed there (workers starting)
         self.queue = ShapeQueue(Subtask.fit_key)  # entries (-priority, seq, subtask)
         self._purge = False  # a queued subtask was cancelled since the last round
+        self._full_at = -math.inf  # when a round last placed the queue (skipped ones do not)
         self.waiting: dict[str, Subtask] = {}  # subtasks waiting for their inputs (not queued yet)
         self.gpu_demand = 0.0  # GPUs Ray has requests for that it cannot place now (all jobs, ours too)
         self.records: dict[str, Record] = {}
@@ -690,18 +692,20 @@ class DispatchCore:
         if not self.queue:
             return 0
         heads = self.queue.shape_heads()
-        if all(st.placed_once for st in heads) and not any(
-                d is None or self.can_start_now(d) for d in (_safe_demand(self, st) for st in heads)):
+        if (all(st.placed_once for st in heads) and self.clock() - self._full_at < FULL_ROUND_S
+                and not any(d is None or self.can_start_now(d) for d in (_safe_demand(self, st) for st in heads))):
             # Every shape's head was placed since it was queued and no GPU takes any queued shape now (none
             # can be claimed either): a round would rebuild the state and place each head only to learn
             # that again. Most rounds of a busy node are these; the next completion, arrival or new worker
             # wakes the loop again. (A head never placed gets its round: placement may find it can never
-            # fit, which fails it at once, and it gets its explanation.)
+            # fit, which fails it at once, and it gets its explanation. And a full round still comes every
+            # FULL_ROUND_S, for what changes without a wake-up: a GPU's memory shrinking under a head.)
             for st in heads:
                 self._note_fair_wait(st)
             self.metrics.queued(len(self.queue))
             self.on_change()
             return 0
+        self._full_at = self.clock()
         t0 = time.perf_counter()
         state = ClusterState.from_snapshot(self.placement_snapshot())
         state.max_side_by_side = self.max_slots

@@ -666,3 +666,24 @@ def test_never_fits_fails_at_once_also_when_the_gpus_are_held():
     out = asyncio.run(main())
     assert not out.ok and isinstance(out.value, NeverFitsError), out.value
     assert "16384 MiB" in str(out.value)
+
+
+def test_a_queued_head_that_can_no_longer_ever_fit_fails_within_a_few_seconds():
+    """A head placed once, waiting behind busy GPUs, whose node's GPU memory then shrinks below what it
+    asks for (nothing wakes the loop for that): a full round still comes every ``FULL_ROUND_S`` and
+    placement fails it, naming the largest GPU, instead of leaving it queued for ever."""
+    async def main():
+        b = FakeBackend({"n1": [16384]})
+        core = await started(b)
+        gate, first = await block_gpu(core, fn="b", batch=False, gpu_memory="2GiB")
+        waiting = asyncio.ensure_future(core.submit(sub("big", value(1), fn="w", gpu_memory="15GiB")))
+        await until(lambda: core.explain("big") and core.explain("big").state == "queued", what="big queued")
+        b.sources["n1"] = EmulatedSource(1, [4096])  # the GPU now has 4 GiB in all
+        out = await asyncio.wait_for(waiting, 6)
+        gate.set()
+        await first
+        await core.shutdown()
+        return out
+    out = asyncio.run(main())
+    assert not out.ok and isinstance(out.value, NeverFitsError), out.value
+    assert "4096 MiB" in str(out.value), out.value
