@@ -8,7 +8,6 @@ return value of its node's scheduler, stored on that node.
 from __future__ import annotations
 
 import concurrent.futures
-
 import contextlib
 import dataclasses
 import logging
@@ -74,7 +73,7 @@ class Session:
     housekeeper: Any = None  # the housekeeping thread
     _reported: float = 0.0
     _synced: float = 0.0
-    _asked: dict = field(default_factory=dict)  # report call -> (node, its concurrent future), not collected yet
+    _asked: dict = field(default_factory=dict)  # node -> its report call's future (holds the ref), not collected yet
     _polled: float = 0.0  # when the answers to ``_asked`` were last looked for
     queued: dict = field(default_factory=dict)  # node id -> subtasks queued there (last report)
     own: dict = field(default_factory=dict)  # node id -> NodeReport.own (other jobs share the cluster)
@@ -317,18 +316,17 @@ class Session:
             self.router.asking()
             # (each answer completes a future: looking for answers is a flag test, where ray.wait on
             # the calls cost ~1 ms of driver CPU each time, up to 200 times a second in a flood)
-            self._asked = {c: (n, c.future()) for c, n in ((self.schedulers[n].report.remote(), n) for n in nodes)}
+            self._asked = {n: self.schedulers[n].report.remote().future() for n in nodes}
             self._reported = now
             if force or stale:
                 self._collect(REPORT_TIMEOUT_S if force else STALE_WAIT_S)
 
     def _collect(self, timeout_s: float) -> None:
         self._polled = time.monotonic()
-        futs = [f for _, f in self._asked.values()]
         if timeout_s > 0:
-            concurrent.futures.wait(futs, timeout=timeout_s)
-        ready = [(node, f) for node, f in self._asked.values() if f.done()]
-        if timeout_s == 0 and len(ready) < len(futs) and time.monotonic() - self._reported < REPORT_TIMEOUT_S:
+            concurrent.futures.wait(self._asked.values(), timeout=timeout_s)
+        ready = [(node, f) for node, f in self._asked.items() if f.done()]
+        if timeout_s == 0 and len(ready) < len(self._asked) and time.monotonic() - self._reported < REPORT_TIMEOUT_S:
             return  # not all in yet: keep the old view a little longer
         specs = {n: spec for n, spec in self.router.specs.items() if n in self.gpu_nodes}
         for node, fut in ready:
