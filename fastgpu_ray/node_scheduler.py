@@ -205,10 +205,7 @@ class NodeScheduler:
             outs = await asyncio.gather(*(self._submit(s, opts, fn, p, info, self._rerun())
                                           for s, p in zip(sids, payloads)))
         else:  # a map chunk: queued at once, one await for all
-            if info.learned:
-                self.core.durations.adopt(info.learned)
-            sts = [Subtask(s, opts, fn.key, fn.ref, p, locate_inputs=False, input_bytes=len(p.blob))
-                   for s, p in zip(sids, payloads)]
+            sts = [self._subtask(s, opts, fn, p, info) for s, p in zip(sids, payloads)]
             outs = await self.core.submit_all(sts, node_choice=info.node_choice, history=info.history,
                                               rerun=self._rerun())
         return tuple(o.value for o in outs)
@@ -235,13 +232,18 @@ class NodeScheduler:
         self._retiring = now - self._last_busy >= idle_s
         return self._retiring
 
+    def _subtask(self, sid, opts, fn: FnBox, payload, info: RouteInfo) -> Subtask:
+        """The core's subtask for one call (and what the driver learned of its function)."""
+        if info.learned:  # what the driver learned from other nodes: a prior until this node has learned more
+            self.core.durations.adopt(info.learned)
+        has_refs = bool(payload.refs or payload.nested_refs)
+        return Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False,
+                       input_bytes=info.input_bytes if has_refs else len(payload.blob))
+
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
         # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.deps).
         refs = list(payload.refs) + list(payload.nested_refs)
-        if info.learned:  # what the driver learned from other nodes: a prior until this node has learned more
-            self.core.durations.adopt(info.learned)
-        st = Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False,
-                     input_bytes=info.input_bytes if refs else len(payload.blob))
+        st = self._subtask(sid, opts, fn, payload, info)
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
                                       inputs_ready=self.deps.ready(refs) if refs else None)
 
