@@ -41,3 +41,39 @@ def test_oom_recognition():
     assert is_gpu_oom(RuntimeError("CUDA error: out of memory"))
     assert not is_gpu_oom(ValueError("out of memory"))  # not an error type OOMs come as
     assert not is_gpu_oom(RuntimeError("shape mismatch"))
+
+
+def test_consecutive_calls_run_on_one_thread_of_the_runner_whichever_thread_received_them(monkeypatch):
+    """Ray hands a threaded actor's calls to any thread of its pool; subtasks must not follow them (each
+    thread allocates from its own malloc arena, and a large array on a cold one is page-faulted afresh)."""
+    import threading
+
+    from fastgpu_ray.worker import Runner
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # Runner sets it for its GPUs
+    runner = Runner("node", None, "ns", gpus=(0,))
+    callers = []
+
+    def f():
+        return threading.get_ident()
+
+    release, results = threading.Event(), []
+
+    def call():
+        callers.append(threading.get_ident())
+        results.append(runner.run_batch(["f"], [Item("s", "f", cloudpickle.dumps(((), {})), 0)],
+                                        cloudpickle.dumps(f)))
+        release.wait()  # alive to the end: a finished thread's ident may be given to the next one
+
+    threads = []
+    for _ in range(4):  # each call received on another thread, one after another (as Ray's pool may)
+        threads.append(threading.Thread(target=call))
+        threads[-1].start()
+        while len(results) < len(threads):
+            threading.Event().wait(0.005)
+    release.set()
+    for t in threads:
+        t.join()
+    ran_on = [res[0][1] for res, _ in results]  # each call's f: the thread it ran on
+    assert [res[0][0] for res, _ in results] == ["ok"] * 4 and len(set(callers)) == 4
+    assert len(set(ran_on)) == 1 and ran_on[0] not in callers
