@@ -22,9 +22,10 @@ The node scheduler then chooses the GPU inside its node at run time (late bindin
 
 Bursts: placing one subtask costs about a millisecond of policy scoring, more than Ray takes to submit a
 task. Once more subtasks were routed since the last report than 4 per GPU (a ``.remote()`` loop, not a
-handful of calls), consecutive subtasks of one shape without inputs and with little or unknown declared
-work share a placement ``LEASE`` at a time (priced as ``LEASE`` subtasks there), as a ``map`` chunk does.
-Smaller bursts, and subtasks with inputs or declared work, are placed one by one.
+handful of calls), consecutive subtasks of one shape without inputs whose work is known to be small
+(declared or learned) share a placement ``LEASE`` at a time (priced as ``LEASE`` subtasks there), as a
+``map`` chunk does. Smaller bursts, and subtasks with inputs or other work (unknown too), are placed one by
+one.
 
 Autoscaling (``scaling``, read from the autoscaler by the arbiter): a subtask that no live node can hold
 waits for a node to be launched (``Route.wait`` says of which type) when a node type the autoscaler can
@@ -147,7 +148,10 @@ class Router:
             return Route(None, never=_no_gpu_node(d, self.scaling))
         self._routed += count
         key = None
-        if count == 1 and not d.input_total and d.work_s <= LEASE_MAX_WORK_S:
+        # Work that is unknown is not leased: priced as LEASE times the assumed 0.5 s, a lease's finish on
+        # every node is so long that a subtask's wait more or less ties (the policy's 5 %), and a node with
+        # one usable GPU took leases as large as nodes with two (fastgpu demo: 12 subtasks on its GPU).
+        if count == 1 and not d.input_total and 0 < d.work_s <= LEASE_MAX_WORK_S:
             key = (d.shape, d.gpu_types, d.priority, d.work_s)
             lease = self._leases.get(key)
             if lease is not None and lease[1] > 0:
@@ -201,11 +205,12 @@ class Router:
             one = dataclasses.replace(d, work_s=dw.work_s / count)
             fit = st.gpu_fit(one, i)  # (a GPU other Ray work holds shows full: it takes none of it)
             ok = [g for g in range(int(st.gpu_count[i])) if fit[g] and np.isfinite(st.busy[i, g])] or list(gpus)
-            step = {g: one.work_s * slowdown(st.load[i, g]) / st.side_by_side(i, g, one) for g in ok}
+            run = {g: one.work_s * slowdown(st.load[i, g]) for g in ok}
+            step = {g: run[g] / st.side_by_side(i, g, one) for g in ok}  # how much later the next one starts
             ends = {g: float(st.busy[i, g]) for g in ok}
             n = dict.fromkeys(ok, 0)
-            for _ in range(count):
-                g = min(ok, key=lambda x: (ends[x] + step[x], x))
+            for _ in range(count):  # each where it would finish first (its wait, then its run at the load)
+                g = min(ok, key=lambda x: (ends[x] + run[x], x))
                 ends[g] += step[g]
                 n[g] += 1
             for g, k in n.items():

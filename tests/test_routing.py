@@ -86,9 +86,9 @@ def test_a_burst_of_small_subtasks_shares_placements_and_a_few_calls_do_not():
     placements = []
     real = r._choose
     r._choose = lambda d, count, explain: placements.append(count) or real(d, count, explain)
-    few = [r.choose(demand(i, work=0.0)).node for i in range(6)]
+    few = [r.choose(demand(i, work=0.04)).node for i in range(6)]
     assert sorted(few) == ["a", "a", "b", "b", "c", "c"] and placements == [1] * 6  # one by one
-    many = [r.choose(demand(i, work=0.0)).node for i in range(218)]
+    many = [r.choose(demand(i, work=0.04)).node for i in range(218)]
     assert len(placements) < 6 + 18 + 200 / LEASE + 2 and set(placements[24:]) == {LEASE}
     counts = [many.count(n) for n in "abc"]
     assert max(counts) - min(counts) <= 2 * LEASE, counts  # still spread over the nodes
@@ -97,6 +97,19 @@ def test_a_burst_of_small_subtasks_shares_placements_and_a_few_calls_do_not():
     r.update([node("a"), node("b"), node("c")])  # they come back empty: the burst is over
     with_work = [r.choose(demand(i, work=1.0)).node for i in range(6)]
     assert placements == [1] * 6 and len(set(with_work)) == 3  # declared work: always one by one
+    placements.clear()
+    [r.choose(demand(i, work=0.0)) for i in range(60)]
+    assert placements == [1] * 60  # unknown work, however many: one by one (next test: why)
+
+
+def test_a_burst_of_unknown_work_goes_by_usable_gpus_not_in_leases():
+    """Unknown work is priced at an assumed 0.5 s; a lease of 8 of it (4 s) finished about as late on every
+    node (within the policy's 5 % tie), so a node with one usable GPU (the other 75 % busy from outside) got
+    leases as large as nodes with two: 13 of 48 (fastgpu demo: 12 subtasks on that one GPU, 8-10 on others)."""
+    r = router(node("a", util=(0.0, 0.75)), node("b"), node("c"))
+    picks = [r.choose(Demand(id=f"d{i}", num_gpus=1, gpu_milli=0, gpu_memory_mib=3584)).node for i in range(48)]
+    counts = [picks.count(x) for x in "abc"]
+    assert counts[0] <= 10 and min(counts[1:]) >= 18, counts  # a fifth of the usable GPUs: 9.6
 
 
 def test_choices_made_after_reports_were_asked_for_survive_the_update():
@@ -168,3 +181,19 @@ def test_a_lease_is_not_counted_on_a_gpu_other_ray_work_holds():
     picks = [r.choose(demand(i, work=0.02)).node for i in range(60)]
     counts = [picks.count(x) for x in "abc"]
     assert counts[0] <= 14 and min(counts[1:]) >= 20, counts  # one GPU of five: a fifth, not a third
+
+
+def test_a_lease_is_counted_on_a_nodes_gpus_by_where_each_subtask_finishes_first():
+    """A lease spread over a node's GPUs counts each subtask where it finishes first (its wait, then its
+    run at the GPU's load), as the node's scheduler places it: by the queue's growth alone (a quarter of
+    a run for work packed four to a GPU) the 75 %-loaded GPU took 3 of 16, whose runs there take 4x."""
+    from collections import Counter
+
+    r = router(node("a", util=(0.0, 0.75)))
+    for i in range(16):  # packed 4 to a GPU; a lease after 4 per GPU
+        r.choose(Demand(id=f"d{i}", num_gpus=1, gpu_milli=0, gpu_memory_mib=4096, work_s=0.02))
+    counted = Counter()
+    for _, gpus, part in r._log:
+        counted[gpus] += round(part.work_s / 0.02)
+    # the 13th on GPU 0 waits 0.06 s and finishes at 0.08 s, as the first on the loaded GPU does
+    assert counted[(1,)] <= 1 and counted[(0,)] + counted[(1,)] == 16, counted
