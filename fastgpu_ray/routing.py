@@ -53,7 +53,7 @@ from placement.state import MAX_SIDE_BY_SIDE
 from .scaling import Scaling
 
 LEASE = 8  # in a burst, this many consecutive small subtasks of one shape share one placement
-LEASE_MAX_WORK_S = 0.05  # only subtasks that declare at most this much work (or none) share placements
+LEASE_MAX_WORK_S = 0.05  # only subtasks whose known work (declared or learned) is at most this share placements
 DEFAULT_OUTPUT_BYTES = 8 << 20  # a pending producer's output size before one of its function's is seen
 KEEP_REFS = 100_000  # producer entries kept (ref hex -> node); older ones are forgotten (bounded memory)
 

@@ -11,12 +11,12 @@ top-level arguments, so Ray resolves them on this worker's node. Each item's res
 The lease is threaded (``max_concurrency``): where no slot process can be started (no CPU for it on the
 node) a packed subtask runs as a thread beside the first (the pool says so in its history).
 
-Subtasks run on the runner's own threads (``Runner._threads``), not on the Ray thread that received the
-call: Ray hands a threaded actor's calls to any thread of its pool, and glibc serves each thread from its
-own malloc arena (up to 8 per core), so a large array allocated on a thread whose arena had not held one
-was page-faulted in afresh: 400-800 page faults and 10-35 ms of CPU for a 16 MiB numpy op that takes
-1-2 ms on a warm thread (docs/BENCHMARKS.md, pipeline). An idle thread of the runner's pool takes the
-next call, so consecutive subtasks run on one thread and reuse its memory.
+Subtasks run on the runner's own threads (``warm_threads.WarmThreads``), not on the Ray thread that
+received the call: Ray hands a threaded actor's calls to any thread of its pool, and glibc serves each
+thread from its own malloc arena (up to 8 per core), so a large array allocated on a thread whose arena had
+not held one was page-faulted in afresh: 400-800 page faults and 10-35 ms of CPU for a 16 MiB numpy op
+that takes 1-2 ms on a warm thread (docs/BENCHMARKS.md, pipeline). The next call goes to the thread that
+went idle last, so consecutive subtasks run on one thread and reuse its memory.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import os
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,7 @@ from transfer.args import value_size
 
 from . import context, gpu_memory
 from .errors import is_gpu_oom
+from .warm_threads import WarmThreads
 
 
 class RefSlot:
@@ -128,7 +128,7 @@ class Runner:
         self.fns: dict[str, Any] = {}
         self._calls = 0
         self._lock = threading.Lock()
-        self._threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="fastgpu-subtask")
+        self._threads = WarmThreads("fastgpu-subtask")
 
     def info(self) -> tuple[str, tuple[int, ...], int]:
         return self.node_id, self.gpu_ids, os.getpid()
@@ -136,7 +136,7 @@ class Runner:
     def run_batch(self, fn_keys: list[str], items: list[Item], *flat) -> tuple[list[tuple], list[tuple]]:
         """(each item's result, each item's (CPU s, wall s, sharing, input bytes)), run on one of the
         runner's own threads (module docstring: why)."""
-        return self._threads.submit(self._run_batch, fn_keys, items, flat).result()
+        return self._threads.run(self._run_batch, fn_keys, items, flat)
 
     def _run_batch(self, fn_keys: list[str], items: list[Item], flat: tuple) -> tuple[list[tuple], list[tuple]]:
         for k, blob in zip(fn_keys, flat):

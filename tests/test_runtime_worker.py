@@ -47,6 +47,7 @@ def test_consecutive_calls_run_on_one_thread_of_the_runner_whichever_thread_rece
     """Ray hands a threaded actor's calls to any thread of its pool; subtasks must not follow them (each
     thread allocates from its own malloc arena, and a large array on a cold one is page-faulted afresh)."""
     import threading
+    import time
 
     from fastgpu_ray.worker import Runner
 
@@ -69,7 +70,8 @@ def test_consecutive_calls_run_on_one_thread_of_the_runner_whichever_thread_rece
     for _ in range(4):  # each call received on another thread, one after another (as Ray's pool may)
         threads.append(threading.Thread(target=call))
         threads[-1].start()
-        while len(results) < len(threads):
+        deadline = time.monotonic() + 10
+        while len(results) < len(threads) and time.monotonic() < deadline:
             threading.Event().wait(0.005)
     release.set()
     for t in threads:
