@@ -53,3 +53,5 @@ class WarmThreads:
                 fut.set_result(res)
             else:
                 fut.set_exception(err)
+            # Held until the next call otherwise: a result, or an input pinned in Ray's object store.
+            fn = args = fut = res = err = None

@@ -39,3 +39,22 @@ def test_results_and_errors_reach_the_caller_and_a_busy_pool_grows():
     inner = []
     pool.run(lambda: inner.append(pool.run(lambda: 7)))  # a call from inside a call: another thread
     assert inner == [7] and pool.threads == 2
+
+
+def test_an_idle_thread_keeps_nothing_of_its_last_call():
+    """Between calls a thread must not hold its last call's arguments or result (a worker's inputs are
+    views of Ray's object store: held, they stay pinned there)."""
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    pool = WarmThreads("t")
+    arg = Big()
+    seen = weakref.ref(arg)
+    out = pool.run(lambda a: a, arg)  # the input, and as the result
+    made = weakref.ref(pool.run(Big))  # a result made on the thread
+    del arg, out
+    gc.collect()
+    assert seen() is None and made() is None
