@@ -109,8 +109,14 @@ def warm_subtask(x, tag: int, work_s: float):
 
 
 def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = None,
-            declared: bool = False) -> list[Result]:
+            declared: bool = False, cold: bool = False) -> list[Result]:
     import ray
+
+    if not cold:  # (benchmarks/warm_stores.py: why)
+        from benchmarks.warm_stores import warm_stores
+
+        print(f"  object stores warmed: {warm_stores()} MiB written once (--cold: not)", flush=True)
+        time.sleep(1.0)
     from ray.util import ActorPool
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -339,7 +345,7 @@ def local_mode(args) -> list[Result]:
         c.wait_for_nodes()
         ray.init(address=c.address, log_to_driver=False)
         return run_all(args.regimes, args.systems, link_bandwidth=os.environ["FASTGPU_LINK_BANDWIDTH"],
-                       declared=args.declared)
+                       declared=args.declared, cold=args.cold)
     finally:
         ray.shutdown()
         c.shutdown()
@@ -351,6 +357,7 @@ def netns_mode(args) -> list[Result]:
     argv = ["--regimes", ",".join(r.name for r in args.regimes), "--systems", ",".join(args.systems)]
     argv += ["--link-bandwidth", args.link_bandwidth] if args.link_bandwidth else []
     argv += ["--declared"] if args.declared else []
+    argv += ["--cold"] if args.cold else []
     return [Result(**r) for r in run_on_netns_hosts(Path(__file__).resolve(), argv, args.rate, args.timeout,
                                                     "locality")]
 
@@ -362,7 +369,8 @@ def inside_mode(args) -> None:
     from benchmarks.netns.ray_hosts import link_counters
 
     ray.init(address=args.inside, _node_ip_address=args.node_ip, log_to_driver=False)
-    results = run_all(args.regimes, args.systems, link_counters(args.veths), args.link_bandwidth, args.declared)
+    results = run_all(args.regimes, args.systems, link_counters(args.veths), args.link_bandwidth, args.declared,
+                      args.cold)
     Path(args.json).write_text(json.dumps([asdict(r) for r in results]))
 
 
@@ -376,6 +384,8 @@ def main() -> int:
                     "1Gbit with --local, FASTGPU_LINK_BANDWIDTH / measured on netns hosts)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--declared", action="store_true", help="fastgpu's task declares work_s (default: learned)")
+    ap.add_argument("--cold", action="store_true",
+                    help="do not write each object store once before the systems run (benchmarks/warm_stores.py)")
     ap.add_argument("--timeout", type=float, default=1200)
     ap.add_argument("--inside", help=argparse.SUPPRESS)
     ap.add_argument("--node-ip", help=argparse.SUPPRESS)

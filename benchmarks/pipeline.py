@@ -19,6 +19,8 @@ stage (a static assignment that keeps a uniform chain local by construction); fa
 declared, and without it (``fastgpu_nohint``).
 Targets (issue 8): fastgpu moves <= 0.10 of the intermediate bytes, stores none on the driver's node,
 and on 1 Gbit/s links takes <= 0.8x the better Ray baseline's wall.
+Before the systems run, every node's object store is written once (``benchmarks/warm_stores.py``: in a
+fresh cluster the first system to use a store pays for its pages; ``--cold`` skips it).
 """
 from __future__ import annotations
 
@@ -88,9 +90,14 @@ def expected(i: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------- driver
-def run_all(systems, n: int, mib: int, work_s: float, link_counter=None) -> list[Result]:
+def run_all(systems, n: int, mib: int, work_s: float, link_counter=None, cold: bool = False) -> list[Result]:
     import ray
 
+    if not cold:
+        from benchmarks.warm_stores import warm_stores
+
+        print(f"  object stores warmed: {warm_stores()} MiB written once (--cold: not)", flush=True)
+        time.sleep(1.0)  # let Ray free them
     nbytes = mib * MiB
     driver_node = ray.get_runtime_context().get_node_id()
     gpus = int(sum(x["Resources"].get("GPU", 0) for x in ray.nodes() if x["Alive"]))
@@ -270,7 +277,7 @@ def local_mode(args) -> list[Result]:
             c.add_node(num_cpus=4, num_gpus=2, object_store_memory=store)
         c.wait_for_nodes()
         ray.init(address=c.address, log_to_driver=False)
-        return run_all(args.systems, args.n, args.mib, args.work)
+        return run_all(args.systems, args.n, args.mib, args.work, cold=args.cold)
     finally:
         ray.shutdown()
         c.shutdown()
@@ -280,7 +287,7 @@ def netns_mode(args) -> list[Result]:
     from benchmarks.netns.ray_hosts import run_on_netns_hosts
 
     argv = ["--systems", ",".join(args.systems), "--n", str(args.n), "--mib", str(args.mib),
-            "--work", str(args.work)]
+            "--work", str(args.work)] + (["--cold"] if args.cold else [])
     return [Result(**r) for r in run_on_netns_hosts(Path(__file__).resolve(), argv, args.rate, args.timeout,
                                                     "pipeline")]
 
@@ -292,7 +299,7 @@ def inside_mode(args) -> None:
 
     os.environ.setdefault("FASTGPU_LINK_BANDWIDTH", args.link_bandwidth or "1Gbit")
     ray.init(address=args.inside, _node_ip_address=args.node_ip, log_to_driver=False)
-    results = run_all(args.systems, args.n, args.mib, args.work, link_counters(args.veths))
+    results = run_all(args.systems, args.n, args.mib, args.work, link_counters(args.veths), cold=args.cold)
     Path(args.json).write_text(json.dumps([asdict(r) for r in results]))
 
 
@@ -305,6 +312,8 @@ def main() -> int:
     ap.add_argument("--work", type=float, default=0.02, help="seconds per subtask (default 0.02)")
     ap.add_argument("--rate", default="1gbit", help="netns link rate (tc syntax)")
     ap.add_argument("--link-bandwidth", default=None, help="fastgpu's link bandwidth (default 1Gbit)")
+    ap.add_argument("--cold", action="store_true",
+                    help="do not write each object store once before the systems run (see warm_stores)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--timeout", type=float, default=1200)
     ap.add_argument("--inside", help=argparse.SUPPRESS)
