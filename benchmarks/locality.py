@@ -116,7 +116,6 @@ def run_all(regimes, systems, link_counter=None, link_bandwidth: str | None = No
         from benchmarks.warm_stores import warm_stores
 
         print(f"  object stores warmed: {warm_stores()} MiB written once (--cold: not)", flush=True)
-        time.sleep(1.0)
     from ray.util import ActorPool
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

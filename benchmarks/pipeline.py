@@ -97,7 +97,6 @@ def run_all(systems, n: int, mib: int, work_s: float, link_counter=None, cold: b
         from benchmarks.warm_stores import warm_stores
 
         print(f"  object stores warmed: {warm_stores()} MiB written once (--cold: not)", flush=True)
-        time.sleep(1.0)  # let Ray free them
     nbytes = mib * MiB
     driver_node = ray.get_runtime_context().get_node_id()
     gpus = int(sum(x["Resources"].get("GPU", 0) for x in ray.nodes() if x["Alive"]))

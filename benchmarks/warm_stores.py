@@ -10,13 +10,16 @@ use has warm stores. Below 0.8 of a store, Ray does not spill.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 MiB = 2**20
 
 
 def warm_stores(fraction: float = 0.7, chunk_mib: int = 32) -> int:
-    """Write ``fraction`` of every live node's object store once (objects freed on return); the MiB written."""
+    """Write ``fraction`` of every live node's object store once; returns the MiB written, a second after
+    the objects went out of scope (Ray frees them by then)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -26,5 +29,7 @@ def warm_stores(fraction: float = 0.7, chunk_mib: int = 32) -> int:
         return len(held) * chunk_mib
 
     nodes = [x for x in ray.nodes() if x["Alive"] and x["Resources"].get("object_store_memory", 0) > 0]
-    return sum(ray.get([fill.options(scheduling_strategy=NodeAffinitySchedulingStrategy(x["NodeID"], soft=False))
-                        .remote(int(fraction * x["Resources"]["object_store_memory"])) for x in nodes]))
+    written = sum(ray.get([fill.options(scheduling_strategy=NodeAffinitySchedulingStrategy(x["NodeID"], soft=False))
+                           .remote(int(fraction * x["Resources"]["object_store_memory"])) for x in nodes]))
+    time.sleep(1.0)
+    return written

@@ -114,7 +114,7 @@ class RemoteFunction(Generic[P, R]):
         payloads = [_payload((x,), {}) for x in items]
         if chunk_size is None:
             work = s.estimate(self._key, self._opts)[1]  # declared or learned (unknown: chunked)
-            one_by_one = (work.known and work.seconds > 0.05) or any(p.refs or p.nested_refs for p in payloads)
+            one_by_one = (work.known and work.seconds > 0.05) or any(p.has_refs for p in payloads)
             chunk_size = 1 if one_by_one else max(1, min(MAP_CHUNK, len(items) // 32))
         refs: list = []
         for i in range(0, len(items), chunk_size):

@@ -85,7 +85,7 @@ class _Entry:
         input still being produced must not be waited for on a held GPU)."""
         o, p = self.opts, self.payload
         return (self.early and o.num_gpus == 1 and not o.gpu_memory_mib and not o.gpu_types
-                and not p.refs and not p.nested_refs)
+                and not p.has_refs)
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ class NodeScheduler:
         if self.delegate is not None:
             return tuple(await asyncio.gather(*(self.delegate.rerun.remote(s, opts, fn, p, info, self._rerun())
                                                 for s, p in zip(sids, payloads)), return_exceptions=True))
-        if any(p.refs or p.nested_refs for p in payloads):  # (a chunk the user sized, with inputs)
+        if any(p.has_refs for p in payloads):  # (a chunk the user sized, with inputs)
             outs = await asyncio.gather(*(self._submit(s, opts, fn, p, info, self._rerun())
                                           for s, p in zip(sids, payloads)))
         else:  # a map chunk: queued at once, one await for all
@@ -236,13 +236,12 @@ class NodeScheduler:
         """The core's subtask for one call (and what the driver learned of its function)."""
         if info.learned:  # what the driver learned from other nodes: a prior until this node has learned more
             self.core.durations.adopt(info.learned)
-        has_refs = bool(payload.refs or payload.nested_refs)
         return Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False,
-                       input_bytes=info.input_bytes if has_refs else len(payload.blob))
+                       input_bytes=info.input_bytes if payload.has_refs else len(payload.blob))
 
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
         # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.deps).
-        refs = list(payload.refs) + list(payload.nested_refs)
+        refs = payload.all_refs
         st = self._subtask(sid, opts, fn, payload, info)
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
                                       inputs_ready=self.deps.ready(refs) if refs else None)
@@ -458,12 +457,12 @@ def find_scheduler(session: str, node: str):
 def bytes_not_on(subtasks: list[Subtask], node: str) -> dict[str, float]:
     """Per subtask id: bytes of its inputs that are not on ``node`` (ObjectRefs located with Ray; the
     pickled arguments travel with the call). An input whose location is unknown counts as infinite."""
-    refs = [r for st in subtasks for r in list(st.payload.refs) + list(st.payload.nested_refs)]
+    refs = [r for st in subtasks for r in st.payload.all_refs]
     locs = ray.experimental.get_object_locations(refs) if refs else {}
     out = {}
     for st in subtasks:
         total = float(len(st.payload.blob))
-        for r in list(st.payload.refs) + list(st.payload.nested_refs):
+        for r in st.payload.all_refs:
             loc = locs.get(r) or {}
             size = loc.get("object_size")
             if size is None or not loc.get("node_ids"):

@@ -432,8 +432,7 @@ def _input_bytes(payload: Payload | None, est) -> int | None:
     threshold are not located and count nothing: too small to change a run time."""
     if payload is None:
         return None
-    refs = bool(payload.refs or payload.nested_refs)
-    if refs and (est is None or est.unknown):
+    if payload.has_refs and (est is None or est.unknown):
         return None
     objs = () if est is None else est.objects
     return len(payload.blob) + sum(o.size for o in objs if not o.by_value)

@@ -15,6 +15,16 @@ class Payload:
     # reach the worker, so the transfer cost counts them.
     nested_refs: list = field(default_factory=list)
 
+    @property
+    def has_refs(self) -> bool:
+        """Whether it takes any ObjectRef (top-level or nested): data to wait for and to locate."""
+        return bool(self.refs or self.nested_refs)
+
+    @property
+    def all_refs(self) -> list:
+        """Every ObjectRef it takes, top-level then nested."""
+        return list(self.refs) + list(self.nested_refs)
+
 
 @dataclass
 class FnBox:
