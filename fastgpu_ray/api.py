@@ -146,7 +146,7 @@ class RemoteFunction(Generic[P, R]):
             return [_never_fits.remote(why) for _ in sids]
         h = s.scheduler(route.node)
         if len(sids) == 1:
-            out = [h.submit.remote(Call(sids[0], self._wire_opts, box, payloads[0], info))]
+            out = [h.submit.remote(Call(sids[0], self._wire_opts, box, payloads[0], info, counted=True))]
         else:
             out = list(h.submit_many.options(num_returns=len(sids)).remote(sids, self._wire_opts, box, payloads,
                                                                             info))

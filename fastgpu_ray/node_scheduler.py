@@ -30,6 +30,7 @@ from placement.cost import CostModel
 from .cluster_status import ClusterStatus, GpuStatus
 from .deps import DependencyWaiter
 from . import handoff
+from .arrivals import Arrivals
 from .dispatch import DispatchCore, Outcome, Record, Subtask
 from .monitor import NAMESPACE
 from .options import TaskOptions
@@ -39,6 +40,7 @@ from .wire import Call, FnBox, NodeReport, Payload, RouteInfo
 log = logging.getLogger("fastgpu.node")
 
 ROUND_GAP_S = 0.002  # between scheduling rounds: a flood of submissions is placed in batches
+REPORT_WAIT_S = 0.2  # a report waits at most this long for the driver's calls sent before it (arrivals)
 SHARE_REPORT_GAP_S = 0.05  # reports to the arbiter: at most this often (on change) ...
 SHARE_FIRST_WAIT_S = 2.0  # a new scheduler claims no GPU until the arbiter's first answer, or this long
 SHARE_HEARTBEAT_S = 1.0  # ... and at least this often (the arbiter drops schedulers that fall silent)
@@ -127,6 +129,7 @@ class NodeScheduler:
         self._up = asyncio.Event()  # set once the core has started
         self._inflight = 0  # submit calls that have not returned (queued, waiting for inputs, running)
         self._arriving: set[str] = set()  # subtasks whose submit call is here but not yet recorded (startup)
+        self._arrivals = Arrivals()  # the driver's calls that arrived (``Session.sent`` counts them as sent)
         self._last_busy = self.core.clock()  # when it last had a call in flight or a GPU worker
         self._retiring = False  # retire() said it may go: it takes no warm worker any more (they would outlive it)
 
@@ -178,6 +181,8 @@ class NodeScheduler:
             self._last_busy = self.core.clock()
 
     async def submit(self, call: Call):
+        if call.counted:
+            self._arrivals.arrived()
         with self._counted((call.sid,)):
             return await self._submit_one(call.sid, call.opts, call.fn, call.payload, call.info)
 
@@ -192,6 +197,7 @@ class NodeScheduler:
 
     async def submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
                           info: RouteInfo):
+        self._arrivals.arrived()  # (only the driver sends chunks)
         with self._counted(tuple(sids)):
             return await self._submit_many(sids, opts, fn, payloads, info)
 
@@ -324,10 +330,12 @@ class NodeScheduler:
         return len(handles)
 
     # ---------------------------------------------------------------------------------- inspection
-    async def report(self):
-        """This node's ``NodeReport`` for the driver; None when forwarding."""
+    async def report(self, sent: int = 0):
+        """This node's ``NodeReport`` for the driver, once the ``sent`` calls the driver had sent here before
+        asking have arrived (``fastgpu_ray.arrivals``: Ray may run the report first); None when forwarding."""
         if self.delegate is not None or not self._started:
             return None
+        await self._arrivals.until(sent, REPORT_WAIT_S)
         live = self.core.snapshot()
         return NodeReport(self.core.projected_spec(self.here), live.nodes[0] if live.nodes else None,
                           self.core.durations.summary(), self.core.queue_length(),

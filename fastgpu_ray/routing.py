@@ -92,28 +92,44 @@ class Router:
         self._sched: Scheduler | None = None
         self._leases: dict[tuple, list] = {}  # shape key -> [route, subtasks left on it]
         self._routed = 0  # subtasks routed since the last report
-        self._log: list[tuple[str, tuple, Demand]] = []  # choices made since reports were last asked for
-        self._mark = 0  # choices before this index were made before the reports in flight were asked for
+        self._seq = 0  # choices made so far (each numbers its entries in ``_log``)
+        self._log: list[tuple[int, str, tuple, Demand]] = []  # (choice, node, GPUs, demand) not in every report
+        self._asking = 0  # the choices made before the reports in flight were asked for
+        self._from: dict[str, tuple[int, float | None]] = {}  # node -> (choices its spec shows, when asked)
 
     # ------------------------------------------------------------------------------------- the view
     def asking(self) -> None:
-        """Reports are being asked for now: choices made from here on are not in them."""
-        self._mark = len(self._log)
+        """Reports are being asked for now: choices made from here on are not in them (the node schedulers
+        answer once the calls sent before the question have arrived: ``NodeScheduler.report``)."""
+        self._asking = self._seq
 
-    def update(self, specs: Iterable[NodeSpec], asked_at: float | None = None) -> None:
+    def update(self, specs: Iterable[NodeSpec], asked_at: float | None = None,
+               fresh: Iterable[str] | None = None) -> None:
         """Replace the view with the node schedulers' reports (projected node specs), asked for at the last
         ``asking()`` (at ``asked_at`` on ``clock``: their ``busy_s`` count down from then; None: as given);
-        the choices made since then are queued again on top (a report does not show them)."""
+        the choices made since then are queued again on top (a report does not show them). ``fresh``: the
+        nodes whose spec answers that question (None: all); the others keep the spec they last reported,
+        aged from when that one was asked for, with every choice made for them since: a scheduler that
+        answers late must not look as if the work routed to it meanwhile had vanished (it then looked the
+        least busy, and a whole stage of consumers was routed away from its producers' nodes)."""
+        specs = list(specs)
+        fresh = None if fresh is None else set(fresh)
+        for s in specs:
+            if fresh is None or s.name in fresh or s.name not in self._from:
+                self._from[s.name] = (self._asking, asked_at)
         self.specs = {s.name: s for s in specs}
+        self._from = {n: v for n, v in self._from.items() if n in self.specs}
         self.asked_at = asked_at
         self._state = None
         self._leases.clear()
         self._routed = 0
-        self._log, self._mark = self._log[self._mark:], 0
-        if self._log and self.specs:
-            st = self._scheduler(self._log[0][2]).state
+        oldest = min((seen for seen, _ in self._from.values()), default=self._seq)
+        self._log = [e for e in self._log if e[0] > oldest]  # (what every spec shows goes)
+        todo = [e for e in self._log if e[1] in self._from and e[0] > self._from[e[1]][0]]
+        if todo:
+            st = self._scheduler(todo[0][3]).state
             index = {n: i for i, n in enumerate(st.names)}
-            for node, gpus, dw in self._log:
+            for _, node, gpus, dw in todo:
                 i = index.get(node)
                 if i is not None and all(g < st.gpu_count[i] for g in gpus):
                     st.add_wait(i, gpus, dw)
@@ -121,22 +137,29 @@ class Router:
     def set_spec(self, spec: NodeSpec) -> None:
         """Replace one node's view (a node whose scheduler retired: as it was last seen, idle)."""
         self.specs[spec.name] = spec
+        self._from[spec.name] = (self._seq, None)
         self._state = None
 
     def drop(self, node: str) -> None:
+        self._from.pop(node, None)
         if self.specs.pop(node, None) is not None:
             self._state = None
 
     def _scheduler(self, d: Demand) -> Scheduler:
         if self._sched is None or self._state is None:
-            age = 0.0 if self.asked_at is None else max(0.0, self.clock() - self.asked_at)
-            snap = Snapshot(tuple(aged(self.specs[n], age) for n in sorted(self.specs)))
+            now = self.clock()
+            snap = Snapshot(tuple(aged(self.specs[n], self._age(n, now)) for n in sorted(self.specs)))
             self._state = ClusterState.from_snapshot(snap)
             self._state.max_side_by_side = self.max_side_by_side
             pol = registry.create(self.policy, cost=self.cost())
             pol.prepare(self._state, [d])
             self._sched = Scheduler(self._state, pol)
         return self._sched
+
+    def _age(self, node: str, now: float) -> float:
+        """Seconds since ``node``'s spec was asked for (0 where that is not known)."""
+        at = self._from.get(node, (0, None))[1]
+        return 0.0 if at is None else max(0.0, now - at)
 
     # ---------------------------------------------------------------------------------- the choice
     def choose(self, d: Demand, count: int = 1, explain: bool = False) -> Route:
@@ -201,6 +224,7 @@ class Router:
         as its scheduler will run it (each to the GPU free first), not piled on the GPU chosen for it: piled
         there, the node's other GPU looked as free as other nodes', and a burst of leases went 8/16/24 over
         three nodes."""
+        self._seq += 1
         if count > 1 and d.num_gpus <= 1:
             one = dataclasses.replace(d, work_s=dw.work_s / count)
             fit = st.gpu_fit(one, i)  # (a GPU other Ray work holds shows full: it takes none of it)
@@ -217,10 +241,10 @@ class Router:
                 if k:
                     part = dataclasses.replace(d, work_s=one.work_s * k)
                     st.add_wait(i, (g,), part)
-                    self._log.append((st.names[i], (g,), part))
+                    self._log.append((self._seq, st.names[i], (g,), part))
             return
         st.add_wait(i, gpus, dw)
-        self._log.append((st.names[i], gpus, dw))
+        self._log.append((self._seq, st.names[i], gpus, dw))
 
     def _wait_for_room(self, d: Demand, expl: Explanation | None, why: str) -> Route:
         """A live node can hold ``d`` once its work ends, and the cluster can grow: wait in the lobby for

@@ -79,6 +79,7 @@ class Session:
     own: dict = field(default_factory=dict)  # node id -> NodeReport.own (other jobs share the cluster)
     _routed_to: dict = field(default_factory=dict)  # node -> when a subtask was last routed there
     _heard: dict = field(default_factory=dict)  # node -> when its last report that arrived was asked for
+    sent: dict = field(default_factory=dict)  # node -> calls sent to its scheduler (its report waits for them)
     _handing: dict = field(default_factory=dict)  # node -> (its hand_off call in flight, the receiver)
     _fed: dict = field(default_factory=dict)  # node -> when a hand-off to it last returned
 
@@ -191,6 +192,7 @@ class Session:
         while find_scheduler(self.id, node) is not None and time.monotonic() < deadline:
             time.sleep(0.02)  # its name must be free before a new one may take it
         del self.schedulers[node]
+        self.sent.pop(node, None)  # (a new scheduler there counts from 0)
         self.retired[node] = None
         if self.live.get(node) is not None:  # idle now: not as busy as its last projected report
             self.router.set_spec(self.live[node])
@@ -316,7 +318,7 @@ class Session:
             self.router.asking()
             # (each answer completes a future: looking for answers is a flag test, where ray.wait on
             # the calls cost ~1 ms of driver CPU each time, up to 200 times a second in a flood)
-            self._asked = {n: self.schedulers[n].report.remote().future() for n in nodes}
+            self._asked = {n: self.schedulers[n].report.remote(self.sent.get(n, 0)).future() for n in nodes}
             self._reported = now
             if force or stale:
                 self._collect(REPORT_TIMEOUT_S if force else STALE_WAIT_S)
@@ -329,6 +331,7 @@ class Session:
         if timeout_s == 0 and len(ready) < len(self._asked) and time.monotonic() - self._reported < REPORT_TIMEOUT_S:
             return  # not all in yet: keep the old view a little longer
         specs = {n: spec for n, spec in self.router.specs.items() if n in self.gpu_nodes}
+        fresh = []
         for node, fut in ready:
             try:
                 rep = fut.result()
@@ -336,13 +339,14 @@ class Session:
                 continue
             if rep is not None and rep.projected is not None:
                 specs[node] = rep.projected
+                fresh.append(node)
                 self.live[node] = rep.live
                 self.queued[node] = rep.queued
                 self.own[node] = rep.own
                 self._heard[node] = self._reported
                 self.router.durations.adopt(rep.learned)
         self._asked = {}
-        self.router.update(specs.values(), asked_at=self._reported)
+        self.router.update(specs.values(), asked_at=self._reported, fresh=fresh)
 
     # ------------------------------------------------------------------------------------- routing
     def estimate(self, fn_key: str, opts: TaskOptions) -> tuple[str, Estimate]:
@@ -384,7 +388,9 @@ class Session:
         return r, RouteInfo(r.explanation, history, learned, _input_bytes(payload, est))
 
     def remember(self, refs: list, sids: list[str], node: str, fn_key: str) -> None:
-        """``node``: where the subtasks were sent (``LOBBY``: to wait for a node; no producer node yet)."""
+        """The refs of one call, sent to ``node`` (``LOBBY``: to wait for a node; no producer node yet)."""
+        if node != LOBBY:
+            self.sent[node] = self.sent.get(node, 0) + 1
         hexes = [r.hex() for r in refs]
         for h, sid in zip(hexes, sids):
             self.refs[h] = (sid, node)

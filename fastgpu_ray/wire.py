@@ -56,6 +56,7 @@ class Call:
     fn: FnBox
     payload: Payload
     info: RouteInfo
+    counted: bool = False  # sent by the driver, which counts it (``NodeScheduler.report`` waits for it)
 
 
 @dataclass(frozen=True)
