@@ -14,7 +14,7 @@ from ray import ObjectRef, cloudpickle
 from transfer import find_refs
 
 from . import session
-from .dispatch import Record
+from .records import Record
 from .options import TaskOptions, make_options, parse_memory_mib
 from .progress import Progress
 from .cluster_status import ClusterStatus

@@ -1,7 +1,11 @@
-"""The dispatcher's logic, without Ray: queue -> place on a live snapshot -> run on a GPU worker -> retry.
+"""A node's scheduling core, without Ray: queue -> place on a live snapshot -> run on a GPU worker -> retry.
 
-``DispatchCore`` runs inside the dispatcher actor (``fastgpu_ray.dispatcher``) on an asyncio loop; all Ray
-calls go through a small ``Backend`` (``fastgpu_ray.ray_backend``), so unit tests drive it with a fake.
+``DispatchCore`` runs inside a node scheduler actor (``fastgpu_ray.node_scheduler``) on an asyncio loop; all
+Ray calls go through a small ``Backend`` (``fastgpu_ray.ray_backend``), so unit tests drive it with a fake.
+It composes four objects, one per job: the queue (``placement.queue.ShapeQueue``, plus the subtasks waiting
+for their inputs), the GPU workers it holds (``worker_pool.WorkerPool``), what runs on their GPUs
+(``reservations.Reservations``: shares, memory, estimated ends) and the explain records
+(``records.RecordBook``); the core decides, they keep the books.
 
 Contract:
 * ``submit(subtask)`` enqueues and resolves to the subtask's ``Outcome`` (value or error), exactly once.
@@ -34,7 +38,7 @@ import math
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from placement import GPU_MILLI, ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
@@ -44,8 +48,11 @@ from placement.durations import DurationModel, Estimate, duration_key, with_elap
 
 from .demand import build_demand
 from .options import TaskOptions
+from .records import KEEP_RECORDS, Record, RecordBook
+from .reservations import Reservations
 from .share_book import Share
-from .telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot, split_util, taken_on
+from .telemetry import NodeInfo, NodeTelemetry, build_snapshot, split_util, taken_on
+from .worker_pool import WorkerInfo, WorkerPool
 
 log = logging.getLogger("fastgpu.dispatch")
 
@@ -55,12 +62,10 @@ RELEASE_FOR_OTHERS_S = 0.5  # an idle worker is given back this soon when other 
 CLAIM_S = 1.0  # a GPU no one holds: about this long until a claimed worker process runs (with a warm pool)
 ABOVE_CAP_GRACE_S = 1.0  # a worker that comes up above the job's (shrunk) cap may start one batch this long
 FULL_ROUND_S = 1.0  # a queue whose rounds are skipped (nothing can start) is still placed this often
-KEEP_RECORDS = 20_000  # explain records per node scheduler (each ~2 KB with its explanations)
 OOM_MARGIN_MIB = 256  # a subtask over its declaration is retried asking for its peak use plus this (or twice)
 MAX_SLOTS = 8  # default cap of calls (slot processes) running at once on one GPU
 SLOT_CONTEXT_MIB = 512  # default GPU memory a slot process's CUDA context takes (outside any declaration)
 _COST = CostModel()  # run-time pricing only (``compute_s``); transfers are priced by the session's model
-OVERDUE_LEFT = 0.25  # a run past its estimated end is expected to need this fraction of its elapsed time more
 
 
 class WorkerLost(Exception):
@@ -86,17 +91,6 @@ class Outcome:
     oom: bool = False
 
 
-@dataclass
-class WorkerInfo:
-    handle: Any
-    node_id: str
-    gpu_index: int
-    pid: int = 0
-    alive: bool = True
-    idle_since: float = 0.0
-    grace_until: float = 0.0  # came up above the job's cap: may run one batch before this (clock) first
-
-
 class Backend(Protocol):
     def nodes(self) -> list[NodeInfo]: ...
     async def read(self, node: NodeInfo) -> NodeTelemetry | None: ...
@@ -104,44 +98,6 @@ class Backend(Protocol):
     async def run(self, worker: WorkerInfo, batch: list["Subtask"]) -> list[Outcome]: ...
     async def release(self, worker: WorkerInfo) -> None: ...
     def fail(self, message: str, exc: BaseException) -> Any: ...
-
-
-@dataclass
-class Record:
-    """What ``fastgpu.explain(ref)`` returns for one subtask."""
-
-    id: str
-    state: str = "queued"  # queued -> running -> finished | failed (back to queued on a retry)
-    node: str | None = None
-    gpus: tuple[int, ...] = ()
-    policy: str = ""
-    explanation: Explanation | None = None
-    submitted: float = 0.0
-    queued_s: float = 0.0
-    run_s: float = 0.0
-    retries: int = 0
-    batch_size: int = 1
-    history: list[str] = field(default_factory=list)
-    error: str | None = None
-    emulated: bool = False
-    estimate: str = ""  # the duration estimate placement used, and its source
-    node_choice: Explanation | None = None  # the driver's choice of node (every candidate node, score terms)
-
-    def format(self) -> str:
-        where = f"node {self.node} GPU {list(self.gpus)}" if self.node else "not placed"
-        lines = [f"subtask {self.id}: {self.state}, {where}" + (" (EMULATED GPU)" if self.emulated else ""),
-                 f"  policy={self.policy} queued {self.queued_s:.3f}s, ran {self.run_s:.3f}s, "
-                 f"retries={self.retries}, batch of {self.batch_size}"]
-        if self.estimate:
-            lines.append(f"  duration estimate: {self.estimate}")
-        lines += [f"  history: {h}" for h in self.history]
-        if self.error:
-            lines.append(f"  error: {self.error}")
-        if self.node_choice:
-            lines.append("  node choice: " + self.node_choice.format().replace("\n", "\n  "))
-        if self.explanation:
-            lines.append("  GPU choice: " + self.explanation.format().replace("\n", "\n  "))
-        return "\n".join(lines)
 
 
 @dataclass
@@ -212,28 +168,24 @@ class DispatchCore:
         self.max_batch = max_batch
         self.metrics = metrics or NoMetrics()
         self.clock = clock
-        self.keep_records = keep_records
         self.round_gap_s = round_gap_s
         self.nodes: list[NodeInfo] = []
         self.telemetry: dict[str, NodeTelemetry] = {}
-        self.holds: dict[tuple[str, int], GpuHold] = {}
-        self.workers: dict[tuple[str, int], WorkerInfo] = {}
-        self.claiming: dict[str, int] = {}  # node -> GPUs being claimed there (workers starting)
+        # The core's four jobs, each an object of its own: the queue (below), the GPU workers it holds
+        # (``pool``), what runs on their GPUs (``reservations``) and the explain records (``records``).
+        self.pool = WorkerPool()
+        self.reservations = Reservations(max_slots)
+        self.records = RecordBook(keep_records)
         self.queue = ShapeQueue(Subtask.fit_key)  # entries (-priority, seq, subtask)
         self._purge = False  # a queued subtask was cancelled since the last round
         self._full_at = -math.inf  # when a round last placed the queue (skipped ones do not)
         self.waiting: dict[str, Subtask] = {}  # subtasks waiting for their inputs (not queued yet)
         self.gpu_demand = 0.0  # GPUs Ray has requests for that it cannot place now (all jobs, ours too)
-        self.records: dict[str, Record] = {}
-        # per GPU: batch id -> (estimated end, estimated duration); end None = work unknown
-        self.ends: dict[tuple[str, int], dict[int, tuple[float | None, float]]] = {}
         # Fair share between jobs (fastgpu_ray.arbiter): None = no arbiter, hold what Ray gives. A core
         # serving one node gets one Share for it; ``on_change`` is called when what it would report changes.
         self.share: Share | None = None
         self.share_expected_until = 0.0  # before this (clock), with no share yet, claim nothing: wait for it
         self.durations = DurationModel()  # learned run times (placement.durations)
-        # duration key -> {batch id: (start, slowdown of its GPU)} of its running batches
-        self._since: dict[str, dict[int, tuple[float, float]]] = {}
         self.on_change: Callable[[], None] = lambda: None
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -258,9 +210,10 @@ class DispatchCore:
             _, _, st = self.queue.pop()
             self._resolve(st, Outcome(False, self.backend.fail("fastgpu was shut down", RuntimeError(
                 "fastgpu.shutdown() was called while this subtask was queued"))))
-        held = list(self.workers.values())
-        self.workers.clear()
-        self.holds.clear()
+        held = list(self.pool.workers.values())
+        for w in held:
+            self.pool.remove(w)
+            self.reservations.close((w.node_id, w.gpu_index))
         await asyncio.gather(*(self.backend.release(w) for w in held), return_exceptions=True)
         return len(held)
 
@@ -331,7 +284,7 @@ class DispatchCore:
             # so it keeps that one's story.
             st.record.node_choice = prev.node_choice
             st.record.history[:0] = prev.history
-        self._remember(st.record)
+        self.records.add(st.record)
         if rerun is not None:
             if st.opts.max_retries < 1:
                 msg = f"subtask {st.id} gave up after 0 retries: {rerun}"
@@ -358,9 +311,8 @@ class DispatchCore:
         if was != "running" or rec.node is None:
             return
         key = (rec.node, rec.gpus[0]) if rec.gpus else None
-        w = self.workers.get(key) if key else None
-        h = self.holds.get(key) if key else None
-        if w is not None and h is not None and h.running == 1 and rec.batch_size == 1:
+        w = self.pool.get(key) if key else None
+        if w is not None and self.reservations.running(key) == 1 and rec.batch_size == 1:
             self._drop_worker(w)  # the call fails with WorkerLost; _retry sees the cancelled future
             return
         stop = getattr(self.backend, "stop", None)  # packed beside others: its own process can go alone
@@ -377,12 +329,6 @@ class DispatchCore:
         st.record.state = "queued"
         self.queue.push((-st.opts.priority, st.seq, st))
         self._wake.set()  # (the queue-depth gauge is set once per round: a Ray metric per submit is costly)
-
-    def _remember(self, rec: Record) -> None:
-        self.records[rec.id] = rec
-        if len(self.records) > self.keep_records:  # drop the oldest (dicts keep insertion order)
-            for k in list(itertools.islice(self.records, len(self.records) - self.keep_records)):
-                del self.records[k]
 
     def handed_off(self, st: Subtask, node: str, here_s: float, there_s: float) -> None:
         """``st`` (taken off the queue by ``fastgpu_ray.handoff.pick``) runs on ``node`` instead."""
@@ -431,7 +377,7 @@ class DispatchCore:
         workers."""
         await self.reread_nodes()
         alive = {n.node_id for n in self.nodes if n.alive}
-        for key, w in list(self.workers.items()):
+        for key, w in list(self.pool.workers.items()):
             if key[0] not in alive:
                 self._drop_worker(w)
         asked = [n for n in self.nodes if n.alive and n.gpu_total]
@@ -478,8 +424,7 @@ class DispatchCore:
         keeps showing them free, so the subtasks that chose it keep choosing it (and wait) instead of
         claiming more nodes. Reports, status and ``cluster_snapshot`` (training) get this plain view;
         placement (``placement_snapshot``) sees only what the job's fair share lets it claim."""
-        holds = {**self._claim_holds(), **self.holds} if self.claiming else self.holds
-        return build_snapshot(self.nodes, self.telemetry, holds)
+        return build_snapshot(self.nodes, self.telemetry, self._holds())
 
     def placement_snapshot(self) -> Snapshot:
         """``snapshot()`` within the job's fair share, plus, for GPUs whose running work has known estimated ends and that have no room
@@ -488,12 +433,12 @@ class DispatchCore:
         packed by memory, too full for the smallest queued memory demand, frees a slot at its earliest end."""
         now = self.clock()
         nodes = self._within_share()
-        holds = {**self._claim_holds(), **self.holds}
+        holds = self._holds()
         live = build_snapshot(nodes, self.telemetry, holds)
         need, free_mib = None, {}
         busy = {}
-        for key, ends in self.ends.items():
-            h = self.holds.get(key)
+        for key, ends in self.reservations.ends.items():
+            h = self.reservations.holds.get(key)
             if h is None or not ends:
                 continue
             whole = h.milli_used >= GPU_MILLI
@@ -505,7 +450,7 @@ class DispatchCore:
             # (a GPU at its call cap frees a slot at its earliest end, as a memory-full one does)
             if not (whole or h.at_cap or (need and free_mib.get(key, 0) < need)):
                 continue
-            lefts = [time_left(e, dur, now) for e, dur in ends.values()]
+            lefts = self.reservations.lefts(key, now)
             busy[key] = max(lefts) if whole else min(lefts)
         if not busy:
             return live
@@ -523,7 +468,7 @@ class DispatchCore:
         now = self.clock()
         if self.share is not None and self.share.others_held:  # other jobs' GPUs: ours in turn (fair share)
             n = dataclasses.replace(n, gpu_available=n.gpu_available + self.share.others_held)
-        holds = {**self._claim_holds(), **self.holds}
+        holds = self._holds()
         # The queue is played out only over the GPUs it can run on: a GPU other Ray work holds stays full
         # and takes none of it.
         taken = taken_on(n, self.telemetry, holds)
@@ -534,8 +479,10 @@ class DispatchCore:
         return build_snapshot([n], self.telemetry, holds, busy).nodes[0]
 
     # -------------------------------------------------------------------------- fair share (jobs)
-    def _held(self, node: str) -> int:
-        return sum(1 for (nd, _) in self.workers if nd == node)
+    def _holds(self) -> dict:
+        """Every GPU this core holds (its reservations), and those being claimed (shown as held)."""
+        holds = self.reservations.holds
+        return {**self.pool.claim_holds(self.nodes, holds), **holds} if self.pool.claiming else holds
 
     def _within_share(self, nodes: list[NodeInfo] | None = None) -> list[NodeInfo]:
         """``nodes`` as this job may use them: of the GPUs it does not hold, only as many look available
@@ -547,8 +494,8 @@ class DispatchCore:
             return nodes
         out = []
         for n in nodes:
-            held = self._held(n.node_id)
-            room = max(0, self.share.cap - held - self.claiming.get(n.node_id, 0))
+            held = self.pool.held(n.node_id)
+            room = max(0, self.share.cap - held - self.pool.claiming.get(n.node_id, 0))
             out.append(dataclasses.replace(n, gpu_available=min(n.gpu_available + self.share.handing_over, room)))
         return out
 
@@ -562,13 +509,13 @@ class DispatchCore:
         if self.share is None:
             return
         for n in self.nodes:
-            excess = self._held(n.node_id) - self.share.cap
+            excess = self.pool.held(n.node_id) - self.share.cap
             if excess <= 0:
                 continue
             now = self.clock()
-            idle = sorted((w for key, w in self.workers.items()
-                           if key[0] == n.node_id and self.holds.get(key) and self.holds[key].running == 0
-                           and w.grace_until <= now),
+            idle = sorted((w for key, w in self.pool.workers.items()
+                           if key[0] == n.node_id and key in self.reservations.holds
+                           and self.reservations.running(key) == 0 and w.grace_until <= now),
                           key=lambda w: w.idle_since)
             for w in idle[:excess]:  # running work is never preempted: a busy worker goes when it is done
                 log.info("giving GPU %d on %s to another job (fair share: cap %d)", w.gpu_index,
@@ -586,13 +533,13 @@ class DispatchCore:
             queued += gpu_fraction(st)
             if busy + queued >= gpus:
                 break
-        return dict(gpu_total=gpus, held=len(self.workers), claiming=sum(self.claiming.values()),
+        return dict(gpu_total=gpus, held=len(self.pool.workers), claiming=sum(self.pool.claiming.values()),
                     want=min(gpus, busy + math.ceil(queued - 1e-9)),
-                    running=sum(h.running for h in self.holds.values()), queued=len(self.queue))
+                    running=sum(h.running for h in self.reservations.holds.values()), queued=len(self.queue))
 
     def _busy_gpus(self) -> int:
         """GPUs whose worker is running this core's work."""
-        return sum(1 for key, h in self.holds.items() if h.running > 0 and key in self.workers)
+        return sum(1 for key, h in self.reservations.holds.items() if h.running > 0 and key in self.pool.workers)
 
     def room(self) -> float:
         """GPUs' worth of work this core could start now without queueing it: its node's GPUs (at most its
@@ -608,8 +555,8 @@ class DispatchCore:
         """A worker of ours on ``node`` with nothing running whose GPU takes ``d`` now and is not more
         loaded from outside than the ``chosen`` GPU (placement may have chosen it to avoid that load)."""
         load = self.external_util(node, chosen) + 0.1
-        for (nd, g), w in self.workers.items():
-            h = self.holds.get((nd, g))
+        for (nd, g), w in self.pool.workers.items():
+            h = self.reservations.holds.get((nd, g))
             if (nd == node and w.alive and h is not None and h.running == 0 and self.fits_now(node, (g,), d)
                     and self.external_util(node, g) <= load):
                 return w
@@ -625,7 +572,7 @@ class DispatchCore:
         to how long its function's oldest running subtask has run (``placement.durations.with_elapsed``)."""
         est = self.durations.estimate(st.duration_key, st.opts.work_s, st.input_bytes)
         if not est.known:
-            runs = self._since.get(st.duration_key)
+            runs = self.reservations.started(st.duration_key)
             if runs:  # (on an idle GPU: the elapsed time over its GPU's slowdown, as ``observe`` divides)
                 now = self.clock()
                 est = with_elapsed(est, max((now - t0) / load for t0, load in runs.values()))
@@ -638,21 +585,10 @@ class DispatchCore:
         est = self.estimate(st)
         return est.source in ("learned", "declared") and est.seconds <= BATCH_MAX_WORK_S
 
-    def _claim_holds(self) -> dict:
-        out = {}
-        for node, count in self.claiming.items():
-            n = next((x for x in self.nodes if x.node_id == node), None)
-            free = [g for g in range(n.gpu_total) if (node, g) not in self.holds] if n else []
-            for g in free[:count]:
-                out[(node, g)] = GpuHold(claiming=True)
-        return out
-
     def fits_now(self, node: str, gpus: tuple[int, ...], d: Demand) -> bool:
         """Whether ``d`` fits the chosen GPUs as they are (not as they will be after running work)."""
-        for g in gpus:
-            h = self.holds.get((node, g))
-            if h is not None and (h.milli_used + d.gpu_share > GPU_MILLI or h.at_cap):
-                return False
+        if not all(self.reservations.fits((node, g), d.gpu_share) for g in gpus):
+            return False
         return not d.gpu_memory_mib or self._free_memory(node, gpus) >= d.gpu_memory_mib
 
     def can_start_now(self, d: Demand) -> bool:
@@ -664,7 +600,7 @@ class DispatchCore:
         for n in self.nodes:
             if not n.alive or n.gpu_total < need:
                 continue
-            held = [g for g in range(n.gpu_total) if (n.node_id, g) in self.holds]
+            held = [g for g in range(n.gpu_total) if (n.node_id, g) in self.reservations.holds]
             free = sum(1 for g in held if self.fits_now(n.node_id, (g,), d)) + max(0, self._claimable(n))
             if free >= need:
                 return True
@@ -712,7 +648,7 @@ class DispatchCore:
         pol = registry.create(self.policy)
         pol.prepare(state, [d for _, _, st in self.queue.head(16) if (d := _safe_demand(self, st))])
         sched = Scheduler(state, pol)
-        slots = max(1, len(self.workers))
+        slots = max(1, len(self.pool.workers))
         now = self.clock()
         scan = Scan(self.queue, best_first(self.queue, now, lambda st: self.estimate(st).seconds,
                                            lambda st: st.duration_key, lambda st: st.enqueued,
@@ -752,7 +688,7 @@ class DispatchCore:
                 except Exception:
                     log.exception("transfer hook failed for subtask %s", st.id)
                 node, gpus = state.names[dec.node], dec.gpus
-                workers = [self.workers.get((node, g)) for g in gpus]
+                workers = [self.pool.get((node, g)) for g in gpus]
                 if not all(w is not None and w.alive for w in workers):
                     spare = self._idle_worker(node, d, gpus[0]) if len(gpus) == 1 else None
                     if spare is None:
@@ -801,7 +737,7 @@ class DispatchCore:
         if sh is None or st.fair_wait_noted or sh.jobs < 2 or not self.nodes:
             return
         node = self.nodes[0].node_id
-        if self._held(node) + self.claiming.get(node, 0) < sh.cap or sh.cap >= self.nodes[0].gpu_total:
+        if self.pool.held(node) + self.pool.claiming.get(node, 0) < sh.cap or sh.cap >= self.nodes[0].gpu_total:
             return
         st.fair_wait_noted = True
         st.record.history.append(f"waiting for fair share: its job may hold {sh.cap} GPU(s) on this node now "
@@ -824,18 +760,10 @@ class DispatchCore:
                                + (f" (batch of {len(batch)})" if len(batch) > 1 else ""))
         free_mib = self._free_memory(node, gpus)  # before this reservation: an OOM retry asks for more
         load = slowdown(self.external_util(node, gpus[0])) if gpus else 1.0  # (the first GPU runs it)
-        self._since.setdefault(batch[0].duration_key, {})[id(batch)] = (now, load)
         work = est.seconds * len(batch)  # a batch holds one key (batch_key has the function and options)
-        for g in gpus:
-            dur = work * slowdown(self.external_util(node, g))
-            self.ends.setdefault((node, g), {})[id(batch)] = (now + dur, dur)
-        for g in gpus:  # a batch runs its subtasks one after another: it reserves one subtask's share
-            h = self.holds.setdefault((node, g), GpuHold(slot_cap=self.max_slots))
-            h.milli_used += d.gpu_share
-            h.memory_reserved_mib += d.gpu_memory_mib
-            h.running += len(batch)
-            h.calls += 1
-            h.util_declared += batch[0].opts.gpu_util
+        # (a batch runs its subtasks one after another: it reserves one subtask's share)
+        self.reservations.reserve(node, gpus, d, id(batch), len(batch), batch[0].opts.gpu_util, batch[0].duration_key,
+                                  now, load, [work * slowdown(self.external_util(node, g)) for g in gpus])
         task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib, load))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -897,9 +825,9 @@ class DispatchCore:
         with no other job: every GPU of the node is this job's to claim."""
         if self.share is None or self.share.jobs <= 1:
             return None
-        mine = sorted(g for (nd, g), w in self.workers.items() if nd == node and w.alive)[:self.share.cap]
+        mine = sorted(g for (nd, g), w in self.pool.workers.items() if nd == node and w.alive)[:self.share.cap]
         n = self._live_node(node)
-        unheld = 0 if n is None else max(0, int(n.gpu_available + 1e-9) - self.claiming.get(node, 0))
+        unheld = 0 if n is None else max(0, int(n.gpu_available + 1e-9) - self.pool.claiming.get(node, 0))
         return ([(g, self.free_in(node, g, now), self.external_util(node, g)) for g in mine]
                 + [(None, CLAIM_S, 0.0)] * unheld)
 
@@ -917,7 +845,7 @@ class DispatchCore:
 
     def free_in(self, node: str, gpu: int, now: float) -> float:
         """Estimated seconds until all the work running on ``gpu`` of ``node`` is done."""
-        return max((time_left(e, dur, now) for e, dur in self.ends.get((node, gpu), {}).values()), default=0.0)
+        return self.reservations.free_in((node, gpu), now)
 
     def external_util(self, node: str, gpu: int) -> float:
         tel = self.telemetry.get(node)
@@ -1007,24 +935,13 @@ class DispatchCore:
         self._enqueue(st)
 
     def _unreserve(self, node, gpus, d: Demand, batch, workers: list[WorkerInfo]) -> None:
-        runs = self._since.get(batch[0].duration_key)
-        if runs is not None:
-            runs.pop(id(batch), None)
-            if not runs:
-                del self._since[batch[0].duration_key]
-        for g in gpus:
-            self.ends.get((node, g), {}).pop(id(batch), None)
-        for g, w in zip(gpus, workers):
-            h = self.holds.get((node, g))
-            if h is None or self.workers.get((node, g)) is not w:
-                continue  # that worker was dropped: its reservations went with it
-            h.milli_used = max(0, h.milli_used - d.gpu_share)
-            h.memory_reserved_mib = max(0, h.memory_reserved_mib - d.gpu_memory_mib)
-            h.running = max(0, h.running - len(batch))
-            h.calls = max(0, h.calls - 1)
-            h.util_declared = max(0.0, h.util_declared - batch[0].opts.gpu_util)
-            if h.running == 0:
-                w.idle_since = self.clock()
+        mine = {(node, g): w for g, w in zip(gpus, workers)}
+        idle = self.reservations.release(node, gpus, d, id(batch), len(batch), batch[0].opts.gpu_util,
+                                         batch[0].duration_key,
+                                         lambda key: key in mine and self.pool.get(key) is mine[key])
+        now = self.clock()
+        for key in idle:
+            mine[key].idle_since = now
         self._wake.set()
         self.on_change()
 
@@ -1033,7 +950,7 @@ class DispatchCore:
         """GPUs of ``n`` that fastgpu does not hold and Ray shows available (within the job's fair share):
         what a claim can get."""
         n = self._within_share([n])[0]
-        held, claiming = self._held(n.node_id), self.claiming.get(n.node_id, 0)
+        held, claiming = self.pool.held(n.node_id), self.pool.claiming.get(n.node_id, 0)
         return n.gpu_total - held - claiming - taken_count(n, held, claiming)
 
     def _claim(self, node_id: str) -> None:
@@ -1047,17 +964,10 @@ class DispatchCore:
         count = self._claimable(n)
         if count <= 0:
             return
-        self._count_claim(node_id, count)
+        self.pool.count_claim(node_id, count)
         task = asyncio.ensure_future(self._do_claim(n, count))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
-
-    def _count_claim(self, node: str, k: int) -> None:
-        v = self.claiming.get(node, 0) + k
-        if v > 0:
-            self.claiming[node] = v
-        else:
-            self.claiming.pop(node, None)
 
     def adopt(self, node_id: str, started: list) -> bool:
         """Take GPU workers that were started on ``node_id`` for this core (by the session's lobby, beside
@@ -1068,7 +978,7 @@ class DispatchCore:
         n = next((x for x in self.nodes if x.node_id == node_id), None)
         if n is None or self._closed or not started:
             return False
-        self._count_claim(node_id, len(started))
+        self.pool.count_claim(node_id, len(started))
         task = asyncio.ensure_future(self._do_claim(n, len(started), started))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -1076,30 +986,30 @@ class DispatchCore:
 
     async def _do_claim(self, n: NodeInfo, count: int, started: list | None = None) -> None:
         got: list[WorkerInfo] = []
-        left = [count]  # GPUs of this claim still counted in ``self.claiming``
+        left = [count]  # GPUs of this claim still counted in ``self.pool.claiming``
 
         def settle(k: int) -> None:
             k = min(k, left[0])
             left[0] -= k
-            self._count_claim(n.node_id, -k)
+            self.pool.count_claim(n.node_id, -k)
 
         def ready(w: WorkerInfo) -> None:
             """A worker is up: use it at once (its siblings may still be starting)."""
             got.append(w)
             settle(1)
             key = (w.node_id, w.gpu_index)
-            if self._closed or (key in self.workers and self.workers[key].alive):
+            if self._closed or self.pool.live(key):
                 if not self._closed:  # Ray never gives one GPU twice; never keep two workers for one
                     log.error("GPU %s already held; releasing the new worker", key)
                 asyncio.ensure_future(self.backend.release(w))
                 return
-            if self.share is not None and self._held(w.node_id) >= self.share.cap:
+            if self.share is not None and self.pool.held(w.node_id) >= self.share.cap:
                 # The share shrank while it started: its process start is paid, so it runs one batch (as
                 # if it had been running when the cap shrank: no preemption), then goes back.
                 w.grace_until = self.clock() + ABOVE_CAP_GRACE_S
             w.idle_since = self.clock()
-            self.workers[key] = w
-            self.holds[key] = GpuHold(slot_cap=self.max_slots)
+            self.pool.add(w)
+            self.reservations.open(key)
             self._wake.set()
             self.on_change()
 
@@ -1110,7 +1020,7 @@ class DispatchCore:
                 settle(count)  # what this claim may get, not counting itself
                 count = min(count, self._claimable(n)) if n.alive else 0
                 if count > 0:
-                    self._count_claim(n.node_id, count)
+                    self.pool.count_claim(n.node_id, count)
                     left[0] = count
             t0 = self.clock()
             if started is not None:
@@ -1129,12 +1039,8 @@ class DispatchCore:
             self._wake.set()
 
     def _drop_worker(self, w: WorkerInfo) -> None:
-        key = (w.node_id, w.gpu_index)
-        w.alive = False
-        if self.workers.get(key) is w:
-            del self.workers[key]
-            self.holds.pop(key, None)
-            self.ends.pop(key, None)
+        if self.pool.remove(w):  # (marks it dead either way: its late completions touch nothing)
+            self.reservations.close((w.node_id, w.gpu_index))
             asyncio.ensure_future(self.backend.release(w))
             self.on_change()
 
@@ -1144,9 +1050,9 @@ class DispatchCore:
         plain Ray work waits for a GPU, so none is kept idle for later. (Ray lists only requests without
         a node constraint: another fastgpu session's node-pinned claims are not seen this way.)"""
         now = self.clock()
-        others = self.gpu_demand - sum(self.claiming.values()) > 0
-        for key, w in list(self.workers.items()):
-            h = self.holds.get(key)
+        others = self.gpu_demand - sum(self.pool.claiming.values()) > 0
+        for key, w in list(self.pool.workers.items()):
+            h = self.reservations.holds.get(key)
             idle = now - w.idle_since
             if (h is not None and h.running == 0 and not self.queue
                     and (idle > self.idle_timeout_s or (others and idle > RELEASE_FOR_OTHERS_S))):
@@ -1158,7 +1064,7 @@ class DispatchCore:
 
     def ended(self) -> list[str]:
         """Ids of the subtasks whose records say they ended (finished, failed or cancelled)."""
-        return [sid for sid, r in self.records.items() if r.state in ("finished", "failed", "cancelled")]
+        return self.records.ended()
 
     def queue_length(self) -> int:
         return len(self.queue)
@@ -1172,12 +1078,6 @@ def check_slots(max_slots: Any, context_mib: Any) -> None:
     if isinstance(context_mib, bool) or not isinstance(context_mib, int) or context_mib < 0:
         raise ValueError(f"slot_context_memory={context_mib!r}: must be a memory size >= 0 (GPU memory each "
                          f"slot process's CUDA context takes; default {SLOT_CONTEXT_MIB} MiB)")
-
-
-def time_left(end: float, dur: float, now: float) -> float:
-    """Estimated seconds until a run that should end at ``end`` (``dur`` long) is done: past its end, a
-    fraction of what it has run so far (it is longer than estimated: the longer, the more is left)."""
-    return max(end - now, OVERDUE_LEFT * (now - (end - dur)), 0.0)
 
 
 def gpu_fraction(st: Subtask) -> float:

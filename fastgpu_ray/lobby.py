@@ -43,7 +43,8 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from .dispatch import Record, gpu_fraction
+from .dispatch import gpu_fraction
+from .records import Record
 from .errors import NeverFitsError, RetriesExhaustedError
 from .options import TaskOptions
 from .wire import Call, FnBox, Payload, RouteInfo

@@ -31,7 +31,8 @@ from .cluster_status import ClusterStatus, GpuStatus
 from .deps import DependencyWaiter
 from . import handoff
 from .arrivals import Arrivals
-from .dispatch import DispatchCore, Outcome, Record, Subtask
+from .dispatch import DispatchCore, Outcome, Subtask
+from .records import Record
 from .monitor import NAMESPACE
 from .options import TaskOptions
 from .ray_backend import RayBackend, kill_actors
@@ -231,7 +232,7 @@ class NodeScheduler:
         starts a new one when it routes work here again."""
         now = self.core.clock()
         busy = self._inflight or (self.delegate is None and (
-            self.core.workers or any(self.core.claiming.values()) or self.core.queue))
+            self.core.pool.workers or any(self.core.pool.claiming.values()) or self.core.queue))
         if busy:
             self._last_busy = now
             return False
@@ -414,12 +415,12 @@ class NodeScheduler:
             readings = {r.index: r for r in tel.gpus} if tel else {}
             for i, g in enumerate(node.gpus):
                 r = readings.get(i)
-                h = core.holds.get((node.name, i))
+                h = core.reservations.holds.get((node.name, i))
                 rows.append(GpuStatus(
                     node=node.name, gpu=i, model=g.model, emulated=g.emulated, util=g.util,
                     memory_used_mib=r.memory_used_mib if r else None, memory_total_mib=g.memory_mib,
                     memory_reserved_mib=g.memory_reserved_mib, external_processes=g.external_processes,
-                    fastgpu_running=h.running if h else 0, held=(node.name, i) in core.workers,
+                    fastgpu_running=h.running if h else 0, held=(node.name, i) in core.pool.workers,
                     temperature_c=r.temperature_c if r else None, power_w=r.power_w if r else None))
         c = self.metrics.counts
         return ClusterStatus(tuple(rows), core.queue_length(), 1, c["placed"], c["finished"], c["failed"])
@@ -438,7 +439,7 @@ class NodeScheduler:
         """(node, GPU index, pid) of every GPU worker this scheduler holds now."""
         if self.delegate is not None:
             return []
-        return [(w.node_id, w.gpu_index, w.pid) for w in self.core.workers.values()]
+        return [(w.node_id, w.gpu_index, w.pid) for w in self.core.pool.workers.values()]
 
     def processes(self) -> list[tuple[str, tuple[int, ...], int, bool]]:
         """(node, GPUs, pid, is the GPU's lease) of every process that runs this scheduler's subtasks."""

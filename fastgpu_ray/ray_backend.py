@@ -10,7 +10,8 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutErr
                             ObjectLostError, OwnerDiedError, RayActorError, RayTaskError, WorkerCrashedError)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .dispatch import BatchRejected, Outcome, SlotLost, WorkerInfo, WorkerLost
+from .dispatch import BatchRejected, Outcome, SlotLost, WorkerLost
+from .worker_pool import WorkerInfo
 from .monitor import NAMESPACE, MonitorActor, NodeMonitor, monitor_name
 from .slots import Slot, SlotPool
 from .telemetry import NodeInfo, NodeTelemetry, node_infos

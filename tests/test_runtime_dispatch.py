@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fastgpu_ray.dispatch import DispatchCore, Outcome, Record, Subtask, WorkerInfo, WorkerLost
+from fastgpu_ray.dispatch import DispatchCore, Outcome, Subtask, WorkerLost
+from fastgpu_ray.records import Record
+from fastgpu_ray.worker_pool import WorkerInfo
 from fastgpu_ray.errors import GpuOutOfMemoryError, NeverFitsError, RetriesExhaustedError, is_gpu_oom
 from fastgpu_ray.gpu_sources import EmulatedSource
 from fastgpu_ray.options import make_options
@@ -169,9 +171,9 @@ def test_workers_started_beside_a_new_scheduler_are_taken_as_its_claim():
         core = await started(b)
         assert not core.adopt("elsewhere", [0])
         assert core.adopt("n1", [0, 1])
-        assert core.claiming == {"n1": 2}
+        assert core.pool.claiming == {"n1": 2}
         outs = await asyncio.gather(*(core.submit(sub(f"s{i}", sleeper(0.05, i), batch=False)) for i in range(4)))
-        held = sorted(core.workers)
+        held = sorted(core.pool.workers)
         await core.shutdown()
         return b, outs, held
     b, outs, held = asyncio.run(main())
@@ -332,8 +334,8 @@ def test_idle_workers_are_released():
         b = FakeBackend({"n1": [16384, 16384]})
         core = await started(b, idle_timeout_s=0.2)
         await core.submit(sub("x", value(1)))
-        await until(lambda: not core.workers, what="the idle workers to be released")
-        held = dict(core.workers)
+        await until(lambda: not core.pool.workers, what="the idle workers to be released")
+        held = dict(core.pool.workers)
         await core.shutdown()
         return b, held
     b, held = asyncio.run(main())
@@ -351,7 +353,7 @@ def test_waits_for_an_idle_gpu_rather_than_starting_on_a_loaded_one():
         b.sources["b"].set_gpu(0, util=0.8)  # 5x slower there
         core = await started(b)
         await claim_gpus(core, 2)
-        assert len(core.workers) == 2  # both GPUs claimed
+        assert len(core.pool.workers) == 2  # both GPUs claimed
         b.runs.clear()
         outs = await asyncio.gather(*(core.submit(sub(f"w{i}", sleeper(0.15, i), work_s=0.15, batch=False))
                                       for i in range(4)))
@@ -391,7 +393,7 @@ def test_memory_packed_subtasks_wait_for_a_slot_on_an_idle_gpu_rather_than_a_loa
         b.sources["b"].set_gpu(0, util=0.8)
         core = await started(b)
         await claim_gpus(core, 2)
-        assert len(core.workers) == 2
+        assert len(core.pool.workers) == 2
         b.runs.clear()
         outs = await asyncio.gather(*(core.submit(sub(f"m{i}", sleeper(0.15, i), gpu_memory="5.5GiB", work_s=0.15,
                                                       batch=False)) for i in range(6)))
@@ -414,7 +416,7 @@ def test_cancel_drops_a_queued_subtask_and_releases_the_worker_of_a_running_one(
         await until(lambda: core.explain("queued").state == "cancelled", what="the cancellation")
         long.cancel()  # running alone on its worker: the worker is released, its GPU is free again
         await until(lambda: b.released, what="the worker's release")
-        rec, released, holds = core.explain("long"), list(b.released), dict(core.holds)
+        rec, released, holds = core.explain("long"), list(b.released), dict(core.reservations.holds)
         await core.shutdown()
         return rec, released, holds, [r.sid for r in b.runs]
     rec, released, holds, ran = asyncio.run(main())
@@ -466,9 +468,9 @@ def test_idle_workers_go_back_at_once_when_other_ray_work_waits_for_a_gpu():
         core = await started(b, idle_timeout_s=60.0)
         await core.submit(sub("x", value(1)))
         await asyncio.sleep(0.7)
-        kept = dict(core.workers)  # nobody else waits: kept for the idle timeout
+        kept = dict(core.pool.workers)  # nobody else waits: kept for the idle timeout
         b.demand = 1.0  # another job's worker (or a plain Ray task) waits for a GPU
-        await until(lambda: not core.workers, timeout_s=3.0, what="the idle workers to go back")
+        await until(lambda: not core.pool.workers, timeout_s=3.0, what="the idle workers to go back")
         await core.shutdown()
         return kept, b.released
     kept, released = asyncio.run(main())
@@ -656,7 +658,7 @@ def test_never_fits_fails_at_once_also_when_the_gpus_are_held():
         b = FakeBackend({"n1": [16384, 16384]})
         core = await started(b)
         await asyncio.gather(*(core.submit(sub(f"w{i}", sleeper(0.05, i), fn="w", batch=False)) for i in range(2)))
-        assert len(core.workers) == 2  # both GPUs held (idle) by workers
+        assert len(core.pool.workers) == 2  # both GPUs held (idle) by workers
         gate, first = await block_gpu(core, fn="b", batch=False)
         out = await asyncio.wait_for(core.submit(sub("huge", value(1), gpu_memory="40GiB")), 5)
         gate.set()

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from fastgpu_ray.dispatch import Outcome, Record
+from fastgpu_ray.dispatch import Outcome
+from fastgpu_ray.records import Record
 from placement.cost import slowdown
 from test_runtime_dispatch import FakeBackend, block_gpu, claim_gpus, started, sub, until, value
 
@@ -61,7 +62,7 @@ def test_queue_waits_for_the_idle_gpu_although_no_subtask_declares_work():
         b.sources["b"].set_gpu(0, util=0.9)
         core = await started(b)
         await claim_gpus(core, 2)
-        assert len(core.workers) == 2
+        assert len(core.pool.workers) == 2
         nodes = []
         for wave in range(2):
             b.runs.clear()
@@ -273,7 +274,7 @@ def test_hand_off_with_other_jobs_counts_only_the_gpus_the_job_holds():
 
         blocks = [asyncio.ensure_future(core.submit(sub(f"block{i}", lambda w: blocker(w), fn="block", work_s=1.0,
                                                         batch=False))) for i in range(2)]
-        await until(lambda: sum(h.running for h in core.holds.values()) == 2, what="both GPUs busy")
+        await until(lambda: sum(h.running for h in core.reservations.holds.values()) == 2, what="both GPUs busy")
         key = sub("x", value(0), fn="f").duration_key
         for _ in range(5):
             core.durations.observe(key, 0.5, 1.0)

@@ -68,12 +68,12 @@ def test_idle_workers_above_the_cap_go_back_at_once_and_busy_ones_when_done():
         core = await started(b)
         long = asyncio.ensure_future(core.submit(sub("long", sleeper(0.5, "done"))))
         await core.submit(sub("short", sleeper(0.01)))
-        await until(lambda: len(core.workers) == 2, what="both GPUs held")
+        await until(lambda: len(core.pool.workers) == 2, what="both GPUs held")
         core.set_share(Share(cap=0, jobs=2))
         await until(lambda: len(b.released) == 1, what="the idle worker released")
-        assert len(core.workers) == 1 and not long.done()  # the busy one is not preempted
+        assert len(core.pool.workers) == 1 and not long.done()  # the busy one is not preempted
         out = await long
-        await until(lambda: not core.workers, what="the busy worker released once done")
+        await until(lambda: not core.pool.workers, what="the busy worker released once done")
         await core.shutdown()
         return out
     assert asyncio.run(main()).value == "done"
