@@ -38,7 +38,7 @@ def _outside_load() -> float:
     import ray
 
     import fastgpu_ray as fastgpu
-    from fastgpu_ray.monitor import monitor_for
+    from fastgpu_ray.actors.monitor import monitor_for
 
     g = fastgpu.gpu_ids()[0]
     tel = ray.get(monitor_for(ray.get_runtime_context().get_node_id()).read.remote())

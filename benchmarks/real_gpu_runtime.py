@@ -72,8 +72,8 @@ class MonitorSampler:
     def _run(self):
         import ray
 
-        from fastgpu_ray.monitor import monitor_for
-        from fastgpu_ray.telemetry import split_util
+        from fastgpu_ray.actors.monitor import monitor_for
+        from fastgpu_ray.core.telemetry import split_util
         while not self._stop.wait(0.5):
             try:
                 if self.node is None:

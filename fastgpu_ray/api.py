@@ -14,12 +14,12 @@ from ray import ObjectRef, cloudpickle
 from transfer import find_refs
 
 from . import session
-from .records import Record
+from .actors.worker import RefSlot
+from .cluster_status import ClusterStatus
+from .core.records import Record
+from .core.wire import Call
 from .options import TaskOptions, make_options, parse_memory_mib
 from .progress import Progress
-from .cluster_status import ClusterStatus
-from .wire import Call
-from .worker import RefSlot
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,7 +35,7 @@ def _wire(opts: TaskOptions) -> TaskOptions:
 
 
 def _payload(args: tuple, kwargs: dict):
-    from .wire import Payload
+    from .core.wire import Payload
 
     refs: list = []
 
@@ -77,7 +77,7 @@ class RemoteFunction(Generic[P, R]):
         return self._fn(*args, **kwargs)
 
     def _fnbox(self, s: session.Session):
-        from .wire import FnBox
+        from .core.wire import FnBox
 
         ref = s.fn_refs.get(self._key)
         if ref is None:
@@ -297,7 +297,7 @@ def merge_status(schedulers, lobbies=()) -> ClusterStatus:
     parts = [p for p in _answers([h.status.remote() for h in hs]) if p is not None]
     rows = tuple(sorted((g for p in parts for g in p.gpus), key=lambda g: (g.node, g.gpu)))
     waits = [w for w in _answers([lb.status.remote() for lb in lobbies]) if w is not None]
-    from .arbiter import autoscaler_line, job_shares
+    from .actors.arbiter import autoscaler_line, job_shares
 
     return ClusterStatus(rows, sum(p.queue_length for p in parts), sum(p.nodes_alive for p in parts),
                          sum(p.placed for p in parts), sum(p.finished for p in parts), sum(p.failed for p in parts),

@@ -91,7 +91,7 @@ def _node_monitor(node: str):
     """The monitor actor of ``node`` for code outside a fastgpu subtask (a plain Ray task emulating work
     beside fastgpu): fastgpu may start it a few seconds after ``init`` (``node_scheduler``), so wait for it
     up to ``MONITOR_WAIT_S``; then fail saying what it needs."""
-    from .monitor import monitor_for
+    from .actors.monitor import monitor_for
 
     deadline = time.monotonic() + MONITOR_WAIT_S
     while True:

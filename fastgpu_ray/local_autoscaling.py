@@ -115,6 +115,6 @@ class LocalAutoscalingCluster:
 
 
 def _pids_matching(marks: list[str]) -> list[int]:
-    from .autoscaler import proc_cmdlines
+    from .actors.autoscaler import proc_cmdlines
 
     return [pid for pid, args in proc_cmdlines() if any(m in " ".join(args) for m in marks)]

@@ -1,7 +1,7 @@
 """The driver's fastgpu session: ``init`` / ``shutdown``, the node schedulers, and routing to them.
 
-A session starts one node scheduler actor per GPU node (``fastgpu_ray.node_scheduler``) and routes each
-subtask to one of them (``fastgpu_ray.routing.Router``, fed with the schedulers' reports). No single
+A session starts one node scheduler actor per GPU node (``fastgpu_ray.actors.node_scheduler``) and routes each
+subtask to one of them (``fastgpu_ray.core.routing.Router``, fed with the schedulers' reports). No single
 process carries every call or result: the driver talks to each node directly, and each result is the
 return value of its node's scheduler, stored on that node.
 """
@@ -24,14 +24,14 @@ import ray
 from placement import Snapshot, registry
 from placement.durations import Estimate, duration_key
 
-from . import handoff
-from .demand import build_demand
-from .dispatch import MAX_SLOTS, SLOT_CONTEXT_MIB, check_slots
+from .core import handoff
+from .core.demand import build_demand
+from .core.dispatch import MAX_SLOTS, SLOT_CONTEXT_MIB, check_slots
+from .core.routing import Route, Router
+from .core.wire import Payload, RouteInfo
 from .errors import NotInitializedError
 from .gpu_sources import DEFAULT_EMULATED_MEMORY_MIB
 from .options import TaskOptions, is_number, parse_memory_mib
-from .routing import Route, Router
-from .wire import Payload, RouteInfo
 
 log = logging.getLogger("fastgpu.session")
 
@@ -89,7 +89,7 @@ class Session:
         the new schedulers are up (calls to one not up yet queue in Ray)."""
         from transfer import ray_hooks, runtime_hooks
 
-        from .node_scheduler import start_scheduler
+        from .actors.node_scheduler import start_scheduler
 
         self._synced = time.monotonic()
         alive = sorted(ray_hooks.gpu_node_ids())
@@ -104,7 +104,7 @@ class Session:
         new = [n for n in alive if n not in self.schedulers and n not in self.retired]
         arbiter = None
         if self.arbiter is None:  # first start: the cluster's arbiter boots alongside the schedulers
-            from .arbiter import get_arbiter
+            from .actors.arbiter import get_arbiter
 
             arbiter = self.arbiter = get_arbiter()
         for node in new:
@@ -136,7 +136,7 @@ class Session:
     def _adopt_restarted(self) -> None:
         """Retired nodes whose scheduler the lobby started again (it hands waiting work to any node):
         take that scheduler back, so that its reports reach the router and it can retire again."""
-        from .node_scheduler import find_scheduler
+        from .actors.node_scheduler import find_scheduler
 
         for node in list(self.retired):
             h = find_scheduler(self.id, node)
@@ -149,7 +149,7 @@ class Session:
         waiting for it: calls queue at the new actor until it is up."""
         h = self.schedulers.get(node)
         if h is None:
-            from .node_scheduler import start_scheduler
+            from .actors.node_scheduler import start_scheduler
 
             self.retired.pop(node, None)
             h = self.schedulers[node] = start_scheduler(self.id, node, self.scheduler_args, self.gpu_nodes)
@@ -183,7 +183,7 @@ class Session:
     def _retire(self, node: str, h) -> None:
         from transfer import runtime_hooks
 
-        from .node_scheduler import find_scheduler
+        from .actors.node_scheduler import find_scheduler
 
         if self.arbiter is not None:  # first, so that the arbiter sends the killed scheduler no new share
             ray.wait([self.arbiter.leave.remote(self.id, node)], timeout=1.0)
@@ -201,7 +201,7 @@ class Session:
                  "the node)", node[:12])
 
     def balance(self) -> None:
-        """Delay scheduling across nodes (``fastgpu_ray.handoff``): where a node's report shows a GPU free
+        """Delay scheduling across nodes (``fastgpu_ray.core.handoff``): where a node's report shows a GPU free
         now and another node has a queue, ask the node with the longest wait to hand over what finishes
         sooner on the free node (its GPUs taking them one after another), inputs moved. With other jobs on
         the cluster, a node's GPUs are those this job holds there (``NodeReport.own``): its queue moves
@@ -280,12 +280,12 @@ class Session:
         self.housekeeper.start()
 
     def to_lobby(self):
-        """The session's lobby (``fastgpu_ray.lobby``), started on first use, on the driver's node."""
+        """The session's lobby (``fastgpu_ray.actors.lobby``), started on first use, on the driver's node."""
         if self.lobby is None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            from .lobby import Lobby, lobby_name
-            from .monitor import NAMESPACE
+            from .actors.lobby import Lobby, lobby_name
+            from .actors.monitor import NAMESPACE
 
             here = ray.get_runtime_context().get_node_id()
             self.lobby = Lobby.options(name=lobby_name(self.id), namespace=NAMESPACE, get_if_exists=True,
@@ -374,7 +374,7 @@ class Session:
                 if not work.known and d.input_total:
                     # Delay scheduling for a function never run: its data's node first (priced as if it
                     # took COLD_DATA_WORK_S, so a queue there looks short); if that queue turns out longer
-                    # than moving the data, the node hands the subtask on (balance, fastgpu_ray.handoff).
+                    # than moving the data, the node hands the subtask on (balance, fastgpu_ray.core.handoff).
                     d = dataclasses.replace(d, work_s=COLD_DATA_WORK_S)
         r = self.router.choose(d, count, explain=explain and len(self.router.specs) <= 64)
         if r.node is not None:
@@ -420,7 +420,7 @@ class Session:
 
     def processes(self) -> list[tuple[str, tuple[int, ...], int, bool]]:
         """(node, GPUs, pid, is the lease) of every process running the session's subtasks: each held
-        GPU's lease and the slot processes started beside it (``fastgpu_ray.slots``)."""
+        GPU's lease and the slot processes started beside it (``fastgpu_ray.core.slots``)."""
         return self._gather("processes")
 
     def _gather(self, method: str) -> list:

@@ -153,7 +153,7 @@ def ray_snapshot() -> Snapshot:
 def snapshot_from_ray(nodes: Sequence[Mapping[str, Any]], avail: Mapping[str, Mapping[str, float]]) -> Snapshot:
     """Pure conversion of ``ray.nodes()`` + per-node available resources into a ``placement.Snapshot`` of the
     live nodes, through the runtime's one translation (``telemetry.node_infos`` -> ``build_snapshot``)."""
-    from fastgpu_ray.telemetry import build_snapshot, node_infos
+    from fastgpu_ray.core.telemetry import build_snapshot, node_infos
 
     return build_snapshot([n for n in node_infos(nodes, avail) if n.alive], {}, {})
 
@@ -163,7 +163,7 @@ def restrict_to_ray(snap: Snapshot, avail: Mapping[str, Mapping[str, float]]) ->
     e.g. idle fastgpu task workers): a placement group can only get what Ray has available. Which ones:
     the runtime's one rule (``telemetry.taken_indices``: the most loaded). CPU in use is Ray's figure
     (read just now; the telemetry's may be a second old)."""
-    from fastgpu_ray.telemetry import taken_indices
+    from fastgpu_ray.core.telemetry import taken_indices
 
     nodes = []
     for n in snap.nodes:

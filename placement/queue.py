@@ -1,7 +1,7 @@
 """The queue discipline of fastgpu's scheduling core, without Ray: served in priority order, best match
 among the top priority, and a round that skips what does not fit now. No Ray, no asyncio, no clock.
 
-The live node schedulers (``fastgpu_ray.dispatch.DispatchCore.schedule_round``) and the dynamic trace
+The live node schedulers (``fastgpu_ray.core.dispatch.DispatchCore.schedule_round``) and the dynamic trace
 replay (``placement.sim.dynamic``) both serve their queues through this module, so what the replay
 prints is what the runtime's queue does.
 

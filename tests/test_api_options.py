@@ -6,7 +6,7 @@ import inspect
 import pytest
 
 import fastgpu_ray as fastgpu
-from fastgpu_ray.demand import build_demand
+from fastgpu_ray.core.demand import build_demand
 from fastgpu_ray.options import make_options, parse_memory_mib
 
 

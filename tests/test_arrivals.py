@@ -1,9 +1,9 @@
-"""A node scheduler's report waits for the driver's calls sent before it (fastgpu_ray.arrivals), without Ray."""
+"""A node scheduler's report waits for the driver's calls sent before it (fastgpu_ray.core.arrivals), without Ray."""
 from __future__ import annotations
 
 import asyncio
 
-from fastgpu_ray.arrivals import Arrivals
+from fastgpu_ray.core.arrivals import Arrivals
 
 
 def test_a_report_waits_for_the_calls_sent_before_it_and_sees_what_they_queued():

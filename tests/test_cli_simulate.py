@@ -1,11 +1,10 @@
 """`fastgpu simulate` end to end on a small trace, and its errors for bad flags and files."""
 import json
-import subprocess
-import sys
 
 import pytest
 
 from fastgpu_ray.cli import main
+from helpers_noray import RAY_LOADED, run_without_ray
 
 NODES = "sn,cpu_milli,memory_mib,gpu,model\n" + "".join(f"n{i:02d},64000,262144,{(8, 4, 2)[i % 3]},T4\n"
                                                        for i in range(60))  # 280 GPUs
@@ -76,14 +75,13 @@ def test_console_script_runs_without_ray_installed(small_trace):
     """The placement core and the simulator import and run with Ray unavailable."""
     n, p = small_trace
     code = (
-        "import sys; sys.modules['ray'] = None\n"  # any 'import ray' now raises ImportError
         "from fastgpu_ray.cli import main\n"
         f"rc = main(['simulate', '--nodes', {str(n)!r}, '--pods', {str(p)!r}, '--policy', 'fastgpu', "
         "'--seeds', '1', '--no-progress'])\n"
         "import placement, placement.sim.replay\n"
-        "assert 'ray' not in [m for m in sys.modules if sys.modules[m] is not None and m.split('.')[0] == 'ray']\n"
+        f"assert not {RAY_LOADED}\n"
         "sys.exit(rc)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = run_without_ray(code)
     assert r.returncode == 0, r.stderr
     assert "fastgpu" in r.stdout

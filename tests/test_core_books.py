@@ -6,10 +6,11 @@ import pytest
 
 from placement import Demand
 
-from fastgpu_ray.records import Record, RecordBook
-from fastgpu_ray.reservations import Reservations, time_left
-from fastgpu_ray.telemetry import NodeInfo
-from fastgpu_ray.worker_pool import WorkerInfo, WorkerPool
+from fastgpu_ray.core.records import Record, RecordBook
+from fastgpu_ray.core.reservations import Reservations, time_left
+from fastgpu_ray.core.telemetry import NodeInfo
+from fastgpu_ray.core.worker_pool import WorkerInfo, WorkerPool
+from helpers_noray import RAY_LOADED, run_without_ray
 
 
 def test_a_batch_reserves_one_share_and_its_release_frees_it_only_on_the_worker_it_ran_on():
@@ -67,3 +68,19 @@ def test_records_keep_the_newest_and_say_which_ended():
     book.add(Record("s5"))
     assert [r.id for r in book.values()] == ["s4", "s2", "s5"] and sorted(book.ended()) == ["s2"]
     assert book["s2"].state == "failed" and book.get("s0") is None and len(book) == 3
+
+
+def test_the_scheduling_core_imports_without_ray_and_without_the_actors():
+    """``fastgpu_ray.core`` is Ray-free, as ``placement`` is: every module of it imports with Ray unavailable,
+    and none pulls in ``fastgpu_ray.actors`` (the Ray side depends on the core, never the reverse)."""
+    code = (
+        "import pkgutil, importlib\n"
+        "import fastgpu_ray.core as core\n"
+        "names = [m.name for m in pkgutil.iter_modules(core.__path__, 'fastgpu_ray.core.')]\n"
+        "[importlib.import_module(n) for n in names]\n"
+        "assert len(names) >= 10, names\n"
+        f"assert not {RAY_LOADED}\n"
+        "assert not [m for m in sys.modules if m.startswith('fastgpu_ray.actors')]\n"
+    )
+    r = run_without_ray(code)
+    assert r.returncode == 0, r.stderr

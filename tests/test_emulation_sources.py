@@ -9,8 +9,8 @@ import pytest
 from placement import GPU_MILLI
 from placement.cost import slowdown
 from fastgpu_ray.gpu_sources import EmulatedSource, NvmlSource
-from fastgpu_ray.monitor import NodeMonitor
-from fastgpu_ray.telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot
+from fastgpu_ray.actors.monitor import NodeMonitor
+from fastgpu_ray.core.telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot
 
 
 class FakeNvml:

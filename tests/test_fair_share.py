@@ -1,7 +1,7 @@
-"""The fair-share rule between jobs (fastgpu_ray.fair_share): Ray-free."""
+"""The fair-share rule between jobs (fastgpu_ray.core.fair_share): Ray-free."""
 import pytest
 
-from fastgpu_ray.fair_share import JobNode, fair_shares, node_caps, whole_gpus
+from fastgpu_ray.core.fair_share import JobNode, fair_shares, node_caps, whole_gpus
 
 NODES = {"n1": 2, "n2": 2, "n3": 2}
 

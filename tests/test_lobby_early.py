@@ -1,4 +1,4 @@
-"""The lobby's early workers without Ray (fastgpu_ray.lobby): which waiting subtasks an early worker may
+"""The lobby's early workers without Ray (fastgpu_ray.actors.lobby): which waiting subtasks an early worker may
 run and in what order, and what a failed early run costs (one retry; none left: the subtask fails)."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import heapq
 import pytest
 
 from fastgpu_ray.errors import RetriesExhaustedError
-from fastgpu_ray.lobby import Lobby, _Entry, _Ran
+from fastgpu_ray.actors.lobby import Lobby, _Entry, _Ran
 from fastgpu_ray.options import make_options
-from fastgpu_ray.wire import FnBox, Payload, RouteInfo
+from fastgpu_ray.core.wire import FnBox, Payload, RouteInfo
 
 
 class _Method:

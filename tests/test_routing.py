@@ -1,4 +1,4 @@
-"""The driver's choice of node (fastgpu_ray.routing.Router), without Ray: spreading, following producers,
+"""The driver's choice of node (fastgpu_ray.core.routing.Router), without Ray: spreading, following producers,
 moving when waiting is dearer, failing fast, bounded memory."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from placement import Demand, GpuSpec, NodeSpec
 from placement.cost import CostModel
 
-from fastgpu_ray.routing import DEFAULT_OUTPUT_BYTES, Router
+from fastgpu_ray.core.routing import DEFAULT_OUTPUT_BYTES, Router
 
 MiB = 2**20
 
@@ -80,7 +80,7 @@ def test_producer_entries_are_bounded_and_forgotten_with_their_node():
 
 
 def test_a_burst_of_small_subtasks_shares_placements_and_a_few_calls_do_not():
-    from fastgpu_ray.routing import LEASE
+    from fastgpu_ray.core.routing import LEASE
 
     r = router(node("a"), node("b"), node("c"))  # 6 GPUs: bursts start after 24 routed
     placements = []

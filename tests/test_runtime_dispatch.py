@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fastgpu_ray.dispatch import DispatchCore, Outcome, Subtask, WorkerLost
-from fastgpu_ray.records import Record
-from fastgpu_ray.worker_pool import WorkerInfo
+from fastgpu_ray.core.dispatch import DispatchCore, Outcome, Subtask, WorkerLost
+from fastgpu_ray.core.records import Record
+from fastgpu_ray.core.worker_pool import WorkerInfo
 from fastgpu_ray.errors import GpuOutOfMemoryError, NeverFitsError, RetriesExhaustedError, is_gpu_oom
 from fastgpu_ray.gpu_sources import EmulatedSource
 from fastgpu_ray.options import make_options
-from fastgpu_ray.telemetry import NodeInfo, NodeTelemetry
+from fastgpu_ray.core.telemetry import NodeInfo, NodeTelemetry
 
 
 @dataclass

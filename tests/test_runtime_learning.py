@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from fastgpu_ray.dispatch import Outcome
-from fastgpu_ray.records import Record
+from fastgpu_ray.core.dispatch import Outcome
+from fastgpu_ray.core.records import Record
 from placement.cost import slowdown
 from test_runtime_dispatch import FakeBackend, block_gpu, claim_gpus, started, sub, until, value
 
@@ -180,7 +180,7 @@ def test_not_circular_work_slowed_more_than_the_cost_model_says():
 
 
 def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
-    """Delay scheduling (fastgpu_ray.handoff.pick): a queue of learned 0.2 s subtasks behind a 1 s one on
+    """Delay scheduling (fastgpu_ray.core.handoff.pick): a queue of learned 0.2 s subtasks behind a 1 s one on
     a 1-GPU node; none leaves before it has waited as long as moving its inputs takes; then another
     node's GPU, free in 0.6 s, takes subtasks from the back of the queue while they
     finish sooner there (each after the one before), none when moving costs more than waiting or that
@@ -261,8 +261,8 @@ def test_hand_off_with_other_jobs_counts_only_the_gpus_the_job_holds():
     within its cap, plus GPUs no one holds (a claim away); its queue is played out over those only. Where
     the job holds none any more, what starts on the other node within HORIZON_S goes, no more."""
     from fastgpu_ray import handoff
-    from fastgpu_ray.dispatch import CLAIM_S
-    from fastgpu_ray.share_book import Share
+    from fastgpu_ray.core.dispatch import CLAIM_S
+    from fastgpu_ray.core.share_book import Share
 
     async def main():
         b = FakeBackend({"n": [16384, 16384]})

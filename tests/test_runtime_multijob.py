@@ -61,7 +61,7 @@ def spans(rec: dict) -> list:
 
 
 def arbiter_jobs() -> list:
-    from fastgpu_ray.arbiter import get_arbiter
+    from fastgpu_ray.actors.arbiter import get_arbiter
 
     return ray.get(get_arbiter().status.remote(), timeout=10)
 

@@ -6,7 +6,7 @@ from ray import cloudpickle
 
 from fastgpu_ray import context
 from fastgpu_ray.errors import GpuOutOfMemoryError, is_gpu_oom
-from fastgpu_ray.worker import Item, RefSlot, run_items
+from fastgpu_ray.actors.worker import Item, RefSlot, run_items
 
 
 def item(sid, args, kwargs=None, nrefs=0):
@@ -49,7 +49,7 @@ def test_consecutive_calls_run_on_one_thread_of_the_runner_whichever_thread_rece
     import threading
     import time
 
-    from fastgpu_ray.worker import Runner
+    from fastgpu_ray.actors.worker import Runner
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # Runner sets it for its GPUs
     runner = Runner("node", None, "ns", gpus=(0,))

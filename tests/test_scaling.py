@@ -1,4 +1,4 @@
-"""What the cluster can grow into (fastgpu_ray.scaling) and the router's wait-or-fail decision on an
+"""What the cluster can grow into (fastgpu_ray.core.scaling) and the router's wait-or-fail decision on an
 autoscaling cluster, without Ray."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from placement import Demand, GpuSpec, NodeSpec
 from placement.cost import CostModel
 
-from fastgpu_ray.routing import Router
-from fastgpu_ray.scaling import NodeType, Scaling, demand_bundles, parse_idle_timeout, parse_node_types
+from fastgpu_ray.core.routing import Router
+from fastgpu_ray.core.scaling import NodeType, Scaling, demand_bundles, parse_idle_timeout, parse_node_types
 
 AWS_LIKE = {
     "cluster_name": "x", "max_workers": 6, "idle_timeout_minutes": 2, "head_node_type": "head",

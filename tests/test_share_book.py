@@ -1,10 +1,10 @@
-"""The arbiter's books (fastgpu_ray.share_book) and a node scheduler's core under a share (DispatchCore with
+"""The arbiter's books (fastgpu_ray.core.share_book) and a node scheduler's core under a share (DispatchCore with
 a fake backend): no Ray."""
 from __future__ import annotations
 
 import asyncio
 
-from fastgpu_ray.share_book import Share, ShareBook
+from fastgpu_ray.core.share_book import Share, ShareBook
 
 from test_runtime_dispatch import FakeBackend, started, sleeper, sub, until
 
@@ -159,7 +159,7 @@ def test_a_job_alone_does_not_report_every_change_of_its_backlog_but_beats_anywa
     changes a share, a queue length only ranks jobs against each other (so only with others). Its
     heartbeat goes regardless: a busy node alone, whose counts change all the time while nothing else
     does, must still be heard (the arbiter drops schedulers it has not heard from)."""
-    from fastgpu_ray.node_scheduler import _due
+    from fastgpu_ray.actors.node_scheduler import _due
 
     before = dict(gpu_total=2, held=2, claiming=0, want=2, running=2, queued=9, weight=1.0)
     busier = dict(before, running=1, queued=30)

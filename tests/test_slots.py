@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from fastgpu_ray.dispatch import DispatchCore
+from fastgpu_ray.core.dispatch import DispatchCore
 from fastgpu_ray.errors import GpuOutOfMemoryError
-from fastgpu_ray.gpu_memory import cap, over_declaration
+from fastgpu_ray.actors.gpu_memory import cap, over_declaration
 from fastgpu_ray.gpu_sources import EmulatedSource, GpuReading, NvmlSource
 from fastgpu_ray.options import make_options
-from fastgpu_ray.slots import Slot, SlotPool
-from fastgpu_ray.telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot, split_util
+from fastgpu_ray.core.slots import Slot, SlotPool
+from fastgpu_ray.core.telemetry import GpuHold, NodeInfo, NodeTelemetry, build_snapshot, split_util
 
 from test_emulation_sources import H200, FakeNvml
 from test_runtime_dispatch import FakeBackend, claim_gpus, started, sub
@@ -268,7 +268,7 @@ def test_a_slot_caps_torch_at_the_declared_memory_and_names_what_was_used():
 
 
 def test_cancelling_a_packed_running_subtask_asks_the_backend_to_stop_its_process_only():
-    from fastgpu_ray.dispatch import SlotLost
+    from fastgpu_ray.core.dispatch import SlotLost
 
     class StoppingBackend(FakeBackend):
         def __post_init__(self):
@@ -315,7 +315,7 @@ def test_cancelling_a_packed_running_subtask_asks_the_backend_to_stop_its_proces
 
 
 def test_a_lost_slot_process_retries_its_subtask_and_keeps_the_gpu():
-    from fastgpu_ray.dispatch import SlotLost
+    from fastgpu_ray.core.dispatch import SlotLost
 
     class LosingBackend(FakeBackend):
         lose = {"x"}

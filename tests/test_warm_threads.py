@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from fastgpu_ray.warm_threads import WarmThreads
+from fastgpu_ray.actors.warm_threads import WarmThreads
 
 
 def test_after_calls_ran_side_by_side_one_call_at_a_time_stays_on_one_thread():

@@ -1,6 +1,6 @@
 """The transfer optimiser inside fastgpu's dispatcher: hooks, one instance per process.
 
-* ``inputs(payload)`` -> ``TransferEstimate`` (called by ``fastgpu_ray.demand.build_demand``): the
+* ``inputs(payload)`` -> ``TransferEstimate`` (called by ``fastgpu_ray.core.demand.build_demand``): the
   payload's ObjectRefs located with ``get_object_locations``, plus a large pickled-arguments blob, which
   starts on the dispatcher's node. Subtasks without refs or large values cost no lookup at all.
 * ``placed(payloads, node)``: the subtasks were sent to ``node``: their large inputs count as arriving

@@ -13,7 +13,7 @@ def run(args) -> int:
 
     import fastgpu_ray as fastgpu
     from fastgpu_ray.api import merge_status
-    from fastgpu_ray.monitor import NAMESPACE
+    from fastgpu_ray.actors.monitor import NAMESPACE
 
     try:
         ray.init(address=args.address, log_to_driver=False, logging_level="ERROR")
@@ -30,7 +30,7 @@ def run(args) -> int:
             session = names[0][len(prefix):].split("-", 1)[0]
             mine = [ray.get_actor(n, namespace=NAMESPACE) for n in names if n.startswith(f"{prefix}{session}-")]
             print(f"(fastgpu session {session})")
-            from fastgpu_ray.lobby import lobby_name
+            from fastgpu_ray.actors.lobby import lobby_name
 
             lobby = [ray.get_actor(lobby_name(session), namespace=NAMESPACE)] if lobby_name(session) in ours else []
             print(merge_status(mine, lobby).format())

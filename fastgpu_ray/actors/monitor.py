@@ -11,8 +11,8 @@ import time
 
 import ray
 
-from .gpu_sources import EmulatedSource, NvmlSource, open_nvml
-from .telemetry import NodeTelemetry
+from ..core.telemetry import NodeTelemetry
+from ..gpu_sources import EmulatedSource, NvmlSource, open_nvml
 
 NAMESPACE = "fastgpu"
 POLL_S = 1.0

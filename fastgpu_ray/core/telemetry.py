@@ -17,7 +17,7 @@ from typing import Mapping
 
 from placement import GPU_MILLI, GpuSpec, NodeSpec, Snapshot
 
-from .gpu_sources import GpuReading
+from ..gpu_sources import GpuReading
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The node scheduler actor: one per GPU node and fastgpu session, on that node, async, ``num_cpus=0``.
 
-``f.remote()`` routes a subtask to a node (``fastgpu_ray.routing``) and calls ``submit`` on that node's
+``f.remote()`` routes a subtask to a node (``fastgpu_ray.core.routing``) and calls ``submit`` on that node's
 scheduler; the ref the user holds is this call's return, so the result is stored in the object store of
 the node whose GPU computed it (data plane: docs/design-runtime.md). Inside, ``DispatchCore`` queues by
 priority, picks the GPU, packs, batches, holds GPU worker actors and retries, for this node only.
@@ -27,16 +27,16 @@ import ray
 
 from placement.cost import CostModel
 
-from .cluster_status import ClusterStatus, GpuStatus
+from ..cluster_status import ClusterStatus, GpuStatus
+from ..core import handoff
+from ..core.arrivals import Arrivals
+from ..core.dispatch import DispatchCore, Outcome, Subtask
+from ..core.records import Record
+from ..core.wire import Call, FnBox, NodeReport, Payload, RouteInfo
+from ..options import TaskOptions
 from .deps import DependencyWaiter
-from . import handoff
-from .arrivals import Arrivals
-from .dispatch import DispatchCore, Outcome, Subtask
-from .records import Record
 from .monitor import NAMESPACE
-from .options import TaskOptions
 from .ray_backend import RayBackend, kill_actors
-from .wire import Call, FnBox, NodeReport, Payload, RouteInfo
 
 log = logging.getLogger("fastgpu.node")
 
@@ -247,7 +247,7 @@ class NodeScheduler:
                        input_bytes=info.input_bytes if payload.has_refs else len(payload.blob))
 
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
-        # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.deps).
+        # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.actors.deps).
         refs = payload.all_refs
         st = self._subtask(sid, opts, fn, payload, info)
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,
@@ -333,7 +333,7 @@ class NodeScheduler:
     # ---------------------------------------------------------------------------------- inspection
     async def report(self, sent: int = 0):
         """This node's ``NodeReport`` for the driver, once the ``sent`` calls the driver had sent here before
-        asking have arrived (``fastgpu_ray.arrivals``: Ray may run the report first); None when forwarding."""
+        asking have arrived (``fastgpu_ray.core.arrivals``: Ray may run the report first); None when forwarding."""
         if self.delegate is not None or not self._started:
             return None
         await self._arrivals.until(sent, REPORT_WAIT_S)
@@ -345,7 +345,7 @@ class NodeScheduler:
     async def hand_off(self, node: str, target, there: list[tuple[float, float]], bandwidth: float) -> int:
         """Hand queued subtasks that would finish sooner on ``node`` (its GPUs: (seconds until free,
         outside load) each), their inputs moved at ``bandwidth`` bytes/s, to its scheduler ``target``
-        (``fastgpu_ray.handoff``); returns how many. Each one's result comes back to this call's subtask
+        (``fastgpu_ray.core.handoff``); returns how many. Each one's result comes back to this call's subtask
         (the user's ref)."""
         if self.delegate is not None or not self._started or not self.core.queue:
             return 0

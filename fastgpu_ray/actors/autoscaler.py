@@ -22,7 +22,7 @@ import logging
 import os
 import time
 
-from .scaling import DEFAULT_NODE_IDLE_S, NodeType, Scaling, parse_idle_timeout, parse_node_types
+from ..core.scaling import DEFAULT_NODE_IDLE_S, NodeType, Scaling, parse_idle_timeout, parse_node_types
 
 log = logging.getLogger("fastgpu.autoscaler")
 

@@ -1,6 +1,6 @@
 """What the cluster can grow into, and what fastgpu asks Ray's autoscaler for. No Ray here.
 
-``Scaling`` is one reading of the autoscaler (``fastgpu_ray.autoscaler`` takes it on the head node): is
+``Scaling`` is one reading of the autoscaler (``fastgpu_ray.actors.autoscaler`` takes it on the head node): is
 there an autoscaler, which node types it can launch (``None``: it runs but fastgpu could not learn its
 types), how many nodes of each type are up or being launched. The router asks it one question per
 subtask that no live node can take now: which node type could (``launch_for``). ``demand_bundles``

@@ -8,7 +8,7 @@ from typing import Any
 
 from placement import Demand
 
-from .options import TaskOptions
+from ..options import TaskOptions
 
 
 def build_demand(subtask_id: str, opts: TaskOptions, *, min_gpu_memory_mib: int = 0, payload: Any = None,
@@ -16,7 +16,7 @@ def build_demand(subtask_id: str, opts: TaskOptions, *, min_gpu_memory_mib: int 
     """The Demand for one subtask. ``min_gpu_memory_mib`` raises the memory asked for (an out-of-memory
     retry asks for more free memory than the GPU it failed on had). ``context_mib``: what the CUDA context
     of the process it runs in takes, added to a subtask that declares memory (it packs: each packed
-    subtask runs in a process of its own, ``fastgpu_ray.slots``). ``payload``: the subtask's arguments
+    subtask runs in a process of its own, ``fastgpu_ray.core.slots``). ``payload``: the subtask's arguments
     as the dispatcher holds them; the transfer optimiser locates their large inputs (``input_bytes`` /
     ``input_total``). Without a payload, or with only small by-value arguments, there is no lookup."""
     from transfer.runtime_hooks import demand_inputs  # {} without refs or large values: no lookup

@@ -1,7 +1,7 @@
 """A node's scheduling core, without Ray: queue -> place on a live snapshot -> run on a GPU worker -> retry.
 
-``DispatchCore`` runs inside a node scheduler actor (``fastgpu_ray.node_scheduler``) on an asyncio loop; all
-Ray calls go through a small ``Backend`` (``fastgpu_ray.ray_backend``), so unit tests drive it with a fake.
+``DispatchCore`` runs inside a node scheduler actor (``fastgpu_ray.actors.node_scheduler``) on an asyncio loop; all
+Ray calls go through a small ``Backend`` (``fastgpu_ray.actors.ray_backend``), so unit tests drive it with a fake.
 It composes four objects, one per job: the queue (``placement.queue.ShapeQueue``, plus the subtasks waiting
 for their inputs), the GPU workers it holds (``worker_pool.WorkerPool``), what runs on their GPUs
 (``reservations.Reservations``: shares, memory, estimated ends) and the explain records
@@ -22,7 +22,7 @@ Contract:
   the subtask is placed again once the workers exist.
 * Small subtasks with the same shape are sent to one worker in one call (a batch); the batch shares one
   placement decision.
-* Subtasks packed on one GPU run in separate processes (the backend's slots, ``fastgpu_ray.slots``): at
+* Subtasks packed on one GPU run in separate processes (the backend's slots, ``fastgpu_ray.core.slots``): at
   most ``max_slots`` calls at once per GPU, and each packed subtask that declares memory also reserves
   ``slot_context_mib`` for its process's CUDA context.
 * A worker or node that dies: its subtasks are re-placed (``retries`` + 1, up to ``max_retries``), its GPU
@@ -46,8 +46,8 @@ from placement.cost import CostModel, slowdown
 from placement.queue import Holds, Scan, ShapeQueue, best_first
 from placement.durations import DurationModel, Estimate, duration_key, with_elapsed
 
+from ..options import TaskOptions
 from .demand import build_demand
-from .options import TaskOptions
 from .records import KEEP_RECORDS, Record, RecordBook
 from .reservations import Reservations
 from .share_book import Share
@@ -181,7 +181,7 @@ class DispatchCore:
         self._full_at = -math.inf  # when a round last placed the queue (skipped ones do not)
         self.waiting: dict[str, Subtask] = {}  # subtasks waiting for their inputs (not queued yet)
         self.gpu_demand = 0.0  # GPUs Ray has requests for that it cannot place now (all jobs, ours too)
-        # Fair share between jobs (fastgpu_ray.arbiter): None = no arbiter, hold what Ray gives. A core
+        # Fair share between jobs (fastgpu_ray.actors.arbiter): None = no arbiter, hold what Ray gives. A core
         # serving one node gets one Share for it; ``on_change`` is called when what it would report changes.
         self.share: Share | None = None
         self.share_expected_until = 0.0  # before this (clock), with no share yet, claim nothing: wait for it
@@ -331,7 +331,7 @@ class DispatchCore:
         self._wake.set()  # (the queue-depth gauge is set once per round: a Ray metric per submit is costly)
 
     def handed_off(self, st: Subtask, node: str, here_s: float, there_s: float) -> None:
-        """``st`` (taken off the queue by ``fastgpu_ray.handoff.pick``) runs on ``node`` instead."""
+        """``st`` (taken off the queue by ``fastgpu_ray.core.handoff.pick``) runs on ``node`` instead."""
         rec = st.record
         rec.state, rec.node = "handed off", node
         waited = self.clock() - st.enqueued
@@ -1116,12 +1116,12 @@ def _no_batch(o: TaskOptions) -> TaskOptions:
 
 
 def _never(reason: str) -> BaseException:
-    from .errors import NeverFitsError
+    from ..errors import NeverFitsError
     return NeverFitsError(reason)
 
 
 def _exhausted(msg: str) -> BaseException:
-    from .errors import RetriesExhaustedError
+    from ..errors import RetriesExhaustedError
     return RetriesExhaustedError(msg)
 
 

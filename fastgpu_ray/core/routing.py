@@ -1,6 +1,6 @@
 """The global half of scheduling: which GPU node a subtask (or a chunk of a map) goes to. No Ray here.
 
-The driver routes each subtask to one node's scheduler (``fastgpu_ray.node_scheduler``) and the ref the
+The driver routes each subtask to one node's scheduler (``fastgpu_ray.actors.node_scheduler``) and the ref the
 user holds is the return of that scheduler's call, so the result is stored on the node that computed it.
 The choice is made with the configured placement policy on a projected view of the cluster:
 
@@ -31,7 +31,7 @@ Autoscaling (``scaling``, read from the autoscaler by the arbiter): a subtask th
 waits for a node to be launched (``Route.wait`` says of which type) when a node type the autoscaler can
 launch could hold it, and fails at once only when none could. Where the cluster can still grow, a subtask
 that would queue behind busy GPUs waits too, rather than being bound now to a live node: waiting subtasks
-go to the session's lobby (``fastgpu_ray.lobby``), which hands each to the first node that has room for
+go to the session's lobby (``fastgpu_ray.actors.lobby``), which hands each to the first node that has room for
 it, live now or launched for it.
 """
 from __future__ import annotations

@@ -10,11 +10,11 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutErr
                             ObjectLostError, OwnerDiedError, RayActorError, RayTaskError, WorkerCrashedError)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .dispatch import BatchRejected, Outcome, SlotLost, WorkerLost
-from .worker_pool import WorkerInfo
+from ..core.dispatch import BatchRejected, Outcome, SlotLost, WorkerLost
+from ..core.slots import Slot, SlotPool
+from ..core.telemetry import NodeInfo, NodeTelemetry, node_infos
+from ..core.worker_pool import WorkerInfo
 from .monitor import NAMESPACE, MonitorActor, NodeMonitor, monitor_name
-from .slots import Slot, SlotPool
-from .telemetry import NodeInfo, NodeTelemetry, node_infos
 from .worker import GpuWorker, Item, SlotWorker
 
 log = logging.getLogger("fastgpu.ray")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .errors import GpuOutOfMemoryError
+from ..errors import GpuOutOfMemoryError
 
 MIB = 1 << 20
 

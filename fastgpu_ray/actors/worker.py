@@ -1,7 +1,7 @@
 """The processes that run subtasks: ``GpuWorker`` holds one GPU in Ray (``num_gpus=1``, the lease) and runs
 a GPU's first slot; ``SlotWorker`` is a further slot on GPUs a lease holds (``num_gpus=0``, ``num_cpus``
 declared), a process of its own so that subtasks packed on one GPU do not share a GIL
-(``fastgpu_ray.slots`` keeps the pool). Both are started by Ray's raylet as fresh worker processes (never
+(``fastgpu_ray.core.slots`` keeps the pool). Both are started by Ray's raylet as fresh worker processes (never
 forked from a running worker); a slot sets ``CUDA_VISIBLE_DEVICES`` to its GPUs in ``__init__``, before
 anything in it can initialise CUDA.
 
@@ -33,8 +33,9 @@ from ray.exceptions import RayTaskError
 
 from transfer.args import value_size
 
-from . import context, gpu_memory
-from .errors import is_gpu_oom
+from .. import context
+from ..errors import is_gpu_oom
+from . import gpu_memory
 from .warm_threads import WarmThreads
 
 

@@ -1,6 +1,6 @@
 """The arbiter's books: every job's state per GPU node, and the caps it sends back. No Ray (unit-tested).
 
-``fastgpu_ray.arbiter`` wraps one ``ShareBook`` in a detached actor shared by every driver on the cluster.
+``fastgpu_ray.actors.arbiter`` wraps one ``ShareBook`` in a detached actor shared by every driver on the cluster.
 Node schedulers ``report`` their job's state on their node (on change, and about once a second); the book
 recomputes the caps (``fair_share.node_caps``) and ``changed()`` lists the (job, node) pairs whose
 ``Share`` must be sent. A job leaves when its session shuts down, when Ray's job table says its driver

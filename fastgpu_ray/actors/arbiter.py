@@ -7,11 +7,11 @@ node schedulers re-report within a second, so a restarted arbiter (``max_restart
 
 It never touches subtasks: per-subtask traffic stays between a driver and its node schedulers. Node
 schedulers ``report`` their job's state on their node; the arbiter recomputes the fair share
-(``fastgpu_ray.share_book``) and pushes each changed ``Share`` to that job's scheduler on that node
+(``fastgpu_ray.core.share_book``) and pushes each changed ``Share`` to that job's scheduler on that node
 (``NodeScheduler.set_share``). Once a second it drops jobs whose driver Ray's job table shows dead, and
 rows that stopped reporting.
 
-It is also fastgpu's one voice to Ray's autoscaler (``fastgpu_ray.autoscaler``): every job's work on live
+It is also fastgpu's one voice to Ray's autoscaler (``fastgpu_ray.actors.autoscaler``): every job's work on live
 nodes (``want``) and the subtasks waiting in its lobby for a node to be launched (``waiting``) become one
 resource request, rewritten when it changes, so the cluster grows for fastgpu's backlog and may shrink
 once it drains. It reads what the autoscaler can launch (``scaling``) for the drivers' routers.
@@ -23,9 +23,9 @@ import logging
 
 import ray
 
+from ..core.scaling import Scaling, demand_bundles
+from ..core.share_book import STALE_S, JobShare, ShareBook
 from .monitor import NAMESPACE
-from .scaling import Scaling, demand_bundles
-from .share_book import STALE_S, JobShare, ShareBook
 
 log = logging.getLogger("fastgpu.arbiter")
 

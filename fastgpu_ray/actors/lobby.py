@@ -1,7 +1,7 @@
 """The session's lobby: subtasks that wait for a node, handed to the first node with room for them.
 
 A subtask goes to the lobby when no live node can take it now and the cluster can grow
-(``fastgpu_ray.routing``: at zero GPU nodes, a subtask larger than every live node but not than a node
+(``fastgpu_ray.core.routing``: at zero GPU nodes, a subtask larger than every live node but not than a node
 type the autoscaler can launch, or a backlog beyond the busy GPUs). The lobby is one actor per session on
 the driver's node, ``num_cpus=0``. It reports the GPUs its subtasks need to the arbiter, which asks Ray's
 autoscaler for them (``Arbiter.wait_for_node``); as nodes come up it starts the session's scheduler there
@@ -43,11 +43,11 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from .dispatch import gpu_fraction
-from .records import Record
-from .errors import NeverFitsError, RetriesExhaustedError
-from .options import TaskOptions
-from .wire import Call, FnBox, Payload, RouteInfo
+from ..core.dispatch import gpu_fraction
+from ..core.records import Record
+from ..core.wire import Call, FnBox, Payload, RouteInfo
+from ..errors import NeverFitsError, RetriesExhaustedError
+from ..options import TaskOptions
 
 log = logging.getLogger("fastgpu.lobby")
 
@@ -365,7 +365,7 @@ class Lobby:
         """Run ``e`` on early worker ``h`` and resolve its call; False if the worker was lost. A subtask
         that failed for a reason a scheduler handles (out of GPU memory, the worker lost) waits again,
         for a scheduler, at the cost of one of its retries (``_wait_again``)."""
-        from .dispatch import Subtask
+        from ..core.dispatch import Subtask
         from .ray_backend import call_args
 
         st = Subtask(e.sid, e.opts, e.fn.key, e.fn.ref, e.payload)

@@ -1,6 +1,6 @@
 """Fair share of GPUs between jobs (drivers) on one cluster: who may hold how many GPUs on which node. No Ray.
 
-The arbiter actor (``fastgpu_ray.arbiter``) keeps one ``JobNode`` row per (job, GPU node) from the node
+The arbiter actor (``fastgpu_ray.actors.arbiter``) keeps one ``JobNode`` row per (job, GPU node) from the node
 schedulers' reports and calls ``node_caps`` whenever a row changes; each node scheduler then holds at most
 its cap of GPU workers on its node (it claims up to the cap and gives back idle workers above it; running
 work is never preempted).
