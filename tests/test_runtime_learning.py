@@ -185,7 +185,7 @@ def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():
     node's GPU, free in 0.6 s, takes subtasks from the back of the queue while they
     finish sooner there (each after the one before), none when moving costs more than waiting or that
     GPU is 10x slower, never a higher-priority one before a lower one, never a gang."""
-    from fastgpu_ray import handoff
+    from fastgpu_ray.core import handoff
 
     async def main():
         b, core, gate, first = await blocked_node()
@@ -227,7 +227,7 @@ def test_a_subtask_back_at_the_node_that_handed_it_on_keeps_its_record_there(rer
     there again), or forwarded by the other node's scheduler restarted there after that node died
     (``rerun``). That node's record (what explain(ref) reads, the user's ref being its call) keeps the
     driver's routing and the hand-off, then says where it ran."""
-    from fastgpu_ray import handoff
+    from fastgpu_ray.core import handoff
 
     async def main():
         b, core, gate, first = await blocked_node(learn=False)
@@ -260,7 +260,7 @@ def test_hand_off_with_other_jobs_counts_only_the_gpus_the_job_holds():
     """Fair share (other jobs on the cluster): a node's GPUs for hand-offs are this job's live workers
     within its cap, plus GPUs no one holds (a claim away); its queue is played out over those only. Where
     the job holds none any more, what starts on the other node within HORIZON_S goes, no more."""
-    from fastgpu_ray import handoff
+    from fastgpu_ray.core import handoff
     from fastgpu_ray.core.dispatch import CLAIM_S
     from fastgpu_ray.core.share_book import Share
 

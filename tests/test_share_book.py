@@ -177,7 +177,7 @@ def test_a_busy_node_alone_is_still_heard_every_heartbeat(monkeypatch):
     second without changes, it sent once in 12 s and the arbiter dropped the job after 10."""
     import asyncio
 
-    from fastgpu_ray import node_scheduler as ns
+    from fastgpu_ray.actors import node_scheduler as ns
 
     monkeypatch.setattr(ns, "SHARE_HEARTBEAT_S", 0.2)
     monkeypatch.setattr(ns, "SHARE_REPORT_GAP_S", 0.01)
