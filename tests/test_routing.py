@@ -150,6 +150,11 @@ def test_a_node_that_answers_late_keeps_the_work_routed_to_it_since_its_last_rep
     r.asking()
     r.update([node("a", busy=(1.0,), util=(0.0,)), node("b", busy=(2.0,), util=(0.0,))], asked_at=0.3)
     assert r._log == []
+    # a node that stops answering keeps only its own choices in the log, not everyone's since
+    picks = [r.choose(demand(10 + i, work=0.5)).node for i in range(6)]
+    r.asking()  # "a"'s answer shows its choices, "b" does not answer
+    r.update([node("a", busy=(1.0,), util=(0.0,)), node("b", busy=(2.0,), util=(0.0,))], asked_at=0.4, fresh=["a"])
+    assert sorted(e[1] for e in r._log) == ["b"] * picks.count("b") and picks.count("b") > 0
 
 
 def test_a_report_ages_so_a_burst_long_done_does_not_keep_its_node_looking_busy():

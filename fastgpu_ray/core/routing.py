@@ -123,13 +123,12 @@ class Router:
         self._state = None
         self._leases.clear()
         self._routed = 0
-        oldest = min((seen for seen, _ in self._from.values()), default=self._seq)
-        self._log = [e for e in self._log if e[0] > oldest]  # (what every spec shows goes)
-        todo = [e for e in self._log if e[1] in self._from and e[0] > self._from[e[1]][0]]
-        if todo:
-            st = self._scheduler(todo[0][3]).state
+        # (an entry its node's spec shows goes: a node that stops answering keeps only its own choices)
+        self._log = [e for e in self._log if e[1] in self._from and e[0] > self._from[e[1]][0]]
+        if self._log:
+            st = self._scheduler(self._log[0][3]).state
             index = {n: i for i, n in enumerate(st.names)}
-            for _, node, gpus, dw in todo:
+            for _, node, gpus, dw in self._log:
                 i = index.get(node)
                 if i is not None and all(g < st.gpu_count[i] for g in gpus):
                     st.add_wait(i, gpus, dw)
