@@ -24,17 +24,19 @@ class Arrivals:
         self._event.set()
 
     async def until(self, sent: int, timeout_s: float) -> bool:
-        """Wait until ``sent`` calls have arrived, at most ``timeout_s`` (a call may have failed on the way:
-        never wait for ever); returns whether they all did."""
+        """Wait until ``sent`` calls have arrived, at most ``timeout_s``; returns whether they all did. Calls
+        still missing then are taken as never coming (failed on the way, or sent to this actor before Ray
+        restarted it): later questions do not wait for them again."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         while self.count < sent:
             self._event.clear()
             left = end - loop.time()
-            if left <= 0:
-                return False
             try:
+                if left <= 0:
+                    raise asyncio.TimeoutError
                 await asyncio.wait_for(self._event.wait(), left)
             except asyncio.TimeoutError:
+                self.count = sent
                 return False
         return True
