@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fastgpu_ray.core.dispatch import DispatchCore, Outcome, Subtask, WorkerLost
+from fastgpu_ray.core.dispatch import CLAIM_BACKOFF_S, DispatchCore, Outcome, Subtask, WorkerLost
 from fastgpu_ray.core.records import Record
+from fastgpu_ray.core.telemetry import NodeInfo, NodeTelemetry
 from fastgpu_ray.core.worker_pool import WorkerInfo
 from fastgpu_ray.errors import GpuOutOfMemoryError, NeverFitsError, RetriesExhaustedError, is_gpu_oom
 from fastgpu_ray.gpu_sources import EmulatedSource
 from fastgpu_ray.options import make_options
-from fastgpu_ray.core.telemetry import NodeInfo, NodeTelemetry
 
 
 @dataclass
@@ -691,3 +691,34 @@ def never_fits(out) -> str:
     """The message of ``out``, which must be a NeverFitsError."""
     assert not out.ok and isinstance(out.value, NeverFitsError), out.value
     return str(out.value)
+
+
+def test_every_wait_of_the_core_goes_through_its_injected_sleep():
+    """The core waits only through the ``sleep`` it is given, so a replay can run it on a clock of its own:
+    the refresh period, the gap between rounds and a claim's back-off. With a sleep that returns at once,
+    periods that add up to hours take well under a second of real time."""
+
+    class NoWorkerComesUp(FakeBackend):
+        async def claim(self, node, count, ready):
+            self.claims += 1  # Ray's view was stale: no GPU for the claim after all
+
+    async def main():
+        slept = []
+
+        async def sleep(s):
+            slept.append(s)
+            await asyncio.sleep(0.001)
+
+        b = NoWorkerComesUp({"n1": [16384]})
+        core = DispatchCore(b, telemetry_period_s=3600.0, round_gap_s=600.0, sleep=sleep)
+        await core.start()
+        fut = asyncio.ensure_future(core.submit(sub("a", value(1))))
+        await until(lambda: b.claims >= 2, what="a second claim, after the first one's back-off")
+        await core.shutdown()  # (fails the queued subtask)
+        await asyncio.gather(fut, return_exceptions=True)
+        return slept
+
+    t0 = time.monotonic()
+    slept = asyncio.run(main())
+    assert {3600.0, 600.0, CLAIM_BACKOFF_S} <= set(slept), slept
+    assert time.monotonic() - t0 < 5.0

@@ -39,7 +39,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from placement import GPU_MILLI, ClusterState, Demand, Explanation, NodeSpec, Scheduler, Snapshot, registry
 from placement.cost import CostModel, slowdown
@@ -60,6 +60,7 @@ MAX_BATCH = 32
 BATCH_MAX_WORK_S = 0.05  # subtasks declaring more work than this are not batched (they benefit from placement)
 RELEASE_FOR_OTHERS_S = 0.5  # an idle worker is given back this soon when other Ray work waits for a GPU
 CLAIM_S = 1.0  # a GPU no one holds: about this long until a claimed worker process runs (with a warm pool)
+CLAIM_BACKOFF_S = 1.0  # a claim that got nothing (Ray's view was stale) is not tried again sooner
 ABOVE_CAP_GRACE_S = 1.0  # a worker that comes up above the job's (shrunk) cap may start one batch this long
 FULL_ROUND_S = 1.0  # a queue whose rounds are skipped (nothing can start) is still placed this often
 OOM_MARGIN_MIB = 256  # a subtask over its declaration is retried asking for its peak use plus this (or twice)
@@ -156,7 +157,10 @@ class DispatchCore:
     def __init__(self, backend: Backend, *, policy: str = registry.DEFAULT_POLICY, idle_timeout_s: float = 60.0,
                  telemetry_period_s: float = 1.0, max_batch: int = MAX_BATCH, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.monotonic, keep_records: int = KEEP_RECORDS,
-                 round_gap_s: float = 0.0, max_slots: int = MAX_SLOTS, slot_context_mib: int = SLOT_CONTEXT_MIB) -> None:
+                 round_gap_s: float = 0.0, max_slots: int = MAX_SLOTS, slot_context_mib: int = SLOT_CONTEXT_MIB,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        """``clock`` and ``sleep``: the core's time (every wait it makes goes through ``sleep``: a replay can
+        drive it on a clock of its own)."""
         registry.policy_class(policy)  # unknown names fail here, at init
         check_slots(max_slots, slot_context_mib)
         self.max_slots = max_slots
@@ -168,6 +172,7 @@ class DispatchCore:
         self.max_batch = max_batch
         self.metrics = metrics or NoMetrics()
         self.clock = clock
+        self.sleep = sleep
         self.round_gap_s = round_gap_s
         self.nodes: list[NodeInfo] = []
         self.telemetry: dict[str, NodeTelemetry] = {}
@@ -409,7 +414,7 @@ class DispatchCore:
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.period)
+            await self.sleep(self.period)
             try:
                 await self.refresh()
             except Exception:  # a transient GCS/monitor error must not stop the loop
@@ -617,7 +622,7 @@ class DispatchCore:
                 log.exception("scheduling round failed")
             # Let submissions and completions in between rounds; under a flood of submissions, a short
             # gap lets them gather, so a round places (and batches) many instead of one each.
-            await asyncio.sleep(self.round_gap_s)
+            await self.sleep(self.round_gap_s)
 
     def schedule_round(self) -> int:
         """Place as much of the queue as fits now; returns the number of subtasks started."""
@@ -1034,7 +1039,7 @@ class DispatchCore:
             await self.reread_nodes()
         finally:
             if not got:  # nothing to claim after all (Ray's view was stale): back off before trying again
-                await asyncio.sleep(1.0)
+                await self.sleep(CLAIM_BACKOFF_S)
             settle(left[0])
             self._wake.set()
 
