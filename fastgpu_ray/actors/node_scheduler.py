@@ -247,7 +247,8 @@ class NodeScheduler:
                        input_bytes=info.input_bytes if payload.has_refs else len(payload.blob))
 
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):
-        # Queued only once its inputs are here: waiting for a producer must not hold a GPU (fastgpu_ray.actors.deps).
+        # Queued only once its inputs are here: waiting for a producer must not hold a GPU
+        # (fastgpu_ray.actors.deps).
         refs = payload.all_refs
         st = self._subtask(sid, opts, fn, payload, info)
         return await self.core.submit(st, node_choice=info.node_choice, history=info.history, rerun=rerun,

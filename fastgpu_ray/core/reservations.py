@@ -94,13 +94,13 @@ class Reservations:
         h = self.holds.get(key)
         return h.running if h is not None else 0
 
-    def free_in(self, key: Key, now: float) -> float:
-        """Estimated seconds until all the work running on ``key``'s GPU is done."""
-        return max((time_left(e, dur, now) for e, dur in self.ends.get(key, {}).values()), default=0.0)
-
     def lefts(self, key: Key, now: float) -> list[float]:
         """Estimated seconds left of each call running on ``key``'s GPU."""
         return [time_left(e, dur, now) for e, dur in self.ends.get(key, {}).values()]
+
+    def free_in(self, key: Key, now: float) -> float:
+        """Estimated seconds until all the work running on ``key``'s GPU is done."""
+        return max(self.lefts(key, now), default=0.0)
 
     def started(self, duration_key: str) -> dict[int, tuple[float, float]]:
         """(start, slowdown) of each running call of ``duration_key``."""
