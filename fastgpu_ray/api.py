@@ -253,7 +253,7 @@ def explain(ref: ObjectRef) -> Record:
                if node in s.retired else "gone with its node (removed by the autoscaler, or died)")
         raise ValueError(f"no record left for subtask {sid}: it was sent to node {node[:12]}, whose scheduler "
                          f"{why}, taking its records with it")
-    rec = ray.get(sched.explain.remote(sid))
+    rec = ray.get(sched.explain.remote(sid, s.sent.get(node, 0)))
     if rec is None:
         if node not in s.gpu_nodes:
             raise ValueError(f"no record left for subtask {sid}: it was kept by the node scheduler of node "

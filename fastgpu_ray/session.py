@@ -79,7 +79,7 @@ class Session:
     own: dict = field(default_factory=dict)  # node id -> NodeReport.own (other jobs share the cluster)
     _routed_to: dict = field(default_factory=dict)  # node -> when a subtask was last routed there
     _heard: dict = field(default_factory=dict)  # node -> when its last report that arrived was asked for
-    sent: dict = field(default_factory=dict)  # node -> calls sent to its scheduler (its report waits for them)
+    sent: dict = field(default_factory=dict)  # node or LOBBY -> calls sent there (report, explain wait for them)
     _handing: dict = field(default_factory=dict)  # node -> (its hand_off call in flight, the receiver)
     _fed: dict = field(default_factory=dict)  # node -> when a hand-off to it last returned
 
@@ -389,8 +389,7 @@ class Session:
 
     def remember(self, refs: list, sids: list[str], node: str, fn_key: str) -> None:
         """The refs of one call, sent to ``node`` (``LOBBY``: to wait for a node; no producer node yet)."""
-        if node != LOBBY:
-            self.sent[node] = self.sent.get(node, 0) + 1
+        self.sent[node] = self.sent.get(node, 0) + 1
         hexes = [r.hex() for r in refs]
         for h, sid in zip(hexes, sids):
             self.refs[h] = (sid, node)

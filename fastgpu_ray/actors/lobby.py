@@ -43,6 +43,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from ..core.arrivals import EXPLAIN_WAIT_S, Arrivals
 from ..core.dispatch import gpu_fraction
 from ..core.records import Record
 from ..core.wire import Call, FnBox, Payload, RouteInfo
@@ -123,11 +124,17 @@ class Lobby:
         self._pending: dict[bytes, Any] = {}  # early workers (module doc) Ray has not started yet
         self._alive: set[str] = set()  # the GPU nodes up at the last look
         self.ran: OrderedDict[str, Record] = OrderedDict()  # subtasks an early worker ran (for explain)
+        self._arrivals = Arrivals()  # the driver's calls that arrived (``Session.sent`` counts them as sent)
         self._arbiter = None
 
     # ------------------------------------------------------------------------------------ the calls
     async def submit(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo, wait: str,
                      wait_s: float | None):
+        self._arrivals.arrived()  # (before any await: an explain waiting for this call then finds it)
+        return await self._submit(sid, opts, fn, payload, info, wait, wait_s)
+
+    async def _submit(self, sid: str, opts: TaskOptions, fn: FnBox, payload: Payload, info: RouteInfo, wait: str,
+                      wait_s: float | None):
         now = time.monotonic()
         e = _Entry((-opts.priority, next(self._seq)), sid, opts, fn, payload, info, wait,
                    None if wait_s is None else now + wait_s, now, asyncio.get_running_loop().create_future())
@@ -158,13 +165,18 @@ class Lobby:
 
     async def submit_many(self, sids: list[str], opts: TaskOptions, fn: FnBox, payloads: list[Payload],
                           info: RouteInfo, wait: str, wait_s: float | None):
-        got = await asyncio.gather(*(self.submit(s, opts, fn, p, info, wait, wait_s)
-                                     for s, p in zip(sids, payloads)), return_exceptions=True)
+        waits = [asyncio.ensure_future(self._submit(s, opts, fn, p, info, wait, wait_s))
+                 for s, p in zip(sids, payloads)]
+        self._arrivals.arrived()  # (after: an explain woken by it runs after these have queued their subtasks)
+        got = await asyncio.gather(*waits, return_exceptions=True)
         # An exception of one subtask is that return's error (Ray raises a RayTaskError value from get).
         return tuple(RayTaskError("fastgpu", str(g), g) if isinstance(g, Exception) and not isinstance(
             g, RayTaskError) else g for g in got)
 
-    async def explain(self, sid: str) -> Record | None:
+    async def explain(self, sid: str, sent: int = 0) -> Record | None:
+        """``sid``'s record, once the ``sent`` calls the driver had sent here before asking have arrived (Ray may
+        run this call before them: ``fastgpu_ray.core.arrivals``)."""
+        await self._arrivals.until(sent, EXPLAIN_WAIT_S)
         if sid in self.ran:
             return self.ran[sid]
         if sid in self.where:

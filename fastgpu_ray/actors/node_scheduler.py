@@ -29,7 +29,7 @@ from placement.cost import CostModel
 
 from ..cluster_status import ClusterStatus, GpuStatus
 from ..core import handoff
-from ..core.arrivals import Arrivals
+from ..core.arrivals import EXPLAIN_WAIT_S, Arrivals
 from ..core.dispatch import DispatchCore, Outcome, Subtask
 from ..core.records import Record
 from ..core.wire import Call, FnBox, NodeReport, Payload, RouteInfo
@@ -390,8 +390,11 @@ class NodeScheduler:
             return await self.delegate.room.remote()
         return self.here, self.core.room()
 
-    async def explain(self, sid: str) -> Record | None:
+    async def explain(self, sid: str, sent: int = 0) -> Record | None:
+        """``sid``'s record, once the ``sent`` calls the driver had sent here before asking have arrived (Ray may
+        run this call before them: ``fastgpu_ray.core.arrivals``)."""
         await self.ready()
+        await self._arrivals.until(sent, EXPLAIN_WAIT_S)
         if self.delegate is not None:
             return await self.delegate.explain.remote(sid)
         rec = self.core.explain(sid)

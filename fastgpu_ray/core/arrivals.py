@@ -1,15 +1,17 @@
 """Which of one sender's calls an async actor has received: a node scheduler's report must show the work the
-driver sent it before asking (Ray-free).
+driver sent it before asking, and an explain (node scheduler or lobby) must find the subtask (Ray-free).
 
 Ray does not run an async actor's calls in the order one caller sent them: a call whose arguments hold
 ObjectRefs may start after a later call without (measured: 14 of 200 reports, asked for right after five
 submits, ran before one of those submits). The driver counts the calls it sends to each node scheduler
-(``Session.sent``) and passes the count with each report request; the scheduler answers once that many
-have arrived, or after a short wait.
+(``Session.sent``) and passes the count with each report or explain request; the actor answers once that
+many have arrived, or after a short wait.
 """
 from __future__ import annotations
 
 import asyncio
+
+EXPLAIN_WAIT_S = 2.0  # an explain waits at most this long for the calls the driver sent before it
 
 
 class Arrivals:
