@@ -167,7 +167,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Explanation:
-    """Why a demand went where it went: every feasible candidate with its score terms, and the winner."""
+    """Why a demand went where it went: the feasible candidates with their score terms (the best-scored
+    ones and the winner; ``more`` feasible nodes scored lower and are only counted), and the winner."""
 
     demand_id: str
     policy: str
@@ -175,6 +176,7 @@ class Explanation:
     rejected: Mapping[str, int]  # filter reason -> number of nodes it rejected
     winner: str | None
     reason: str
+    more: int = 0  # feasible candidates left out of ``candidates`` (lower scores)
 
     def format(self, limit: int = 5) -> str:
         lines = [f"{self.demand_id}: policy={self.policy} -> {self.winner or 'unplaced'} ({self.reason})"]
@@ -182,8 +184,8 @@ class Explanation:
         for c in top:
             terms = ", ".join(f"{k}={v:.3g}" for k, v in c.terms.items())
             lines.append(f"  {c.node:>20s} gpus={list(c.gpus)} score={c.score:.4g} [{terms}]")
-        if len(self.candidates) > limit:
-            lines.append(f"  ... {len(self.candidates) - limit} more candidates")
+        if len(self.candidates) + self.more > limit:
+            lines.append(f"  ... {max(0, len(self.candidates) - limit) + self.more} more candidates")
         for why, n in self.rejected.items():
             lines.append(f"  rejected {n} node(s): {why}")
         return "\n".join(lines)

@@ -15,6 +15,9 @@ from .policy import Policy
 from .state import ClusterState
 
 
+EXPLAIN_TOP = 16  # feasible candidates an explanation lists (best scores first; the others are counted)
+
+
 @dataclass(frozen=True)
 class Decision:
     demand: Demand
@@ -78,19 +81,30 @@ class Scheduler:
         return f"no node can hold {describe(d)} now ({why}); it may fit once running work finishes"
 
     def _explain(self, d: Demand, nodes: np.ndarray, node: int, gpus: tuple[int, ...], scores) -> Explanation:
-        """``scores``: the policy's scores of ``nodes`` that chose ``node`` (before it was bound)."""
+        """``scores``: the policy's scores of ``nodes`` that chose ``node`` (before it was bound). Terms are
+        computed over every feasible node (a term may depend on the others, as ties do), but only the
+        ``EXPLAIN_TOP`` best-scored become candidates in the record, the winner always among them; the
+        rest are counted (``Explanation.more``): at a thousand nodes, a candidate per node cost more than
+        the placement."""
         st, pol = self.state, self.policy
         total = np.asarray(scores, dtype=float)
         terms = pol.terms(st, d, nodes, scores=total)
+        keep = range(len(nodes))
+        if len(nodes) > EXPLAIN_TOP:
+            order = np.argsort(-total, kind="stable")[:EXPLAIN_TOP]
+            won = int(np.flatnonzero(nodes == node)[0])
+            keep = sorted(set(order.tolist()) | {won})
         cands = []
-        for k, i in enumerate(nodes):
+        for k in keep:
+            i = nodes[k]
             g = gpus if int(i) == node else ()
             cands.append(Candidate(st.names[i], float(total[k]), {t: float(v[k]) for t, v in terms.items()}, g))
         n_best = int((total == total.max()).sum())
         reason = (f"highest {pol.name} score {total.max():.4g}"
                   + (f", tie among {n_best} broken by node rank" if n_best > 1 else "")
                   if len(nodes) > 1 else "the only feasible node")
-        return Explanation(d.id, pol.name, tuple(cands), st.rejections(d), st.names[node], reason)
+        return Explanation(d.id, pol.name, tuple(cands), st.rejections(d), st.names[node], reason,
+                           more=len(nodes) - len(cands))
 
 
 def describe(d: Demand) -> str:

@@ -6,18 +6,24 @@ nodes that changed since.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from .cost import slowdown
-from .model import GPU_MILLI, Demand, Snapshot
+from .model import GPU_MILLI, Demand, NodeSpec, Snapshot
 
 UNTRACKED_MEM = np.int64(1) << 40  # GPU memory of a GPU whose memory is not tracked
 MAX_SIDE_BY_SIDE = 8  # at most this many packed demands run on one GPU at once (the runtime's default
 #                       max_slots_per_gpu; ``ClusterState.max_side_by_side`` may be set to the session's)
 NO_HOLD = np.iinfo(np.int64).min  # ``ClusterState.held`` of a node held for nothing
 MAX_TAG = 9  # GpuClustering tags: 0 = sharing, k = whole k-GPU demand (k <= 8)
+
+
+def node_model(n: NodeSpec) -> str:
+    """A node's GPU model: its GPUs' one model, or the models it mixes joined by ``|`` (``none``: no GPU)."""
+    kinds = {g.model for g in n.gpus}
+    return n.gpus[0].model if len(kinds) == 1 else ("|".join(sorted(kinds)) or "none")
 
 
 def tag_of(d: Demand) -> int:
@@ -56,8 +62,8 @@ class ClusterState:
             self.gmem_cap = np.where(real, np.asarray(gpu_mem, dtype=np.int64), 0)
         self.gmem_free = self.gmem_cap.copy()
         self.model_names = sorted(set(models))
-        mindex = {m: i for i, m in enumerate(self.model_names)}
-        self.model = np.array([mindex[m] for m in models], dtype=np.int64)
+        self._model_index = {m: i for i, m in enumerate(self.model_names)}
+        self.model = np.array([self._model_index[m] for m in models], dtype=np.int64)
         self.load = np.zeros(self.free.shape, dtype=np.float64)  # live utilisation 0..1 per GPU
         self.external = np.zeros(self.free.shape, dtype=np.int64)  # processes outside fastgpu
         self.busy = np.zeros(self.free.shape, dtype=np.float64)  # seconds until a GPU takes new work
@@ -71,6 +77,7 @@ class ClusterState:
         self.version = np.zeros(n, dtype=np.int64)
         self.rank = np.arange(n, dtype=np.int64) if rank is None else np.asarray(rank, dtype=np.int64)
         self._type_masks: dict[tuple[str, ...], np.ndarray] = {}
+        self._rows: dict[str, int] | None = None  # node name -> row (``per_node``), built when first asked
         self.F = np.zeros(n, dtype=np.int64)  # total free milli
         self.max_free = np.zeros(n, dtype=np.int64)
         self.nfull = np.zeros(n, dtype=np.int64)  # fully free GPUs
@@ -81,35 +88,59 @@ class ClusterState:
     def from_snapshot(cls, snap: Snapshot) -> "ClusterState":
         nodes = snap.nodes
         width = max((len(n.gpus) for n in nodes), default=0)
-        gmem = np.zeros((len(nodes), max(width, 1)), dtype=np.int64)
-        models = []
-        for i, n in enumerate(nodes):
-            kinds = {g.model for g in n.gpus}
-            models.append(n.gpus[0].model if len(kinds) == 1 else ("|".join(sorted(kinds)) or "none"))
-            for j, g in enumerate(n.gpus):
-                gmem[i, j] = g.memory_mib if g.memory_mib > 0 else UNTRACKED_MEM
         st = cls(
             [n.name for n in nodes],
             np.array([n.cpu_milli for n in nodes]),
             np.array([n.memory_mib for n in nodes]),
             np.array([len(n.gpus) for n in nodes]),
-            models,
-            gpu_mem=gmem,
+            [node_model(n) for n in nodes],
+            gpu_mem=np.full((len(nodes), max(width, 1)), UNTRACKED_MEM, dtype=np.int64),
             rank=None if snap.rank is None else np.array(snap.rank),
         )
         for i, n in enumerate(nodes):
-            st.cpu_left[i] -= n.cpu_used
-            st.mem_left[i] -= n.memory_used_mib
-            st.alive[i] = n.alive
-            for j, g in enumerate(n.gpus):
-                st.free[i, j] = GPU_MILLI - g.milli_used
-                st.gmem_free[i, j] = g.memory_free_mib if g.memory_mib > 0 else UNTRACKED_MEM
-                st.load[i, j] = g.util or 0.0
-                st.external[i, j] = g.external_processes
-                st.busy[i, j] = g.busy_s
+            st.set_node(i, n, refresh=False)
         st.has_live = bool(st.load.any() or st.busy.any())
         st._refresh(np.arange(st.n))
         return st
+
+    def takes(self, i: int, spec: NodeSpec) -> bool:
+        """Whether ``set_node(i, spec)`` can write ``spec`` over row ``i``: same name, its GPUs within the
+        padded width, its GPU model among this state's models."""
+        return (i < self.n and self.names[i] == spec.name and len(spec.gpus) <= self.width
+                and node_model(spec) in self._model_index)
+
+    def set_node(self, i: int, spec: NodeSpec, refresh: bool = True) -> None:
+        """Write row ``i`` (capacities, what is used, live load, busy seconds) from ``spec``, as
+        ``from_snapshot`` builds it (``takes`` must hold). Per-round marks (holds, binds' pod counts) stay."""
+        k = len(spec.gpus)
+        self.cpu_cap[i] = spec.cpu_milli
+        self.mem_cap[i] = spec.memory_mib
+        self.cpu_left[i] = spec.cpu_milli - spec.cpu_used
+        self.mem_left[i] = spec.memory_mib - spec.memory_used_mib
+        self.alive[i] = spec.alive
+        self.gpu_count[i] = k
+        self.model[i] = self._model_index[node_model(spec)]
+        self.real[i] = np.arange(self.real.shape[1]) < k
+        self.free[i], self.gmem_cap[i], self.gmem_free[i] = -1, 0, 0
+        self.load[i], self.external[i], self.busy[i] = 0.0, 0, 0.0
+        for j, g in enumerate(spec.gpus):
+            self.free[i, j] = GPU_MILLI - g.milli_used
+            self.gmem_cap[i, j] = g.memory_mib if g.memory_mib > 0 else UNTRACKED_MEM
+            self.gmem_free[i, j] = g.memory_free_mib if g.memory_mib > 0 else UNTRACKED_MEM
+            self.load[i, j] = g.util or 0.0
+            self.external[i, j] = g.external_processes
+            self.busy[i, j] = g.busy_s
+        self.version[i] += 1
+        if refresh:
+            self._refresh(i)
+
+    def copy(self) -> "ClusterState":
+        """An independent copy (binds on it leave this one as it was): what a round places on, when the
+        state itself is kept between rounds and updated row by row."""
+        out = object.__new__(ClusterState)
+        out.__dict__.update({k: v.copy() if isinstance(v, np.ndarray) else v for k, v in self.__dict__.items()})
+        out.names, out._type_masks = list(self.names), dict(self._type_masks)
+        return out
 
     def _refresh(self, rows: np.ndarray | int) -> None:
         """Recompute the per-node summaries (total free, largest free, fully free count) of ``rows``."""
@@ -117,6 +148,18 @@ class ClusterState:
         self.F[rows] = np.maximum(f, 0).sum(axis=-1)
         self.max_free[rows] = f.max(axis=-1)
         self.nfull[rows] = (f == GPU_MILLI).sum(axis=-1)
+
+    def per_node(self, by_name: Mapping[str, float]) -> np.ndarray:
+        """``by_name`` (node name -> value; names not in this state ignored) as one value per row, 0 elsewhere."""
+        out = np.zeros(self.n, dtype=np.float64)
+        if by_name:
+            if self._rows is None:
+                self._rows = {name: i for i, name in enumerate(self.names)}
+            for name, v in by_name.items():
+                i = self._rows.get(name)
+                if i is not None:
+                    out[i] = v
+        return out
 
     # -------------------------------------------------------------------------------- feasibility
     def type_mask(self, types: tuple[str, ...]) -> np.ndarray:

@@ -51,7 +51,8 @@ from .demand import build_demand
 from .records import KEEP_RECORDS, Record, RecordBook
 from .reservations import Reservations
 from .share_book import Share
-from .telemetry import NodeInfo, NodeTelemetry, build_snapshot, split_util, taken_on
+from .live_state import LiveState
+from .telemetry import NodeInfo, NodeTelemetry, build_snapshot, gpu_spec, split_util, taken_on
 from .worker_pool import WorkerInfo, WorkerPool
 
 log = logging.getLogger("fastgpu.dispatch")
@@ -180,6 +181,7 @@ class DispatchCore:
         # (``pool``), what runs on their GPUs (``reservations``) and the explain records (``records``).
         self.pool = WorkerPool()
         self.reservations = Reservations(max_slots)
+        self.live = LiveState()  # the placement state, kept between rounds
         self.records = RecordBook(keep_records)
         self.queue = ShapeQueue(Subtask.fit_key)  # entries (-priority, seq, subtask)
         self._purge = False  # a queued subtask was cancelled since the last round
@@ -428,19 +430,16 @@ class DispatchCore:
         """The live cluster (GPUs Ray shows taken by others are full). A node whose GPUs are being claimed
         keeps showing them free, so the subtasks that chose it keep choosing it (and wait) instead of
         claiming more nodes. Reports, status and ``cluster_snapshot`` (training) get this plain view;
-        placement (``placement_snapshot``) sees only what the job's fair share lets it claim."""
+        placement (``placement_state``) sees only what the job's fair share lets it claim."""
         return build_snapshot(self.nodes, self.telemetry, self._holds())
 
-    def placement_snapshot(self) -> Snapshot:
-        """``snapshot()`` within the job's fair share, plus, for GPUs whose running work has known estimated ends and that have no room
-        now, that GPU as it will be then (``busy_s`` = seconds left), so a subtask may choose to wait
-        for it instead of starting on a loaded GPU: a GPU held whole frees when all its work ends; a GPU
-        packed by memory, too full for the smallest queued memory demand, frees a slot at its earliest end."""
-        now = self.clock()
-        nodes = self._within_share()
-        holds = self._holds()
-        live = build_snapshot(nodes, self.telemetry, holds)
-        need, free_mib = None, {}
+    def busy_until(self, now: float) -> dict[tuple[str, int], float]:
+        """GPUs whose running work has known estimated ends and that have no room now, with the seconds
+        until they take new work: placement sees such a GPU as it will be then (``busy_s``), so a subtask
+        may choose to wait for it instead of starting on a loaded GPU. A GPU held whole frees when all its
+        work ends; a GPU at its call cap, or packed by memory too full for the smallest queued memory
+        demand, frees a slot at its earliest end."""
+        need = None
         busy = {}
         for key, ends in self.reservations.ends.items():
             h = self.reservations.holds.get(key)
@@ -450,16 +449,18 @@ class DispatchCore:
             if not (whole or h.at_cap) and need is None:  # (a scan of the queue: only where it can matter)
                 need = min((st.opts.gpu_memory_mib + self.slot_context_mib for _, _, st in self.queue
                             if st.opts.gpu_memory_mib), default=0)
-                free_mib = ({(n.name, g): spec.memory_free_mib for n in live.nodes
-                             for g, spec in enumerate(n.gpus)} if need else {})
-            # (a GPU at its call cap frees a slot at its earliest end, as a memory-full one does)
-            if not (whole or h.at_cap or (need and free_mib.get(key, 0) < need)):
+            if not (whole or h.at_cap or (need and self._free_memory(key[0], (key[1],)) < need)):
                 continue
             lefts = self.reservations.lefts(key, now)
             busy[key] = max(lefts) if whole else min(lefts)
-        if not busy:
-            return live
-        return build_snapshot(nodes, self.telemetry, holds, busy)
+        return busy
+
+    def placement_state(self) -> ClusterState:
+        """What a round places on: the live cluster within the job's fair share (``_within_share``), GPUs
+        with known estimated ends as ``busy_until`` shows them. Kept between rounds (``LiveState``): only
+        the nodes whose inputs changed are rebuilt."""
+        return self.live.state(self._within_share(), self.telemetry, self._holds(), self.busy_until(self.clock()),
+                               self.max_slots)
 
     def projected_spec(self, node: str) -> NodeSpec | None:
         """``node`` as a new arrival would find it once the work ahead of it is done: every GPU free (at its
@@ -648,8 +649,7 @@ class DispatchCore:
             return 0
         self._full_at = self.clock()
         t0 = time.perf_counter()
-        state = ClusterState.from_snapshot(self.placement_snapshot())
-        state.max_side_by_side = self.max_slots
+        state = self.placement_state()
         pol = registry.create(self.policy)
         pol.prepare(state, [d for _, _, st in self.queue.head(16) if (d := _safe_demand(self, st))])
         sched = Scheduler(state, pol)
@@ -860,12 +860,16 @@ class DispatchCore:
         return split_util(r, tel.fastgpu_pids)[1]
 
     def _free_memory(self, node: str, gpus: tuple[int, ...]) -> int:
-        snap = self.snapshot()
-        try:
-            n = snap.nodes[snap.node_index(node)]
-        except KeyError:
+        """The least free memory (MiB) among ``gpus`` of ``node``, as the snapshot shows it (0: unknown node)."""
+        tel = self.telemetry.get(node)
+        readings = {r.index: r for r in tel.gpus} if tel else {}
+        pids = tel.fastgpu_pids if tel else frozenset()
+        holds = self._holds()
+        n = next((x for x in self.nodes if x.node_id == node), None)
+        if n is None:
             return 0
-        return min((n.gpus[g].memory_free_mib for g in gpus if g < len(n.gpus)), default=0)
+        return min((gpu_spec(readings.get(g), holds.get((node, g)), pids).memory_free_mib
+                    for g in gpus if g < n.gpu_total), default=0)
 
     async def _execute(self, batch, node, gpus, d, workers: list[WorkerInfo], free_mib: int,
                        load: float = 1.0) -> None:

@@ -11,6 +11,7 @@ processes outside fastgpu - fastgpu's reservations (not fastgpu's own live usage
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -136,18 +137,54 @@ def gpu_spec(reading: GpuReading | None, hold: GpuHold | None, pids: frozenset[i
         emulated=reading.emulated)
 
 
+def holds_by_node(holds: Mapping[tuple[str, int], GpuHold]) -> dict[str, dict[int, GpuHold]]:
+    """``holds`` grouped per node: node id -> GPU index -> hold (one pass, however many nodes)."""
+    out: dict[str, dict[int, GpuHold]] = {}
+    for (node, g), h in holds.items():
+        out.setdefault(node, {})[g] = h
+    return out
+
+
 def taken_on(n: NodeInfo, telemetry: Mapping[str, NodeTelemetry],
              holds: Mapping[tuple[str, int], GpuHold]) -> set[int]:
     """The GPU indices of node ``n`` that count as held by other Ray work (``taken_indices`` over the GPUs
     fastgpu does not hold or claim); the snapshot shows them full."""
-    tel = telemetry.get(n.node_id)
+    return _taken(n, telemetry.get(n.node_id), holds_by_node(holds).get(n.node_id, {}))
+
+
+def _taken(n: NodeInfo, tel: NodeTelemetry | None, mine: Mapping[int, GpuHold]) -> set[int]:
     readings = {r.index: r for r in tel.gpus} if tel else {}
     pids = tel.fastgpu_pids if tel else frozenset()
-    mine = {g: h for (node, g), h in holds.items() if node == n.node_id}
     held = sum(1 for h in mine.values() if not h.claiming)
     others = taken_by_others(n, held, len(mine) - held)
+    if not others:
+        return set()
     unheld = [g for g in range(n.gpu_total) if g not in mine]
     return taken_indices([gpu_spec(readings.get(g), None, pids) for g in range(n.gpu_total)], unheld, others)
+
+
+def node_spec(n: NodeInfo, tel: NodeTelemetry | None, mine: Mapping[int, GpuHold],
+              busy: Mapping[int, float]) -> NodeSpec:
+    """One node of ``build_snapshot``: ``tel`` its reading (or None), ``mine`` fastgpu's holds on it per GPU
+    index, ``busy`` its GPUs with a known estimated end (GPU index -> seconds left)."""
+    readings = {r.index: r for r in tel.gpus} if tel else {}
+    pids = tel.fastgpu_pids if tel else frozenset()
+    taken = _taken(n, tel, mine)
+    gpus = []
+    for g in range(n.gpu_total):
+        r = readings.get(g)
+        if g in busy:
+            spec = gpu_spec(r, GpuHold(), pids)  # as it will be once its running work is done
+            ext = split_util(r, pids)[1] if r is not None else spec.util
+            spec = dataclasses.replace(spec, busy_s=busy[g], util=ext)
+        else:
+            spec = gpu_spec(r, mine.get(g), pids)
+        if g in taken:  # (a GPU being claimed shows free: the subtasks that chose it wait for it)
+            spec = dataclasses.replace(spec, milli_used=GPU_MILLI)
+        gpus.append(spec)
+    return NodeSpec(
+        name=n.node_id, cpu_milli=int(n.cpu_total * 1000), memory_mib=int(n.memory_bytes // (1 << 20)),
+        gpus=tuple(gpus), cpu_used=int((n.cpu_total - n.cpu_available) * 1000), alive=n.alive)
 
 
 def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry],
@@ -159,28 +196,7 @@ def build_snapshot(nodes: list[NodeInfo], telemetry: Mapping[str, NodeTelemetry]
     shown as it will be then (free, at its external load, ``busy_s`` = seconds left), so the policy's
     finish time (wait + compute at load) can prefer waiting for it over starting on a loaded GPU now.
     """
-    busy = busy or {}
-    out = []
-    for n in nodes:
-        tel = telemetry.get(n.node_id)
-        readings = {r.index: r for r in tel.gpus} if tel else {}
-        pids = tel.fastgpu_pids if tel else frozenset()
-        mine = {g: h for (node, g), h in holds.items() if node == n.node_id}
-        taken = taken_on(n, telemetry, holds)
-        gpus = []
-        for g in range(n.gpu_total):
-            r = readings.get(g)
-            if (n.node_id, g) in busy:
-                after = GpuHold()  # as it will be once its running work is done
-                spec = gpu_spec(r, after, pids)
-                ext = split_util(r, pids)[1] if r is not None else spec.util
-                spec = GpuSpec(**{**spec.__dict__, "busy_s": busy[(n.node_id, g)], "util": ext})
-            else:
-                spec = gpu_spec(r, mine.get(g), pids)
-            if g in taken:  # (a GPU being claimed shows free: the subtasks that chose it wait for it)
-                spec = GpuSpec(**{**spec.__dict__, "milli_used": GPU_MILLI})
-            gpus.append(spec)
-        out.append(NodeSpec(
-            name=n.node_id, cpu_milli=int(n.cpu_total * 1000), memory_mib=int(n.memory_bytes // (1 << 20)),
-            gpus=tuple(gpus), cpu_used=int((n.cpu_total - n.cpu_available) * 1000), alive=n.alive))
-    return Snapshot(tuple(out))
+    mine = holds_by_node(holds)
+    late = holds_by_node(busy or {})
+    return Snapshot(tuple(node_spec(n, telemetry.get(n.node_id), mine.get(n.node_id, {}),
+                                    late.get(n.node_id, {})) for n in nodes))

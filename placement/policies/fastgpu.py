@@ -44,6 +44,7 @@ class FastGpuPolicy(FgdPolicy):
         self.cpu_per_milli = 0.0
         self.pressure = np.zeros(0)
         self.whole = None
+        self._scored = None  # (demand, nodes, pack, finish terms) of the last ``score``: ``terms`` reuses them
 
     # ------------------------------------------------------------------------------------- packing
     def prepare(self, state, workload=()) -> None:
@@ -94,7 +95,7 @@ class FastGpuPolicy(FgdPolicy):
             wait, util = busy[rows, g], load[rows, g]
         else:
             wait = util = np.zeros(len(nodes))
-        local = np.array([d.input_bytes.get(state.names[i], 0) for i in nodes], dtype=np.float64)
+        local = state.per_node(d.input_bytes)[nodes]
         move = np.maximum(d.input_total - local, 0.0)
         return {"wait_s": wait, "move_bytes": move, "move_s": self.cost.transfer_s(move),
                 "compute_s": self.cost.compute_s(work, util, d.work_tail_s),
@@ -111,9 +112,11 @@ class FastGpuPolicy(FgdPolicy):
 
     def score(self, state, d, nodes):
         pack = self.pack_score(state, d, nodes)
+        self._scored = (d, nodes, pack, None)
         if not self._live(state, d):
             return pack
         t = self.finish_terms(state, d, nodes)
+        self._scored = (d, nodes, pack, t)
         finish = t["finish_s"]
         best = finish.min()
         tol = resolution(best)
@@ -147,7 +150,11 @@ class FastGpuPolicy(FgdPolicy):
         out["stranding_growth"] = stranding_growth(state, d, nodes, self.cpu_per_milli)
         out["capability_loss"] = capability_loss(state, d, nodes, self._ensure(state, d, nodes)[1], self.whole)
         out["model_pressure"] = self.pressure[state.model[nodes]]
-        out["pack"] = self.pack_score(state, d, nodes)
+        # Asked right after ``score`` on the same demand and node array (the scheduler's explain, before it
+        # binds), the terms it computed are reused, not computed again.
+        last = self._scored
+        same = last is not None and last[0] is d and last[1] is nodes
+        out["pack"] = last[2] if same else self.pack_score(state, d, nodes)
         if self._live(state, d):
-            out.update(self.finish_terms(state, d, nodes))
+            out.update(last[3] if same and last[3] is not None else self.finish_terms(state, d, nodes))
         return out
