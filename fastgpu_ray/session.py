@@ -46,7 +46,6 @@ RETIRE_S = 5.0  # autoscaling clusters: a node scheduler with nothing of its job
 KEEP_REFS = 100_000  # ref -> subtask entries kept for explain (bounded; the oldest are forgotten)
 LOBBY = "lobby"  # the "node" of a subtask that went to the session's lobby to wait for a node
 COLD_DATA_WORK_S = 0.001  # routing price of unknown work that has inputs (delay scheduling, in route())
-RECEIVER_FREE_S = 0.1  # a node receives hand-offs only while a GPU of it is free within this long
 BALANCE_PERIOD_S = 0.25  # how often the driver looks for idle GPUs next to queues elsewhere (hand-offs)
 
 
@@ -77,6 +76,7 @@ class Session:
     _polled: float = 0.0  # when the answers to ``_asked`` were last looked for
     queued: dict = field(default_factory=dict)  # node id -> subtasks queued there (last report)
     own: dict = field(default_factory=dict)  # node id -> NodeReport.own (other jobs share the cluster)
+    handoff_bytes: dict = field(default_factory=dict)  # node id -> NodeReport.handoff_bytes (last report)
     _routed_to: dict = field(default_factory=dict)  # node -> when a subtask was last routed there
     _heard: dict = field(default_factory=dict)  # node -> when its last report that arrived was asked for
     sent: dict = field(default_factory=dict)  # node or LOBBY -> calls sent there (report, explain wait for them)
@@ -234,24 +234,14 @@ class Session:
                     for n, spec in self.router.specs.items() if n in self.schedulers and n not in engaged}
             wait = {n: min((b for b, _ in g), default=math.inf) for n, g in gpus.items()
                     if g or self.own.get(n) is not None}  # (sharing: a node where it holds none gives)
-            donors = sorted((n for n in wait if self.queued.get(n)), key=lambda n: -wait[n])
-            # Receivers have a GPU free now (or about to be): handing work to a node that is busy too only
-            # reshuffles queues that are long everywhere (measured: heterogeneous.py, 1.54x its bound vs 1.17x).
-            # Sharing the cluster, a GPU of this job takes more as it frees (handoff.HORIZON_S)
-            # before it runs dry: the receiver's report is up to a report period old.
-            receivers = sorted((n for n in wait if wait[n] <= (RECEIVER_FREE_S if self.own.get(n) is None
-                                                               else handoff.HORIZON_S / 2)), key=lambda n: wait[n])
-            bandwidth = None
-            for donor in donors:
-                recv = next((r for r in receivers if r != donor), None)
-                if recv is None or wait[donor] - wait[recv] <= handoff.HANDOFF_S:
-                    break
-                receivers.remove(recv)
-                if bandwidth is None:
-                    bandwidth = runtime().cost().link_bandwidth
+            if not any(self.queued.get(n) for n in wait):
+                return
+            cost = runtime().cost()
+            for donor, recv in handoff.pairs(wait, self.queued, self.own, self.handoff_bytes, cost.transfer_s):
                 log.debug("asking node %s (wait %.2fs) to hand work to node %s (wait %.2fs)", donor[:12],
                           wait[donor], recv[:12], wait[recv])
-                call = self.schedulers[donor].hand_off.remote(recv, self.schedulers[recv], gpus[recv], bandwidth)
+                call = self.schedulers[donor].hand_off.remote(recv, self.schedulers[recv], gpus[recv],
+                                                                 cost.link_bandwidth)
                 self._handing[donor] = (call, recv)
 
     def start_housekeeping(self) -> None:
@@ -343,6 +333,7 @@ class Session:
                 self.live[node] = rep.live
                 self.queued[node] = rep.queued
                 self.own[node] = rep.own
+                self.handoff_bytes[node] = rep.handoff_bytes
                 self._heard[node] = self._reported
                 self.router.durations.adopt(rep.learned)
         self._asked = {}

@@ -40,7 +40,27 @@ def test_a_gpu_at_its_call_cap_takes_nothing_more_and_an_overdue_run_still_has_t
     assert r.release("n", (0,), tiny, 1, 1, 0.0, "g", held=lambda key: True) == []
     assert r.fits(("n", 0), 1)
     assert time_left(1.0, 1.0, 3.0) == pytest.approx(0.25 * 3.0)  # 2 s late: a quarter of its 3 s so far
+    assert time_left(2.0, 2.0, 1.9) == pytest.approx(0.1)  # before its end: what is left of the estimate
     assert r.release("n", (0,), tiny, 2, 1, 0.0, "g", held=lambda key: True) == [("n", 0)]
+
+
+def test_runs_started_on_a_guess_get_their_ends_from_the_run_time_learned_later():
+    r = Reservations(slot_cap=8)
+    whole = Demand(id="w", num_gpus=1)
+    # a batch of 2 started at 0 on the 0.5 s guess, on a GPU slowed 2x; a declared one of the same key
+    r.reserve("n", (0,), whole, call=1, subtasks=2, util=0.0, duration_key="f", now=0.0, load=2.0, runs=[2.0],
+              guess=0.5)
+    r.reserve("n", (1,), whole, call=2, subtasks=1, util=0.0, duration_key="f", now=0.0, load=1.0, runs=[3.0])
+    assert r.free_in(("n", 0), 3.0) == pytest.approx(0.25 * 3.0)  # overdue: a quarter of its elapsed time
+    r.relearn("f", 2.0)  # the function takes 2 s: 2 x 2 s at 2x = 8 s
+    assert r.free_in(("n", 0), 3.0) == pytest.approx(5.0)
+    assert r.free_in(("n", 1), 1.0) == pytest.approx(2.0)  # not started on a guess: untouched
+    r.relearn("f", 4.0)  # corrected once: later estimates move the learned one, not this call's again
+    assert r.free_in(("n", 0), 3.0) == pytest.approx(5.0) and r.guessed == {}
+    r.reserve("n", (0,), whole, call=3, subtasks=1, util=0.0, duration_key="f", now=5.0, load=1.0, runs=[0.5],
+              guess=0.5)
+    r.release("n", (0,), whole, 3, 1, 0.0, "f", held=lambda key: True)
+    assert r.guessed == {}  # an ended call leaves nothing behind
 
 
 def test_the_pool_drops_a_worker_once_and_shows_claims_on_gpus_it_does_not_hold():

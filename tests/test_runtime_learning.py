@@ -54,6 +54,28 @@ def test_run_time_is_learned_without_work_s_normalised_by_load_and_explained():
     assert "duration estimate:" in text and "learned from 5 runs" in text
 
 
+def test_a_run_started_before_anything_was_known_shows_its_true_end_once_its_function_is_learned():
+    """Two 1 s subtasks of an unknown function, the second started 0.5 s after the first on the other GPU
+    (both on the 0.5 s guess). When the first ends, its node has learned 1 s: the second's GPU shows about
+    0.5 s left (its start + 1 s), not a quarter of its elapsed time (0.125 s) as an overdue guess would."""
+    async def main():
+        b = FakeBackend({"n": [16384, 16384]})
+        core = await started(b)
+        await claim_gpus(core, 2)
+        first = asyncio.ensure_future(core.submit(sub("a", loaded(b, 1.0), batch=False)))
+        await asyncio.sleep(0.5)
+        second = asyncio.ensure_future(core.submit(sub("b", loaded(b, 1.0), batch=False)))
+        await until(lambda: core.explain("b") is not None and core.explain("b").state == "running", what="b runs")
+        gpu = core.explain("b").gpus[0]
+        await first
+        left = core.free_in("n", gpu, core.clock())
+        await second
+        await core.shutdown()
+        return left
+    left = asyncio.run(main())
+    assert 0.3 < left < 0.7, left
+
+
 def test_queue_waits_for_the_idle_gpu_although_no_subtask_declares_work():
     """Cold start (unknown work, priced at UNKNOWN_WORK_S) and learned: a running subtask has an estimated
     end, so queued ones wait for the idle GPU instead of starting 10x slower on the loaded one."""
@@ -177,6 +199,45 @@ def test_not_circular_work_slowed_more_than_the_cost_model_says():
     # runs on b teach 5x the truth (25x slower, divided by the model's 5x); the estimate stays well below
     assert 0.015 <= est.seconds <= 0.09, est
     assert on_b[-1] <= on_b[0] and on_b[-1] <= 1, on_b
+
+
+def test_a_node_receives_hand_offs_when_a_gpu_frees_within_the_donors_move_time():
+    """``handoff.pairs``: the longest wait gives to the soonest free; a receiver about to free counts when
+    its GPU frees within the time the donor's largest input takes to move (at least 0.1 s), so the data
+    arrives as the GPU frees; without inputs, only a GPU free within 0.1 s; one hand-off per node."""
+    from fastgpu_ray.core import handoff
+
+    move = lambda nbytes: nbytes / 125e6  # 1 Gbit/s  # noqa: E731
+    wait = {"heavy": 3.0, "light": 0.2, "mid": 1.5}
+    queued = {"heavy": 4, "mid": 1}
+    alone = {n: None for n in wait}
+    assert handoff.pairs(wait, queued, alone, {"heavy": 32 << 20}, move) == [("heavy", "light")]  # 0.27 s move
+    assert handoff.pairs(wait, queued, alone, {"heavy": 0}, move) == []  # no data: light is not free yet
+    wait["light"] = 0.05
+    assert handoff.pairs(wait, queued, alone, {}, move) == [("heavy", "light")]  # mid has no receiver left
+    # another job shares the cluster: a GPU of this job on "mid" takes more within HORIZON_S / 2
+    assert handoff.pairs({"heavy": 3.0, "mid": 0.9}, queued, {"heavy": None, "mid": [(0.9, 0.0)]}, {}, move) == [
+        ("heavy", "mid")]
+    assert handoff.pairs({"heavy": 0.1, "light": 0.05}, queued, alone, {}, move) == []  # not worth the hop
+
+
+def test_the_largest_input_a_node_could_hand_over_is_reported():
+    from fastgpu_ray.core import handoff
+
+    async def main():
+        b, core, gate, first = await blocked_node()
+        futs = []
+        for i, nbytes in enumerate((10, 5000, None)):
+            st = sub(f"q{i}", value(i), batch=False)
+            st.input_bytes = nbytes
+            futs.append(asyncio.ensure_future(core.submit(st)))
+        await until(lambda: len(core.queue) == 3, what="the queue")
+        got = handoff.largest_input(core, 1)
+        gate.set()
+        await asyncio.gather(first, *futs)
+        await core.shutdown()
+        return got
+    assert asyncio.run(main()) == 5000
 
 
 def test_hand_off_picks_from_the_back_what_finishes_sooner_elsewhere():

@@ -243,6 +243,8 @@ class NodeScheduler:
         """The core's subtask for one call (and what the driver learned of its function)."""
         if info.learned:  # what the driver learned from other nodes: a prior until this node has learned more
             self.core.durations.adopt(info.learned)
+            for key in info.learned:
+                self.core.relearn(key)
         return Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False,
                        input_bytes=info.input_bytes if payload.has_refs else len(payload.blob))
 
@@ -339,9 +341,11 @@ class NodeScheduler:
             return None
         await self._arrivals.until(sent, REPORT_WAIT_S)
         live = self.core.snapshot()
+        gpus = live.nodes[0].gpus if live.nodes else ()
         return NodeReport(self.core.projected_spec(self.here), live.nodes[0] if live.nodes else None,
                           self.core.durations.summary(), self.core.queue_length(),
-                          self.core.projected_own(self.here, self.core.clock()))
+                          self.core.projected_own(self.here, self.core.clock()),
+                          handoff.largest_input(self.core, len(gpus)))
 
     async def hand_off(self, node: str, target, there: list[tuple[float, float]], bandwidth: float) -> int:
         """Hand queued subtasks that would finish sooner on ``node`` (its GPUs: (seconds until free,

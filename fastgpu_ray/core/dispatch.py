@@ -584,6 +584,14 @@ class DispatchCore:
                 est = with_elapsed(est, max((now - t0) / load for t0, load in runs.values()))
         return est
 
+    def relearn(self, duration_key: str) -> None:
+        """Once ``duration_key``'s run time is known (learned here, or from the driver), its calls that
+        started on a guess get estimated ends from it (``Reservations.relearn``)."""
+        if duration_key in self.reservations.guessed:
+            est = self.durations.estimate(duration_key)
+            if est.source == "learned":
+                self.reservations.relearn(duration_key, est.seconds)
+
     def _tiny(self, st: Subtask) -> bool:
         """Whether ``st`` is small enough to share a worker call with others (a batch): its estimated work
         (declared or learned) is at most ``BATCH_MAX_WORK_S``. Unknown work is not batched (a 1 s subtask
@@ -768,7 +776,8 @@ class DispatchCore:
         work = est.seconds * len(batch)  # a batch holds one key (batch_key has the function and options)
         # (a batch runs its subtasks one after another: it reserves one subtask's share)
         self.reservations.reserve(node, gpus, d, id(batch), len(batch), batch[0].opts.gpu_util, batch[0].duration_key,
-                                  now, load, [work * slowdown(self.external_util(node, g)) for g in gpus])
+                                  now, load, [work * slowdown(self.external_util(node, g)) for g in gpus],
+                                  guess=None if est.source in ('learned', 'declared') else est.seconds)
         task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib, load))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -911,6 +920,7 @@ class DispatchCore:
         for st, out in zip(batch, outs):
             if out.ok:  # (a failed run teaches nothing: a function that keeps failing poisons no estimate)
                 self.durations.observe(st.duration_key, dt / len(batch), load, st.input_bytes)
+        self.relearn(batch[0].duration_key)
         for st, out in zip(batch, outs):
             st.record.run_s += dt / len(batch)
             if not out.ok and out.oom:

@@ -22,9 +22,14 @@ OVERDUE_LEFT = 0.25  # a run past its estimated end is expected to need this fra
 
 
 def time_left(end: float, dur: float, now: float) -> float:
-    """Estimated seconds until a run that should end at ``end`` (``dur`` long) is done: past its end, a
-    fraction of what it has run so far (it is longer than estimated: the longer, the more is left)."""
-    return max(end - now, OVERDUE_LEFT * (now - (end - dur)), 0.0)
+    """Estimated seconds until a run that should end at ``end`` (``dur`` long) is done: until its end, what
+    is left of the estimate; past it, a fraction of what it has run so far (it is longer than estimated:
+    the longer, the more is left). Not the larger of the two before the end: that floor kept a 2 s run
+    showing half a second left until it ended, so a GPU about to free never looked it (hand-offs waited
+    for it to free, and for the next report)."""
+    if now < end:
+        return end - now
+    return max(OVERDUE_LEFT * (now - (end - dur)), 0.0)
 
 
 class Reservations:
@@ -33,6 +38,7 @@ class Reservations:
         self.holds: dict[Key, GpuHold] = {}
         self.ends: dict[Key, dict[int, tuple[float, float]]] = {}  # call id -> (est. end, est. run)
         self.since: dict[str, dict[int, tuple[float, float]]] = {}  # duration key -> call id -> (start, slowdown)
+        self.guessed: dict[str, dict[int, float]] = {}  # duration key -> call id -> the guessed run time it used
 
     def open(self, key: Key) -> None:
         """A worker for ``key``'s GPU is up: it holds nothing yet."""
@@ -44,11 +50,15 @@ class Reservations:
         self.ends.pop(key, None)
 
     def reserve(self, node: str, gpus: tuple[int, ...], d: Demand, call: int, subtasks: int, util: float,
-                duration_key: str, now: float, load: float, runs: list[float]) -> None:
+                duration_key: str, now: float, load: float, runs: list[float], guess: float | None = None) -> None:
         """Call ``call`` (``subtasks`` run one after another) starts on ``gpus`` of ``node`` at ``now``:
         ``d``'s share and memory once, each GPU busy for its ``runs`` entry (estimated), ``util`` declared
-        load; ``load``: its first GPU's slowdown from outside load (a finished run is learned over it)."""
+        load; ``load``: its first GPU's slowdown from outside load (a finished run is learned over it).
+        ``guess``: the run time of one subtask its ``runs`` assumed when nothing was known of its function
+        (``relearn`` corrects them once something is)."""
         self.since.setdefault(duration_key, {})[call] = (now, load)
+        if guess is not None:
+            self.guessed.setdefault(duration_key, {})[call] = guess
         for g, run in zip(gpus, runs):
             self.ends.setdefault((node, g), {})[call] = (now + run, run)
         for g in gpus:
@@ -63,11 +73,12 @@ class Reservations:
                 duration_key: str, held: Callable[[Key], bool]) -> list[Key]:
         """Call ``call`` ended: undo ``reserve`` on the GPUs whose worker is still the one it ran on
         (``held``); returns those GPUs that now run nothing."""
-        runs = self.since.get(duration_key)
-        if runs is not None:
-            runs.pop(call, None)
-            if not runs:
-                del self.since[duration_key]
+        for book in (self.since, self.guessed):
+            runs = book.get(duration_key)
+            if runs is not None:
+                runs.pop(call, None)
+                if not runs:
+                    del book[duration_key]
         for g in gpus:
             self.ends.get((node, g), {}).pop(call, None)
         idle = []
@@ -84,6 +95,20 @@ class Reservations:
             if h.running == 0:
                 idle.append(key)
         return idle
+
+    def relearn(self, duration_key: str, seconds: float) -> None:
+        """``duration_key``'s run time is known now (``seconds`` per subtask on an idle GPU): the calls of it
+        that started on a guess get their estimated ends scaled to it, so their GPUs show when they truly
+        free (before, a 2 s run started on the 0.5 s guess showed a quarter of its elapsed time left until
+        it ended, and the node looked busy for as long)."""
+        calls = self.guessed.pop(duration_key, None)
+        if not calls:
+            return
+        for ends in self.ends.values():
+            for call, guess in calls.items():
+                if call in ends and guess > 0:
+                    end, dur = ends[call]
+                    ends[call] = (end - dur + dur * seconds / guess, dur * seconds / guess)
 
     def fits(self, key: Key, share: int) -> bool:
         """Whether ``share`` milli more fit ``key``'s GPU beside what runs there (and a call slot is free)."""

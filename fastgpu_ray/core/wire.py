@@ -66,10 +66,12 @@ class NodeReport:
     ``learned``: the run times it has learned (``DurationModel.summary``), ``queued``: subtasks queued,
     ``own``: with other jobs on the cluster, the GPUs this job may run on there as (seconds until a new
     arrival would start, outside load) each (``DispatchCore.own_slots``, the queue spread over them); None
-    when the job is alone (every GPU is its own: ``projected`` says it all)."""
+    when the job is alone (every GPU is its own: ``projected`` says it all). ``handoff_bytes``: the largest
+    input among the queued subtasks it could hand over (``handoff.largest_input``)."""
 
     projected: Any
     live: Any
     learned: dict
     queued: int
     own: list | None = None
+    handoff_bytes: int = 0
