@@ -57,6 +57,7 @@ class Session:
     scheduler_args: tuple  # (policy, idle_timeout_s, emulated memory MiB, force emulation, job weight,
     #                        (max slots per GPU, slot context MiB))
     router: Router
+    transfer: Any = None  # the session's transfer model (transfer.runtime_hooks.RuntimeTransfer): routing's data
     schedulers: dict = field(default_factory=dict)  # node id -> NodeScheduler handle (home node)
     live: dict = field(default_factory=dict)  # node id -> its live NodeSpec (last report)
     refs: OrderedDict = field(default_factory=OrderedDict)  # ref hex -> (subtask id, node)
@@ -87,7 +88,7 @@ class Session:
     def sync_nodes(self, wait: bool = True) -> None:
         """Start a scheduler on every live GPU node that has none; forget nodes that died. ``wait``: until
         the new schedulers are up (calls to one not up yet queue in Ray)."""
-        from transfer import ray_hooks, runtime_hooks
+        from transfer import ray_hooks
 
         from .actors.node_scheduler import start_scheduler
 
@@ -96,7 +97,7 @@ class Session:
         for node in set(self.gpu_nodes) - set(alive):
             self.router.forget_node(node)
             self.live.pop(node, None)
-            runtime_hooks.runtime().node_lost(node)  # what was moving to it is gone with it
+            self.transfer.node_lost(node)  # what was moving to it is gone with it
         self.gpu_nodes = alive
         for node in [n for n in self.retired if n not in alive]:
             del self.retired[node]
@@ -181,8 +182,6 @@ class Session:
                 self._retire(node, h)
 
     def _retire(self, node: str, h) -> None:
-        from transfer import runtime_hooks
-
         from .actors.node_scheduler import find_scheduler
 
         if self.arbiter is not None:  # first, so that the arbiter sends the killed scheduler no new share
@@ -196,7 +195,7 @@ class Session:
         self.retired[node] = None
         if self.live.get(node) is not None:  # idle now: not as busy as its last projected report
             self.router.set_spec(self.live[node])
-        runtime_hooks.runtime().node_idle(node)
+        self.transfer.node_idle(node)
         log.info("node %s: nothing of this job there; its scheduler retired (the autoscaler may remove "
                  "the node)", node[:12])
 
@@ -208,7 +207,6 @@ class Session:
         between its own GPUs, the arbiter moves GPUs between jobs. One request per node at a time; each
         node takes part in one hand-off per report."""
         from placement import GPU_MILLI
-        from transfer.runtime_hooks import runtime
 
         with self.lock:
             # (a node that has not answered since work was routed to it may have a queue: keep asking)
@@ -236,7 +234,7 @@ class Session:
                     if g or self.own.get(n) is not None}  # (sharing: a node where it holds none gives)
             if not any(self.queued.get(n) for n in wait):
                 return
-            cost = runtime().cost()
+            cost = self.transfer.cost()
             for donor, recv in handoff.pairs(wait, self.queued, self.own, self.handoff_bytes, cost.transfer_s):
                 log.debug("asking node %s (wait %.2fs) to hand work to node %s (wait %.2fs)", donor[:12],
                           wait[donor], recv[:12], wait[recv])
@@ -349,7 +347,7 @@ class Session:
               explain: bool = True, fn_key: str = "") -> tuple[Route, RouteInfo]:
         """Choose the node for one subtask (``count`` > 1: a chunk of a map sharing one choice), priced
         with its function's estimated run time (``fn_key``)."""
-        from transfer.runtime_hooks import has_inputs, runtime
+        from transfer.runtime_hooks import has_inputs
 
         self.refresh()
         d = build_demand(sid, opts, context_mib=self.slot_context_mib)
@@ -358,7 +356,7 @@ class Session:
             d = dataclasses.replace(d, work_s=work.seconds, work_tail_s=work.tail_s)
         est = None
         if payload is not None and has_inputs(payload):
-            est = runtime().inputs(payload)
+            est = self.transfer.inputs(payload)
             if est is not None:
                 d = dataclasses.replace(d, **est.demand_fields())
                 d = self.router.with_inputs(d, [(o.key, o.size) for o in est.objects], est.unknown)
@@ -372,9 +370,9 @@ class Session:
             self._routed_to[r.node] = time.monotonic()
         history: tuple[str, ...] = ()
         if r.node is not None and d.input_total:
-            history = (f"transfer to {r.node[:12]}: " + _transfer_line(d, est, r.node),)
+            history = (f"transfer to {r.node[:12]}: " + _transfer_line(d, est, r.node, self.transfer.cost()),)
             if est is not None and est.total:
-                runtime().placed([payload], r.node)  # dedup + prefetch to the chosen node
+                self.transfer.placed([payload], r.node)  # dedup + prefetch to the chosen node
         learned = {key: self.router.durations.entry(key)} if work.source == "learned" else None
         return r, RouteInfo(r.explanation, history, learned, _input_bytes(payload, est))
 
@@ -434,12 +432,10 @@ def _input_bytes(payload: Payload | None, est) -> int | None:
     return len(payload.blob) + sum(o.size for o in objs if not o.by_value)
 
 
-def _transfer_line(d, est, node: str) -> str:
+def _transfer_line(d, est, node: str, cost) -> str:
     """The transfer term as explain shows it: finished inputs (bytes local, to move, from which nodes),
     then inputs still being produced (estimated bytes, on their producer's node)."""
-    from transfer.runtime_hooks import runtime
-
-    done = est.for_node(node, runtime().cost()).describe() if est is not None and est.total else ""
+    done = est.for_node(node, cost).describe() if est is not None and est.total else ""
     pending = d.input_total - (est.total if est is not None else 0)
     if pending <= 0:
         return done
@@ -498,12 +494,12 @@ def init(address: str | None = None, *, policy: str = registry.DEFAULT_POLICY, e
     if not ray.is_initialized():
         ray.init(address=address, **ray_init_kwargs)
         started = True
-    from transfer import runtime_hooks
+    from transfer.runtime_hooks import RuntimeTransfer
 
-    runtime_hooks.reset(environ=env)  # the transfer model lives in the driver, which routes
+    transfer = RuntimeTransfer(environ=env)  # the session's transfer model, in the driver, which routes
     s = Session(uuid.uuid4().hex[:8], started, policy, (policy, idle_timeout_s, mem, bool(emulate), weight, slots),
-                Router(policy, cost=lambda: runtime_hooks.runtime().cost(), scale_wait_s=float(scale_wait_s),
-                       max_side_by_side=slots[0]))
+                Router(policy, cost=transfer.cost, scale_wait_s=float(scale_wait_s), max_side_by_side=slots[0]),
+                transfer=transfer)
     try:
         s.refresh(force=True)
     except BaseException:

@@ -369,7 +369,7 @@ def test_waits_for_an_idle_gpu_rather_than_starting_on_a_loaded_one():
 
 def test_a_subtask_that_cannot_be_placed_fails_alone_and_the_queue_survives():
     class Broken(Subtask):
-        def demand(self, context_mib=0):
+        def demand(self, context_mib=0, transfer=None):
             raise ValueError("bad demand")
 
     async def main():

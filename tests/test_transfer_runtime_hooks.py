@@ -86,10 +86,7 @@ def test_placed_prefetches_once_per_node_and_counts_as_arriving(rt):
     assert rt.prefetcher.calls == [("A", ["w"])]  # nothing new to pull
 
 
-def test_after_place_writes_the_transfer_line_and_leaves_the_state_to_the_dispatcher(rt, monkeypatch):
-    import transfer.runtime_hooks as hooks
-
-    monkeypatch.setattr(hooks, "_instance", rt)
+def test_after_place_writes_the_transfer_line_and_leaves_the_state_to_the_dispatcher(rt):
     snap = Snapshot(tuple(NodeSpec(n, 8000, 32000, (GpuSpec("G"),)) for n in "ABC"))
     st_ = ClusterState.from_snapshot(snap)
     p = Payload(refs=[Ref("s")])
@@ -98,9 +95,50 @@ def test_after_place_writes_the_transfer_line_and_leaves_the_state_to_the_dispat
     dec = Scheduler(st_, pol).place(d, explain=True)
     assert st_.names[dec.node] == "B"
     sub = SimpleNamespace(id="x", payload=p, record=SimpleNamespace(history=[]))
-    core = SimpleNamespace(fits_now=lambda node, gpus, dd: False)  # B's GPU is held by running work
+    core = SimpleNamespace(fits_now=lambda node, gpus, dd: False, transfer=rt)  # B's GPU is held by running work
     after_place(core, st_, pol, sub, d, dec)
     assert sub.record.history == ["transfer to B: 16.0 MiB local, nothing to move"]
     # Queueing behind the held GPU is the dispatcher's one call (ClusterState.queue_behind), not the hook's.
     assert st_.free[dec.node, 0] == 0 and st_.busy[dec.node, 0] == 0
     assert rt.prefetcher.calls == []  # already there
+
+
+def test_each_dispatch_core_uses_the_transfer_model_it_is_given_and_none_without_one():
+    """No process-wide transfer state: two cores in one process, each given its own model (data on n2 for
+    one, on n1 for the other), place the same subtask by their own model's data; a core given none prices
+    no data (as node schedulers, whose driver chose the node by data)."""
+    import asyncio
+
+    from fastgpu_ray.core.dispatch import DispatchCore, Subtask
+    from fastgpu_ray.options import make_options
+    from tests.test_runtime_dispatch import FakeBackend
+
+    @dataclass(eq=False)
+    class Work:  # a FakeBackend payload (called on the worker) that carries refs, as the runtime's does
+        refs: list
+        blob: bytes = b""
+
+        def __call__(self, worker):
+            return worker.node_id
+
+    def model(where: str) -> RuntimeTransfer:
+        loc = FakeLocator()
+        loc.put("w", 256 * MiB, [where])
+        return RuntimeTransfer(TransferOptimizer(loc, CostModel(), is_ref=lambda o: isinstance(o, Ref), origin="D"),
+                               FakePrefetcher(), environ={"FASTGPU_LINK_BANDWIDTH": "1Gbit"}, gpu_nodes=lambda: [])
+
+    async def run(transfer):
+        core = DispatchCore(FakeBackend({"n1": [16384], "n2": [16384]}), telemetry_period_s=0.05, transfer=transfer)
+        await core.start()
+        st = Subtask("s", make_options(work_s=0.05, batch=False), "fn", None, Work([Ref("w")]))
+        ran_on = (await core.submit(st)).value
+        history = list(core.explain("s").history)
+        await core.shutdown()
+        return ran_on, history
+
+    on_n2, hist = asyncio.run(run(model("n2")))
+    on_n1, _ = asyncio.run(run(model("n1")))
+    assert (on_n2, on_n1) == ("n2", "n1")
+    assert [h for h in hist if h.startswith("transfer to")] == ["transfer to n2: 256.0 MiB local, nothing to move"]
+    _, plain = asyncio.run(run(None))
+    assert not any(h.startswith("transfer to") for h in plain), plain

@@ -1,4 +1,6 @@
-"""The transfer optimiser inside fastgpu's dispatcher: hooks, one instance per process.
+"""The transfer optimiser inside fastgpu: ``RuntimeTransfer``, one per session, owned by the driver's
+``Session`` and passed in where it is used (the driver's routing; a ``DispatchCore`` given one, as the
+backend is), never a process-wide instance.
 
 * ``inputs(payload)`` -> ``TransferEstimate`` (called by ``fastgpu_ray.core.demand.build_demand``): the
   payload's ObjectRefs located with ``get_object_locations``, plus a large pickled-arguments blob, which
@@ -156,14 +158,6 @@ def has_inputs(payload: Any) -> bool:
                 or len(getattr(payload, "blob", b"") or b"") > INLINE_THRESHOLD)
 
 
-def demand_inputs(payload: Any) -> dict:
-    """``Demand`` fields (``input_bytes``, ``input_total``) for a subtask's payload; {} when it has none."""
-    if payload is None or not has_inputs(payload):
-        return {}
-    est = runtime().inputs(payload)
-    return est.demand_fields() if est is not None else {}
-
-
 def after_place(core: Any, state: Any, pol: Any, st: Any, d: Any, dec: Any) -> None:
     """The dispatcher's one call after placement chose ``dec`` for subtask ``st``.
 
@@ -173,33 +167,14 @@ def after_place(core: Any, state: Any, pol: Any, st: Any, d: Any, dec: Any) -> N
     is the policy's finish-time decision on the dispatcher's snapshot, not made here. Subtasks without
     large inputs return at once.
     """
-    if not d.input_total:
+    rt = getattr(core, "transfer", None)
+    if rt is None or not d.input_total:
         return
-    rt = runtime()
     node = state.names[dec.node]
     est = rt.inputs(st.payload)
     if est is not None and est.total:
         cost = getattr(pol, "cost", None) or rt.cost()
-        st.record.history.append(f"transfer to {node[:12]}: " + est.for_node(node, cost).describe())
+        line = f"transfer to {node[:12]}: " + est.for_node(node, cost).describe()
+        if not st.record.history or st.record.history[-1] != line:  # (placed again while its worker starts)
+            st.record.history.append(line)
         rt.placed([st.payload], node)
-
-
-_instance: RuntimeTransfer | None = None
-_lock = threading.Lock()
-
-
-def reset(environ=None) -> None:
-    """Start this process's transfer state afresh (``fastgpu.init``): a new session's bandwidth setting
-    (``environ`` holds ``FASTGPU_LINK_BANDWIDTH`` when ``init`` was given ``link_bandwidth``)."""
-    global _instance
-    with _lock:
-        _instance = RuntimeTransfer(environ=environ) if environ else None
-
-
-def runtime() -> RuntimeTransfer:
-    """This process's transfer hooks (created on first use, in the driver, which routes subtasks)."""
-    global _instance
-    with _lock:
-        if _instance is None:
-            _instance = RuntimeTransfer()
-        return _instance

@@ -245,7 +245,7 @@ class NodeScheduler:
             self.core.durations.adopt(info.learned)
             for key in info.learned:
                 self.core.relearn(key)
-        return Subtask(sid, opts, fn.key, fn.ref, payload, locate_inputs=False,
+        return Subtask(sid, opts, fn.key, fn.ref, payload,
                        input_bytes=info.input_bytes if payload.has_refs else len(payload.blob))
 
     async def _submit(self, sid, opts, fn: FnBox, payload, info: RouteInfo, rerun):

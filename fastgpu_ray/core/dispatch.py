@@ -117,14 +117,14 @@ class Subtask:
     placed_once: bool = False  # a round placed it since it was last queued (new heads always get a round)
     future: asyncio.Future | None = None
     record: Record | None = None
-    locate_inputs: bool = True  # False in a node scheduler: the driver already chose the node by data
     # Bytes of its arguments (refs included) where known: before it runs, as the sender saw them (None: a
     # ref of unknown size); once it ran, as the worker measured them. Learned run times scale with them.
     input_bytes: int | None = None
 
-    def demand(self, context_mib: int = 0) -> Demand:
+    def demand(self, context_mib: int = 0, transfer: Any = None) -> Demand:
         return build_demand(self.id, self.opts, min_gpu_memory_mib=self.min_memory_mib,
-                            payload=self.payload if self.locate_inputs else None, context_mib=context_mib)
+                            payload=self.payload, context_mib=context_mib,
+                            transfer=transfer)
 
     @property
     def duration_key(self) -> str:
@@ -159,14 +159,17 @@ class DispatchCore:
                  telemetry_period_s: float = 1.0, max_batch: int = MAX_BATCH, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.monotonic, keep_records: int = KEEP_RECORDS,
                  round_gap_s: float = 0.0, max_slots: int = MAX_SLOTS, slot_context_mib: int = SLOT_CONTEXT_MIB,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep, transfer: Any = None) -> None:
         """``clock`` and ``sleep``: the core's time (every wait it makes goes through ``sleep``: a replay can
-        drive it on a clock of its own)."""
+        drive it on a clock of its own). ``transfer``: the transfer model (``transfer.runtime_hooks.
+        RuntimeTransfer``) that locates subtasks' inputs for placement, passed in as the backend is; None
+        (node schedulers: the driver chose the node by data already) prices no data."""
         registry.policy_class(policy)  # unknown names fail here, at init
         check_slots(max_slots, slot_context_mib)
         self.max_slots = max_slots
         self.slot_context_mib = slot_context_mib
         self.backend = backend
+        self.transfer = transfer
         self.policy = policy
         self.idle_timeout_s = idle_timeout_s
         self.period = telemetry_period_s
@@ -571,7 +574,7 @@ class DispatchCore:
     def demand(self, st: Subtask) -> Demand:
         """``st``'s placement demand; one that declares memory (it packs) also asks for its slot process's
         CUDA context (``slot_context_mib``)."""
-        return st.demand(self.slot_context_mib)
+        return st.demand(self.slot_context_mib, self.transfer)
 
     def estimate(self, st: Subtask) -> Estimate:
         """``st``'s work on an idle GPU: learned (here or by the driver), else declared, else unknown, raised
