@@ -48,6 +48,7 @@ def test_row_by_row_updates_equal_a_full_rebuild_over_random_changes():
             h.memory_reserved_mib = rng.choice((0, 2000))
             h.calls = rng.randrange(5)
             h.util_declared = rng.choice((0.0, 0.5))
+            h.claiming = rng.random() < 0.2  # a worker for it still starting (shown held, counted apart)
         elif what == 2 and holds:  # a worker goes
             holds.pop(rng.choice(sorted(holds)))
         elif what == 3:  # Ray's view of the node changes (other work takes GPUs; the node dies)
