@@ -104,10 +104,11 @@ class ClusterState:
         return st
 
     def takes(self, i: int, spec: NodeSpec) -> bool:
-        """Whether ``set_node(i, spec)`` can write ``spec`` over row ``i``: same name, its GPUs within the
-        padded width, its GPU model among this state's models."""
-        return (i < self.n and self.names[i] == spec.name and len(spec.gpus) <= self.width
-                and node_model(spec) in self._model_index)
+        """Whether ``set_node(i, spec)`` leaves this state as ``from_snapshot`` would build it: same name,
+        as many GPUs, the same GPU model (a model or GPU count that changed can change the state's model
+        list or its padded width: rebuild it)."""
+        return (i < self.n and self.names[i] == spec.name and len(spec.gpus) == self.gpu_count[i]
+                and self._model_index.get(node_model(spec)) == self.model[i])
 
     def set_node(self, i: int, spec: NodeSpec, refresh: bool = True) -> None:
         """Write row ``i`` (capacities, what is used, live load, busy seconds) from ``spec``, as
@@ -286,6 +287,7 @@ class ClusterState:
         time, five queued subtasks delay the next by one run, not five."""
         for g in gpus:
             self.busy[node, g] += d.work_s * slowdown(self.load[node, g]) / self.side_by_side(node, g, d)
+        self.version[node] += 1
         self.has_live = True
 
     def side_by_side(self, node: int, g: int, d: Demand) -> int:

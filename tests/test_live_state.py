@@ -36,7 +36,7 @@ def test_row_by_row_updates_equal_a_full_rebuild_over_random_changes():
     tel = {n: reading(rng, n, width[n], models[n]) for n in models}
     holds: dict = {}
     live = LiveState()
-    for step in range(200):
+    for step in range(300):
         what = rng.randrange(6)
         i = rng.randrange(len(nodes))
         n = nodes[i]
@@ -54,6 +54,12 @@ def test_row_by_row_updates_equal_a_full_rebuild_over_random_changes():
         elif what == 3:  # Ray's view of the node changes (other work takes GPUs; the node dies)
             nodes[i] = NodeInfo(n.node_id, rng.random() > 0.1, 8, rng.choice((8, 2)), 64 << 30, n.gpu_total,
                                 rng.randrange(n.gpu_total + 1))
+        elif what == 5:  # a node's reading goes (its GPUs show the default model) or comes with another model
+            if rng.random() < 0.5:
+                tel.pop(n.node_id, None)
+            else:
+                models[n.node_id] = rng.choice(("A100", "V100"))
+                tel[n.node_id] = reading(rng, n.node_id, width[n.node_id], models[n.node_id])
         elif what == 4 and step % 50 == 49:  # a node joins (the list changes: a full rebuild)
             name = f"m{step}"
             models[name], width[name] = "H100", 8

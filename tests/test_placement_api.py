@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from placement import Demand, GpuSpec, NodeSpec, PlacementRequest, Snapshot, create, schedule
+from placement import ClusterState, Demand, GpuSpec, NodeSpec, PlacementRequest, Scheduler, Snapshot, create, schedule
 from placement.model import GPU_MILLI
 from tests.helpers_placement import node, state
 
@@ -70,6 +70,27 @@ def test_explanation_lists_candidates_terms_and_winner():
     assert {c.node for c in e.candidates} == {"a", "b"}
     assert all({"frag_before", "frag_after", "score"} <= set(c.terms) for c in e.candidates)
     assert "fgd" in e.format()
+
+
+def test_explanations_list_the_best_candidates_and_count_the_rest_and_terms_follow_the_state():
+    """At more feasible nodes than EXPLAIN_TOP, the explanation lists that many (the winner among them)
+    and counts the others; the fastgpu policy's terms reuse its last score's only while nothing changed."""
+    from placement import scheduler as sched_mod
+
+    n = sched_mod.EXPLAIN_TOP + 5
+    snap = Snapshot(tuple(NodeSpec(f"n{i:02d}", 8000, 32000, (GpuSpec("G", memory_mib=16000),) * 2)
+                          for i in range(n)))
+    state = ClusterState.from_snapshot(snap)
+    pol = create("fastgpu")
+    d = Demand("d", num_gpus=1, gpu_milli=500, work_s=1.0)
+    pol.prepare(state, [d])
+    e = Scheduler(state, pol).place(d, explain=True, bind=False).explanation
+    assert len(e.candidates) == sched_mod.EXPLAIN_TOP and e.more == 5 and e.winner in {c.node for c in e.candidates}
+    assert "... 16 more candidates" in e.format(limit=5)
+    nodes = np.flatnonzero(state.feasible(d))
+    pol.score(state, d, nodes)
+    state.add_wait(0, (0, 1), d)  # node 0's GPUs now wait (1 s of work, two side by side): the terms say so
+    assert pol.terms(state, d, nodes)["wait_s"][0] == pytest.approx(0.5)  # (not the last score's 0)
 
 
 def test_an_explanation_shows_the_scores_that_chose_even_for_a_random_policy():

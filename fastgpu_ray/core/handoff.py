@@ -89,7 +89,12 @@ def largest_input(core: DispatchCore, gpus: int) -> int:
     consider (the back of the queue; 0 where none has inputs of known size). The driver lets a node whose
     GPU frees within the time moving that much takes receive now: the data arrives as the GPU frees."""
     back = heapq.nlargest(scan(gpus), core.queue)
-    return max((x[2].input_bytes or 0 for x in back), default=0)
+    return max((x[2].input_bytes or 0 for x in back if movable(x[2])), default=0)
+
+
+def movable(st: Subtask) -> bool:
+    """Whether a hand-off may move ``st``: not finished or cancelled, not a gang, no declared GPU types."""
+    return not (st.future is not None and st.future.done()) and st.opts.gpu_count <= 1 and not st.opts.gpu_types
 
 
 def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[[Subtask], float],
@@ -120,7 +125,7 @@ def pick(core: DispatchCore, there: list[tuple[float, float]], move_s: Callable[
     picked = []
     for item, here in reversed(plan[-scan(len(slots)):]):
         st = item[2]
-        if st.opts.gpu_count > 1 or st.opts.gpu_types:
+        if not movable(st):
             continue
         est, move = core.estimate(st), move_s(st)
         if now - st.enqueued < move:  # delay scheduling: it waits for its data's node as long as a move takes

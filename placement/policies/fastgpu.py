@@ -44,7 +44,7 @@ class FastGpuPolicy(FgdPolicy):
         self.cpu_per_milli = 0.0
         self.pressure = np.zeros(0)
         self.whole = None
-        self._scored = None  # (demand, nodes, pack, finish terms) of the last ``score``: ``terms`` reuses them
+        self._scored = None  # (demand, nodes, pack, finish terms, (state, versions)) of the last ``score``
 
     # ------------------------------------------------------------------------------------- packing
     def prepare(self, state, workload=()) -> None:
@@ -112,11 +112,12 @@ class FastGpuPolicy(FgdPolicy):
 
     def score(self, state, d, nodes):
         pack = self.pack_score(state, d, nodes)
-        self._scored = (d, nodes, pack, None)
+        seen = (state, int(state.version[nodes].sum()))  # (a bind or a wait added since bumps a version)
+        self._scored = (d, nodes, pack, None, seen)
         if not self._live(state, d):
             return pack
         t = self.finish_terms(state, d, nodes)
-        self._scored = (d, nodes, pack, t)
+        self._scored = (d, nodes, pack, t, seen)
         finish = t["finish_s"]
         best = finish.min()
         tol = resolution(best)
@@ -150,10 +151,11 @@ class FastGpuPolicy(FgdPolicy):
         out["stranding_growth"] = stranding_growth(state, d, nodes, self.cpu_per_milli)
         out["capability_loss"] = capability_loss(state, d, nodes, self._ensure(state, d, nodes)[1], self.whole)
         out["model_pressure"] = self.pressure[state.model[nodes]]
-        # Asked right after ``score`` on the same demand and node array (the scheduler's explain, before it
-        # binds), the terms it computed are reused, not computed again.
+        # Asked right after ``score`` on the same demand, node array and state, unchanged since (the
+        # scheduler's explain, before it binds), the terms it computed are reused, not computed again.
         last = self._scored
-        same = last is not None and last[0] is d and last[1] is nodes
+        same = (last is not None and last[0] is d and last[1] is nodes and last[4][0] is state
+                and last[4][1] == int(state.version[nodes].sum()))
         out["pack"] = last[2] if same else self.pack_score(state, d, nodes)
         if self._live(state, d):
             out.update(last[3] if same and last[3] is not None else self.finish_terms(state, d, nodes))
