@@ -57,7 +57,7 @@ class Session:
     scheduler_args: tuple  # (policy, idle_timeout_s, emulated memory MiB, force emulation, job weight,
     #                        (max slots per GPU, slot context MiB))
     router: Router
-    transfer: Any = None  # the session's transfer model (transfer.runtime_hooks.RuntimeTransfer): routing's data
+    transfer: Any  # the session's transfer model (transfer.runtime_hooks.RuntimeTransfer): routing's data
     schedulers: dict = field(default_factory=dict)  # node id -> NodeScheduler handle (home node)
     live: dict = field(default_factory=dict)  # node id -> its live NodeSpec (last report)
     refs: OrderedDict = field(default_factory=OrderedDict)  # ref hex -> (subtask id, node)

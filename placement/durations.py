@@ -75,6 +75,11 @@ class Estimate:
     def known(self) -> bool:
         return self.source != "unknown"
 
+    @property
+    def guessed(self) -> bool:
+        """Neither learned nor declared: the duration assumed for unknown work, or a running lower bound."""
+        return self.source not in ("learned", "declared")
+
     def describe(self) -> str:
         if self.source == "learned":
             sized = (f"; for {_human_bytes(self.nbytes)} of input, run time ~ bytes^{self.exponent:.2f}"

@@ -341,11 +341,10 @@ class NodeScheduler:
             return None
         await self._arrivals.until(sent, REPORT_WAIT_S)
         live = self.core.snapshot()
-        gpus = live.nodes[0].gpus if live.nodes else ()
-        return NodeReport(self.core.projected_spec(self.here), live.nodes[0] if live.nodes else None,
-                          self.core.durations.summary(), self.core.queue_length(),
-                          self.core.projected_own(self.here, self.core.clock()),
-                          handoff.largest_input(self.core, len(gpus)))
+        spec = live.nodes[0] if live.nodes else None
+        return NodeReport(self.core.projected_spec(self.here), spec, self.core.durations.summary(),
+                          self.core.queue_length(), self.core.projected_own(self.here, self.core.clock()),
+                          handoff.largest_input(self.core, len(spec.gpus) if spec else 0))
 
     async def hand_off(self, node: str, target, there: list[tuple[float, float]], bandwidth: float) -> int:
         """Hand queued subtasks that would finish sooner on ``node`` (its GPUs: (seconds until free,

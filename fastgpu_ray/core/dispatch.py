@@ -52,7 +52,7 @@ from .records import KEEP_RECORDS, Record, RecordBook
 from .reservations import Reservations
 from .share_book import Share
 from .live_state import LiveState
-from .telemetry import NodeInfo, NodeTelemetry, build_snapshot, gpu_spec, split_util, taken_on
+from .telemetry import NodeInfo, NodeTelemetry, build_snapshot, gpu_spec, readings_of, split_util, taken_on
 from .worker_pool import WorkerInfo, WorkerPool
 
 log = logging.getLogger("fastgpu.dispatch")
@@ -600,7 +600,7 @@ class DispatchCore:
         (declared or learned) is at most ``BATCH_MAX_WORK_S``. Unknown work is not batched (a 1 s subtask
         batched with 31 others would hold one GPU for 32 s)."""
         est = self.estimate(st)
-        return est.source in ("learned", "declared") and est.seconds <= BATCH_MAX_WORK_S
+        return not est.guessed and est.seconds <= BATCH_MAX_WORK_S
 
     def fits_now(self, node: str, gpus: tuple[int, ...], d: Demand) -> bool:
         """Whether ``d`` fits the chosen GPUs as they are (not as they will be after running work)."""
@@ -780,7 +780,7 @@ class DispatchCore:
         # (a batch runs its subtasks one after another: it reserves one subtask's share)
         self.reservations.reserve(node, gpus, d, id(batch), len(batch), batch[0].opts.gpu_util, batch[0].duration_key,
                                   now, load, [work * slowdown(self.external_util(node, g)) for g in gpus],
-                                  guess=None if est.source in ('learned', 'declared') else est.seconds)
+                                  guess=est.seconds if est.guessed else None)
         task = asyncio.ensure_future(self._execute(batch, node, gpus, d, workers, free_mib, load))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -873,13 +873,11 @@ class DispatchCore:
 
     def _free_memory(self, node: str, gpus: tuple[int, ...]) -> int:
         """The least free memory (MiB) among ``gpus`` of ``node``, as the snapshot shows it (0: unknown node)."""
-        tel = self.telemetry.get(node)
-        readings = {r.index: r for r in tel.gpus} if tel else {}
-        pids = tel.fastgpu_pids if tel else frozenset()
-        holds = self._holds()
         n = next((x for x in self.nodes if x.node_id == node), None)
         if n is None:
             return 0
+        readings, pids = readings_of(self.telemetry.get(node))
+        holds = self._holds()
         return min((gpu_spec(readings.get(g), holds.get((node, g)), pids).memory_free_mib
                     for g in gpus if g < n.gpu_total), default=0)
 

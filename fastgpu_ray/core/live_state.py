@@ -40,6 +40,10 @@ class LiveState:
               max_side_by_side: int) -> ClusterState:
         """The round's ``ClusterState`` (a copy, to bind on) of ``nodes`` in the given order."""
         mine, late = holds_by_node(holds), holds_by_node(busy)
+
+        def spec(n: NodeInfo, tel: NodeTelemetry | None):
+            return node_spec(n, tel, mine.get(n.node_id, {}), late.get(n.node_id, {}))
+
         keys = [(n, telemetry.get(n.node_id), _hold_key(mine.get(n.node_id, {})),
                  frozenset(late.get(n.node_id, ()))) for n in nodes]
         st = self._state
@@ -50,17 +54,15 @@ class LiveState:
             if 2 * len(changed) > len(keys):  # (most rows: one rebuild, without a check per row, is cheaper)
                 st, changed = None, []
             for i in changed:
-                n = nodes[i]
-                spec = node_spec(n, keys[i][1], mine.get(n.node_id, {}), late.get(n.node_id, {}))
-                if not st.takes(i, spec):
+                row = spec(nodes[i], keys[i][1])
+                if not st.takes(i, row):
                     st = None
                     break
-                st.set_node(i, spec)
+                st.set_node(i, row)
             else:
                 self.rebuilt += len(changed)
         if st is None:
-            st = ClusterState.from_snapshot(Snapshot(tuple(
-                node_spec(n, k[1], mine.get(n.node_id, {}), late.get(n.node_id, {})) for n, k in zip(nodes, keys))))
+            st = ClusterState.from_snapshot(Snapshot(tuple(spec(n, k[1]) for n, k in zip(nodes, keys))))
             self.rebuilt += len(nodes)
             self._index = {name: i for i, name in enumerate(st.names)}
         self._state, self._keys = st, keys

@@ -145,16 +145,20 @@ def holds_by_node(holds: Mapping[tuple[str, int], GpuHold]) -> dict[str, dict[in
     return out
 
 
+def readings_of(tel: NodeTelemetry | None) -> tuple[dict[int, GpuReading], frozenset[int]]:
+    """A node's reading as (GPU index -> reading, fastgpu's pids); empty without one."""
+    return ({r.index: r for r in tel.gpus}, tel.fastgpu_pids) if tel else ({}, frozenset())
+
+
 def taken_on(n: NodeInfo, telemetry: Mapping[str, NodeTelemetry],
              holds: Mapping[tuple[str, int], GpuHold]) -> set[int]:
     """The GPU indices of node ``n`` that count as held by other Ray work (``taken_indices`` over the GPUs
     fastgpu does not hold or claim); the snapshot shows them full."""
-    return _taken(n, telemetry.get(n.node_id), holds_by_node(holds).get(n.node_id, {}))
+    return _taken(n, *readings_of(telemetry.get(n.node_id)), holds_by_node(holds).get(n.node_id, {}))
 
 
-def _taken(n: NodeInfo, tel: NodeTelemetry | None, mine: Mapping[int, GpuHold]) -> set[int]:
-    readings = {r.index: r for r in tel.gpus} if tel else {}
-    pids = tel.fastgpu_pids if tel else frozenset()
+def _taken(n: NodeInfo, readings: Mapping[int, GpuReading], pids: frozenset[int],
+           mine: Mapping[int, GpuHold]) -> set[int]:
     held = sum(1 for h in mine.values() if not h.claiming)
     others = taken_by_others(n, held, len(mine) - held)
     if not others:
@@ -167,9 +171,8 @@ def node_spec(n: NodeInfo, tel: NodeTelemetry | None, mine: Mapping[int, GpuHold
               busy: Mapping[int, float]) -> NodeSpec:
     """One node of ``build_snapshot``: ``tel`` its reading (or None), ``mine`` fastgpu's holds on it per GPU
     index, ``busy`` its GPUs with a known estimated end (GPU index -> seconds left)."""
-    readings = {r.index: r for r in tel.gpus} if tel else {}
-    pids = tel.fastgpu_pids if tel else frozenset()
-    taken = _taken(n, tel, mine)
+    readings, pids = readings_of(tel)
+    taken = _taken(n, readings, pids, mine)
     gpus = []
     for g in range(n.gpu_total):
         r = readings.get(g)
